@@ -1,0 +1,132 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log"
+	"log/syslog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/unionmount/unionmount/unionfs"
+)
+
+// daemonEnv tells a re-executed unionmount that it is the background
+// server and which fd reports readiness to the waiting parent.
+const daemonEnv = "_UNIONMOUNT_READY_FD"
+
+func isDaemon() bool { return os.Getenv(daemonEnv) != "" }
+
+// daemonize re-runs the command in the background and waits until it
+// reports the mount ready (exit 0) or failed (its exit code), so that
+// mount(8) returns only once the mount can be used.
+func daemonize(stderr io.Writer) int {
+	r, w, err := os.Pipe()
+	if err != nil {
+		fmt.Fprintf(stderr, "unionmount: %v\n", err)
+		return 1
+	}
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(stderr, "unionmount: find own executable: %v\n", err)
+		return 1
+	}
+	cmd := exec.Command(self, os.Args[1:]...)
+	cmd.Env = append(os.Environ(), daemonEnv+"=3")
+	cmd.ExtraFiles = []*os.File{w}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintf(stderr, "unionmount: start server: %v\n", err)
+		return 1
+	}
+	w.Close()
+	status, _ := io.ReadAll(r)
+	r.Close()
+	line := strings.TrimSpace(string(status))
+	if line == "ok" {
+		cmd.Process.Release()
+		return 0
+	}
+	cmd.Wait()
+	code, msg, found := strings.Cut(line, " ")
+	n, err := strconv.Atoi(code)
+	if !found || err != nil {
+		fmt.Fprintf(stderr, "unionmount: server exited before the mount was ready\n")
+		return 1
+	}
+	fmt.Fprintf(stderr, "unionmount: %s\n", msg)
+	return n
+}
+
+// serve mounts and serves until unmounted or signalled.
+func serve(mountpoint string, opts unionfs.Options, stderr io.Writer) int {
+	ready := readyPipe()
+	logger := log.New(stderr, "unionmount: ", log.LstdFlags)
+	if ready != nil {
+		// In the background nobody reads stderr: log to syslog.
+		if sl, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_WARNING, "unionmount"); err == nil {
+			logger = log.New(sl, "", 0)
+		} else {
+			logger = log.New(io.Discard, "", 0)
+		}
+	}
+	server, ufs, err := unionfs.Mount(mountpoint, opts, logger)
+	if err != nil {
+		code := exitCode(err)
+		if ready != nil {
+			fmt.Fprintf(ready, "%d %v\n", code, err)
+			ready.Close()
+		} else {
+			fmt.Fprintf(stderr, "unionmount: %v\n", err)
+		}
+		return code
+	}
+	defer ufs.Close()
+	if ready != nil {
+		fmt.Fprintln(ready, "ok")
+		ready.Close()
+		detachStdio()
+	}
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	go func() {
+		for sig := range signals {
+			if err := server.Unmount(); err != nil {
+				logger.Printf("%v: unmount %s: %v (still serving)", sig, mountpoint, err)
+			}
+		}
+	}()
+	server.Wait()
+	return 0
+}
+
+// readyPipe returns the readiness pipe of a background server.
+func readyPipe() *os.File {
+	v := os.Getenv(daemonEnv)
+	if v == "" {
+		return nil
+	}
+	os.Unsetenv(daemonEnv)
+	fd, err := strconv.Atoi(v)
+	if err != nil {
+		return nil
+	}
+	return os.NewFile(uintptr(fd), "ready")
+}
+
+// detachStdio points stdin, stdout and stderr at /dev/null so the
+// background server holds no terminal or pipe of its caller.
+func detachStdio() {
+	null, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return
+	}
+	for fd := 0; fd <= 2; fd++ {
+		syscall.Dup2(int(null.Fd()), fd)
+	}
+	null.Close()
+}

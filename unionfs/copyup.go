@@ -1,0 +1,178 @@
+package unionfs
+
+import (
+	"fmt"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"golang.org/x/sys/unix"
+
+	"github.com/unionmount/unionmount/internal/sysx"
+)
+
+// copyUp makes sure node n exists in the upper layer, copying its parents
+// first and then the object itself. withData=false copies a regular file
+// as an empty one (for an open with O_TRUNC). The caller holds ns.
+//
+// The copy is made in the work dir, completed (data, owner, xattrs, mode,
+// times, fsync) and only then renamed into place, so a crash leaves
+// either no upper copy or a whole one. n.mu serializes racing copy-ups:
+// the second caller finds the node already upper.
+func (u *FS) copyUp(n *node, withData bool) error {
+	if !u.writable() {
+		return unix.EROFS
+	}
+	if n.state().upper {
+		return nil
+	}
+	if p := n.parentNode(); p != nil {
+		if err := u.copyUp(p, true); err != nil {
+			return err
+		}
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.st.upper {
+		return nil
+	}
+	if len(n.st.lowers) == 0 {
+		return fmt.Errorf("copy-up %s: %w", n.path(), unix.ENOENT)
+	}
+	path := n.path()
+	if err := u.copyUpObject(n.st.lowers[0], path, n.StableAttr(), withData); err != nil {
+		return fmt.Errorf("copy-up %s: %w", path, err)
+	}
+	n.st.upper = true
+	n.copiedUp.Store(true)
+	return nil
+}
+
+// copyUpObject copies the lower object src to path in the upper layer.
+func (u *FS) copyUpObject(src layerRef, path string, id fs.StableAttr, withData bool) (err error) {
+	var st unix.Stat_t
+	if err := src.l.lstat(src.path, &st); err != nil {
+		return err
+	}
+	tmp := tempName()
+	kind := st.Mode & unix.S_IFMT
+	defer func() {
+		if err != nil {
+			flags := 0
+			if kind == unix.S_IFDIR {
+				flags = unix.AT_REMOVEDIR
+			}
+			unix.Unlinkat(u.work, tmp, flags)
+		}
+	}()
+	switch kind {
+	case unix.S_IFDIR:
+		if err := unix.Mkdirat(u.work, tmp, 0o700); err != nil {
+			return err
+		}
+	case unix.S_IFREG:
+		if err := u.copyFile(src, tmp, &st, withData); err != nil {
+			return err
+		}
+	case unix.S_IFLNK:
+		buf := make([]byte, unix.PathMax)
+		got, err := unix.Readlinkat(src.l.fd, rel(src.path), buf)
+		if err != nil {
+			return err
+		}
+		if err := unix.Symlinkat(string(buf[:got]), u.work, tmp); err != nil {
+			return err
+		}
+	default:
+		if err := unix.Mknodat(u.work, tmp, st.Mode, int(st.Rdev)); err != nil {
+			return err
+		}
+	}
+	if err := u.copyMetadata(src, tmp, &st, id); err != nil {
+		return err
+	}
+	return u.installFromWork(tmp, path)
+}
+
+// copyFile creates tmp in the work dir with src's data, holes kept.
+func (u *FS) copyFile(src layerRef, tmp string, st *unix.Stat_t, withData bool) error {
+	dst, err := unix.Openat(u.work, tmp, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dst)
+	if withData && st.Size > 0 {
+		in, err := src.l.open(src.path, unix.O_RDONLY|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return fmt.Errorf("open source: %w", err)
+		}
+		defer unix.Close(in)
+		if sysx.Reflink(dst, in) != nil {
+			if err := sysx.CopySparse(dst, in, st.Size); err != nil {
+				return fmt.Errorf("copy data: %w", err)
+			}
+		}
+	}
+	if !u.opts.NoFsync {
+		if err := unix.Fsync(dst); err != nil {
+			return fmt.Errorf("fsync: %w", err)
+		}
+	}
+	return nil
+}
+
+// copyMetadata gives tmp src's owner, xattrs, mode and times, in that
+// order: chown clears set-id bits and security.capability, so those come
+// after it.
+func (u *FS) copyMetadata(src layerRef, tmp string, st *unix.Stat_t, id fs.StableAttr) error {
+	if err := unix.Fchownat(u.work, tmp, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("chown: %w", err)
+	}
+	isLink := st.Mode&unix.S_IFMT == unix.S_IFLNK
+	names, err := sysx.Listxattr(src.l.fd, rel(src.path))
+	if err != nil && err != unix.EOPNOTSUPP && err != unix.ENOTSUP {
+		return fmt.Errorf("list xattrs: %w", err)
+	}
+	for _, name := range names {
+		if u.markers.IsPrivateXattrIn(name) {
+			continue
+		}
+		v, err := sysx.Getxattr(src.l.fd, rel(src.path), name)
+		if err != nil {
+			return fmt.Errorf("read xattr %s: %w", name, err)
+		}
+		if err := sysx.Setxattr(u.work, tmp, name, v, 0); err != nil {
+			if isLink || err == unix.EOPNOTSUPP {
+				continue // the upper cannot hold it; kernel overlay skips too
+			}
+			return fmt.Errorf("copy xattr %s: %w", name, err)
+		}
+	}
+	if err := sysx.Setxattr(u.work, tmp, u.idXattr, []byte(formatID(id)), 0); err != nil && !isLink {
+		return fmt.Errorf("record identity: %w", err)
+	}
+	if !isLink {
+		if err := unix.Fchmodat(u.work, tmp, st.Mode&0o7777, 0); err != nil {
+			return fmt.Errorf("chmod: %w", err)
+		}
+	}
+	times := []unix.Timespec{st.Atim, st.Mtim}
+	if err := unix.UtimesNanoAt(u.work, tmp, times, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("set times: %w", err)
+	}
+	return nil
+}
+
+// installFromWork renames the finished object tmp from the work dir to
+// path in the upper, keeping the parent directory's times as they were
+// (a copy-up is not a change the user made).
+func (u *FS) installFromWork(tmp, path string) error {
+	parent := dirOf(path)
+	var pst unix.Stat_t
+	haveParent := u.upper.lstat(parent, &pst) == nil
+	if err := sysx.Rename(u.work, tmp, u.upper.fd, path, unix.RENAME_NOREPLACE); err != nil {
+		return fmt.Errorf("install: %w", err)
+	}
+	if haveParent {
+		unix.UtimesNanoAt(u.upper.fd, rel(parent), []unix.Timespec{pst.Atim, pst.Mtim}, unix.AT_SYMLINK_NOFOLLOW)
+	}
+	return nil
+}

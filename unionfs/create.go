@@ -1,0 +1,260 @@
+package unionfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/unionmount/unionmount/internal/sysx"
+	"github.com/unionmount/unionmount/whiteout"
+)
+
+var (
+	_ fs.NodeCreater   = (*node)(nil)
+	_ fs.NodeMkdirer   = (*node)(nil)
+	_ fs.NodeMknoder   = (*node)(nil)
+	_ fs.NodeSymlinker = (*node)(nil)
+	_ fs.NodeLinker    = (*node)(nil)
+)
+
+// newObject describes an object to create in a directory.
+type newObject struct {
+	name string
+	// make creates the object as tmp in the work dir.
+	make  func(tmp string) error
+	isDir bool
+	// own gives the object the caller's ids; false for hard links.
+	own bool
+}
+
+// create makes obj in directory n: the parent is copied up, the object is
+// prepared in the work dir (owner, opaque marker) and renamed into place,
+// replacing a whiteout atomically when there is one. The caller holds ns
+// for writing.
+func (n *node) create(ctx context.Context, obj newObject) (*found, error) {
+	u := n.ufs
+	if !u.writable() {
+		return nil, unix.EROFS
+	}
+	parentPath := n.path()
+	if _, err := u.lookup(parentPath, n.state(), obj.name); err == nil {
+		return nil, unix.EEXIST
+	} else if !errors.Is(err, errNotFound) {
+		return nil, err
+	}
+	if err := u.copyUp(n, true); err != nil {
+		return nil, err
+	}
+	path := join(parentPath, obj.name)
+	var existing unix.Stat_t
+	overWhiteout := false
+	if err := u.upper.lstat(path, &existing); err == nil {
+		if !u.markers.IsWhiteout(u.upper.fd, path, &existing) {
+			return nil, unix.EEXIST
+		}
+		overWhiteout = true
+	} else if !isNotFound(err) {
+		return nil, err
+	}
+	tmp := tempName()
+	if err := obj.make(tmp); err != nil {
+		return nil, err
+	}
+	removeTmp := func() {
+		flags := 0
+		if obj.isDir {
+			flags = unix.AT_REMOVEDIR
+		}
+		unix.Unlinkat(u.work, tmp, flags)
+	}
+	if obj.own {
+		if err := u.chownToCaller(ctx, n, tmp, obj.isDir); err != nil {
+			removeTmp()
+			return nil, err
+		}
+	}
+	if obj.isDir && overWhiteout {
+		if err := u.markers.SetOpaque(u.work, tmp); err != nil {
+			removeTmp()
+			return nil, err
+		}
+	}
+	if err := u.installOver(tmp, path, obj.isDir, overWhiteout); err != nil {
+		removeTmp()
+		return nil, err
+	}
+	var f found
+	if err := u.upper.lstat(path, &f.stat); err != nil {
+		return nil, err
+	}
+	f.state.upper = true
+	f.id = u.identity(layerRef{u.upper, path}, &f.stat)
+	return &f, nil
+}
+
+// installOver renames tmp from the work dir to path, atomically replacing
+// the whiteout there if overWhiteout. A directory cannot replace a
+// device node, so it is exchanged with the whiteout, which is then
+// removed from the work dir.
+func (u *FS) installOver(tmp, path string, isDir, overWhiteout bool) error {
+	switch {
+	case !overWhiteout:
+		return sysx.Rename(u.work, tmp, u.upper.fd, path, unix.RENAME_NOREPLACE)
+	case isDir:
+		if err := sysx.Rename(u.work, tmp, u.upper.fd, path, unix.RENAME_EXCHANGE); err != nil {
+			return err
+		}
+		if err := unix.Unlinkat(u.work, tmp, 0); err != nil {
+			u.logger.Printf("remove replaced whiteout: %v", err)
+		}
+		return nil
+	default:
+		return sysx.Rename(u.work, tmp, u.upper.fd, path, 0)
+	}
+}
+
+// chownToCaller gives tmp the calling process's ids, with the group of a
+// set-group-ID parent directory, as the kernel does for new files.
+func (u *FS) chownToCaller(ctx context.Context, parent *node, tmp string, isDir bool) error {
+	caller, ok := fuse.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	uid, gid := int(caller.Uid), int(caller.Gid)
+	var pst unix.Stat_t
+	if err := u.upper.lstat(parent.path(), &pst); err == nil && pst.Mode&unix.S_ISGID != 0 {
+		gid = int(pst.Gid)
+		if isDir {
+			var st unix.Stat_t
+			if err := unix.Fstatat(u.work, tmp, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
+				defer unix.Fchmodat(u.work, tmp, (st.Mode&0o7777)|unix.S_ISGID, 0)
+			}
+		}
+	}
+	if err := unix.Fchownat(u.work, tmp, uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("chown new object: %w", err)
+	}
+	return nil
+}
+
+func (n *node) entry(ctx context.Context, f *found, out *fuse.EntryOut) *fs.Inode {
+	out.Attr.FromStat(toSyscallStat(&f.stat))
+	return n.newChild(ctx, f.state, f.id)
+}
+
+// Create makes and opens a new regular file.
+func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	u := n.ufs
+	u.ns.Lock()
+	defer u.ns.Unlock()
+	openFlags := int(flags) &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_APPEND | unix.O_NOCTTY)
+	fd := -1
+	f, err := n.create(ctx, newObject{name: name, own: true, make: func(tmp string) error {
+		var err error
+		fd, err = unix.Openat(u.work, tmp, openFlags|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, mode&0o7777)
+		return err
+	}})
+	if err != nil {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		return nil, nil, 0, u.errno(err)
+	}
+	ino := n.entry(ctx, f, out)
+	child := ino.Operations().(*node)
+	return ino, child.openedFile(fd, openFlags, false), 0, 0
+}
+
+// Mkdir makes a directory; over a whiteout it is made opaque.
+func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	u := n.ufs
+	u.ns.Lock()
+	defer u.ns.Unlock()
+	f, err := n.create(ctx, newObject{name: name, own: true, isDir: true, make: func(tmp string) error {
+		return unix.Mkdirat(u.work, tmp, mode&0o7777)
+	}})
+	if err != nil {
+		return nil, u.errno(err)
+	}
+	return n.entry(ctx, f, out), 0
+}
+
+// Mknod makes a device node, fifo or socket.
+func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	u := n.ufs
+	u.ns.Lock()
+	defer u.ns.Unlock()
+	if mode&unix.S_IFMT == unix.S_IFCHR && dev == 0 {
+		// A 0/0 character device would read as a whiteout.
+		return nil, syscall.EPERM
+	}
+	f, err := n.create(ctx, newObject{name: name, own: true, make: func(tmp string) error {
+		return unix.Mknodat(u.work, tmp, mode, int(dev))
+	}})
+	if err != nil {
+		return nil, u.errno(err)
+	}
+	return n.entry(ctx, f, out), 0
+}
+
+// Symlink makes a symbolic link.
+func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	u := n.ufs
+	u.ns.Lock()
+	defer u.ns.Unlock()
+	f, err := n.create(ctx, newObject{name: name, own: true, make: func(tmp string) error {
+		return unix.Symlinkat(target, u.work, tmp)
+	}})
+	if err != nil {
+		return nil, u.errno(err)
+	}
+	return n.entry(ctx, f, out), 0
+}
+
+// Link makes a hard link to target, copying it up first.
+func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
+	u := n.ufs
+	u.ns.Lock()
+	defer u.ns.Unlock()
+	src, ok := target.(*node)
+	if !ok {
+		return nil, syscall.EXDEV
+	}
+	if _, p := src.Parent(); p == nil {
+		return nil, syscall.ENOENT // unlinked: nothing to link from
+	}
+	if !u.writable() {
+		return nil, syscall.EROFS
+	}
+	if err := u.copyUp(src, true); err != nil {
+		return nil, u.errno(err)
+	}
+	srcPath := src.path()
+	f, err := n.create(ctx, newObject{name: name, make: func(tmp string) error {
+		return unix.Linkat(u.upper.fd, srcPath, u.work, tmp, 0)
+	}})
+	if err != nil {
+		return nil, u.errno(err)
+	}
+	out.Attr.FromStat(toSyscallStat(&f.stat))
+	return src.EmbeddedInode(), 0
+}
+
+// makeWhiteout replaces whatever is at path in the upper (nothing, or a
+// non-directory) with a whiteout, atomically.
+func (u *FS) makeWhiteout(path string) error {
+	tmp := tempName()
+	if err := whiteout.MakeWhiteout(u.work, tmp); err != nil {
+		return err
+	}
+	if err := sysx.Rename(u.work, tmp, u.upper.fd, path, 0); err != nil {
+		unix.Unlinkat(u.work, tmp, 0)
+		return fmt.Errorf("install whiteout %s: %w", path, err)
+	}
+	return nil
+}

@@ -1,0 +1,184 @@
+// Package unionfs is the FUSE node tree of a union filesystem with kernel
+// overlayfs semantics: lookup through ordered layers, merged readdir,
+// atomic copy-up through a work directory, whiteouts, opaque directories
+// and redirected directory renames.
+//
+// Lock order: FS.ns (the namespace lock) before any node.mu, and a parent's
+// node.mu before its child's. Operations that change names (create, link,
+// unlink, rmdir, rename) hold ns for writing; the rest hold it for reading,
+// so the union-relative path of every node is stable while an operation
+// runs. node.mu guards the node's layer state and serializes its copy-up.
+package unionfs
+
+import (
+	"fmt"
+	"hash/fnv"
+	"log"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/unionmount/unionmount/whiteout"
+)
+
+// FS is one union: its layers and the options it was mounted with.
+type FS struct {
+	opts   Options
+	upper  *layer   // nil for a read-only union
+	lowers []*layer // topmost first
+	// work is the fd of <workdir>/work, where copy-ups and new objects
+	// are prepared before they are renamed into place.
+	work    int
+	markers whiteout.Markers
+	// idXattr records a copied-up object's identity so that its inode
+	// number survives copy-up and remounts.
+	idXattr string
+	logger  *log.Logger
+
+	// ns is the namespace lock (see the package doc).
+	ns sync.RWMutex
+
+	// passthrough is set once the kernel has agreed to FUSE passthrough.
+	passthrough atomic.Bool
+}
+
+// New opens the layers described by opts, which must have been
+// validated. It prepares the work directory, clearing what an
+// interrupted copy-up left there.
+func New(opts Options, logger *log.Logger) (*FS, error) {
+	if logger == nil {
+		logger = log.New(os.Stderr, "unionmount: ", log.LstdFlags)
+	}
+	u := &FS{opts: opts, work: -1, logger: logger}
+	u.markers = whiteout.Markers{Prefix: whiteout.TrustedPrefix}
+	u.idXattr = "trusted.unionmount.id"
+	if opts.UserXattr {
+		u.markers.Prefix = whiteout.UserPrefix
+		u.idXattr = "user.unionmount.id"
+	}
+	index := 0
+	if opts.Upper != "" {
+		l, err := openLayer(index, opts.Upper, true)
+		if err != nil {
+			return nil, err
+		}
+		u.upper = l
+		index++
+	}
+	for _, p := range opts.Lowers {
+		l, err := openLayer(index, p, false)
+		if err != nil {
+			u.Close()
+			return nil, err
+		}
+		u.lowers = append(u.lowers, l)
+		index++
+	}
+	u.assignInoBits()
+	if u.upper != nil && !opts.ReadOnly {
+		if err := u.prepareWork(); err != nil {
+			u.Close()
+			return nil, err
+		}
+		if !opts.UserXattr && !u.trustedXattrsWork() {
+			u.logger.Printf("trusted.* xattrs cannot be written on the upper layer: keeping markers in user.overlay.*")
+			u.markers.Prefix = whiteout.UserPrefix
+			u.idXattr = "user.unionmount.id"
+		}
+	}
+	return u, nil
+}
+
+// Close releases the layer fds.
+func (u *FS) Close() {
+	if u.upper != nil {
+		u.upper.close()
+	}
+	for _, l := range u.lowers {
+		l.close()
+	}
+	if u.work >= 0 {
+		unix.Close(u.work)
+		u.work = -1
+	}
+}
+
+// writable reports whether the union accepts changes.
+func (u *FS) writable() bool {
+	return u.upper != nil && !u.opts.ReadOnly
+}
+
+// prepareWork creates <work>/work, empty, owned by the mounter with mode
+// 0700, as kernel overlay does.
+func (u *FS) prepareWork() error {
+	if err := os.MkdirAll(u.opts.Work, 0o755); err != nil {
+		return fmt.Errorf("create work dir: %w", err)
+	}
+	scratch := filepath.Join(u.opts.Work, "work")
+	if err := os.RemoveAll(scratch); err != nil {
+		return fmt.Errorf("clear work dir %s: %w", scratch, err)
+	}
+	if err := os.Mkdir(scratch, 0o700); err != nil {
+		return fmt.Errorf("create work dir %s: %w", scratch, err)
+	}
+	fd, err := unix.Open(scratch, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open work dir %s: %w", scratch, err)
+	}
+	u.work = fd
+	return nil
+}
+
+// trustedXattrsWork probes whether trusted.* xattrs can be set in the
+// work dir (they cannot without CAP_SYS_ADMIN in the initial namespace).
+func (u *FS) trustedXattrsWork() bool {
+	name := tempName()
+	if err := unix.Mkdirat(u.work, name, 0o700); err != nil {
+		return false
+	}
+	defer unix.Unlinkat(u.work, name, unix.AT_REMOVEDIR)
+	p := fmt.Sprintf("/proc/self/fd/%d/%s", u.work, name)
+	return unix.Setxattr(p, "trusted.unionmount.probe", []byte("y"), 0) == nil
+}
+
+// assignInoBits gives each distinct filesystem among the layers a tag
+// for the top bits of inode numbers, the upper's filesystem first with
+// tag zero, as kernel overlay's xino does.
+func (u *FS) assignInoBits() {
+	seen := map[uint64]uint64{}
+	next := uint64(0)
+	all := append([]*layer{}, u.lowers...)
+	if u.upper != nil {
+		all = append([]*layer{u.upper}, all...)
+	}
+	for _, l := range all {
+		tag, ok := seen[l.dev]
+		if !ok {
+			tag = next
+			seen[l.dev] = tag
+			next++
+		}
+		l.inoBits = tag << 56
+	}
+}
+
+// inoFor maps a real inode number in layer l to the union's number.
+func (u *FS) inoFor(l *layer, ino uint64) uint64 {
+	n := ino ^ l.inoBits
+	if n <= 1 {
+		// 0 and 1 are reserved (1 is the union's root).
+		n |= 1 << 55
+	}
+	return n
+}
+
+// pathGen separates distinct names of a lower hard link, which copy-up
+// breaks apart as kernel overlay does without its index feature.
+func pathGen(path string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(path))
+	return h.Sum64() | 1
+}

@@ -1,0 +1,87 @@
+package unionfs
+
+import (
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/unionmount/unionmount/internal/sysx"
+)
+
+// layer is one branch of the union. It owns a directory fd on the
+// branch's root and does every call relative to it.
+type layer struct {
+	// index is the layer's place in the stack: 0 is the upper (when
+	// there is one), then the lowers from the top down.
+	index int
+	path  string
+	fd    int
+	dev   uint64
+	// inoBits tags inode numbers from this layer's filesystem so two
+	// filesystems' numbers cannot collide; zero for the upper's.
+	inoBits uint64
+	upper   bool
+}
+
+func openLayer(index int, path string, upper bool) (*layer, error) {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open layer %s: %w", path, err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("stat layer %s: %w", path, err)
+	}
+	return &layer{index: index, path: path, fd: fd, dev: st.Dev, upper: upper}, nil
+}
+
+func (l *layer) close() {
+	if l.fd >= 0 {
+		unix.Close(l.fd)
+		l.fd = -1
+	}
+}
+
+// rel turns a union-relative path ("" for the root) into one the *at
+// calls accept.
+func rel(p string) string {
+	if p == "" {
+		return "."
+	}
+	return p
+}
+
+// lstat stats path in the layer without following a final symlink.
+func (l *layer) lstat(path string, st *unix.Stat_t) error {
+	return unix.Fstatat(l.fd, rel(path), st, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// open opens path in the layer, confined to it.
+func (l *layer) open(path string, flags int, mode uint32) (int, error) {
+	return sysx.OpenInRoot(l.fd, rel(path), flags, mode)
+}
+
+// isNotFound reports errors that mean "nothing by that name here".
+func isNotFound(err error) bool {
+	return errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR)
+}
+
+// join joins a union-relative directory and a name.
+func join(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
+}
+
+// dirOf returns the directory part of a union-relative path.
+func dirOf(p string) string {
+	for i := len(p) - 1; i >= 0; i-- {
+		if p[i] == '/' {
+			return p[:i]
+		}
+	}
+	return ""
+}

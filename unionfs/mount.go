@@ -1,0 +1,73 @@
+package unionfs
+
+import (
+	"fmt"
+	"log"
+	"os"
+	"runtime"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// Mount mounts the union described by opts (already validated) at
+// mountpoint and returns the serving FUSE server; the caller waits on it.
+func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuse.Server, *FS, error) {
+	if logger == nil {
+		logger = log.New(os.Stderr, "unionmount: ", log.LstdFlags)
+	}
+	u, err := New(opts, logger)
+	if err != nil {
+		return nil, nil, err
+	}
+	root := &node{ufs: u, st: nodeState{upper: u.upper != nil}}
+	for _, l := range u.lowers {
+		root.st.lowers = append(root.st.lowers, layerRef{l, ""})
+	}
+	timeout := time.Second
+	mountOpts := []string{"default_permissions"}
+	if !u.writable() {
+		mountOpts = append(mountOpts, "ro")
+	}
+	fsName := opts.FsName
+	if fsName == "" {
+		fsName = "unionmount"
+	}
+	fsopts := &fs.Options{
+		MountOptions: fuse.MountOptions{
+			AllowOther:  opts.AllowOther,
+			Options:     mountOpts,
+			FsName:      fsName,
+			Name:        "unionmount",
+			Debug:       opts.Debug,
+			DirectMount: os.Geteuid() == 0,
+			MaxWrite:    1 << 20,
+			EnableLocks: true,
+			Logger:      logger,
+			PanicHandler: func(v any) fuse.Status {
+				// A panic must never take the mount down: log it, and
+				// answer the one request with EIO.
+				buf := make([]byte, 64<<10)
+				buf = buf[:runtime.Stack(buf, false)]
+				logger.Printf("internal fault (answered EIO): %v\n%s", v, buf)
+				return fuse.EIO
+			},
+		},
+		EntryTimeout:    &timeout,
+		AttrTimeout:     &timeout,
+		NegativeTimeout: &timeout,
+		NullPermissions: true,
+		Logger:          logger,
+		RootStableAttr:  &fs.StableAttr{Ino: 1},
+	}
+	server, err := fs.Mount(mountpoint, root, fsopts)
+	if err != nil {
+		u.Close()
+		return nil, nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+	}
+	settings := server.KernelSettings()
+	u.passthrough.Store(opts.Passthrough && os.Geteuid() == 0 &&
+		settings.Flags64()&fuse.CAP_PASSTHROUGH != 0)
+	return server, u, nil
+}

@@ -1,0 +1,227 @@
+package unionfs
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/unionmount/unionmount/internal/sysx"
+)
+
+// layerRef names one real object: a path in a layer.
+type layerRef struct {
+	l    *layer
+	path string
+}
+
+// nodeState says where a union object lives. It is a value: lookups build
+// a fresh one and swap it in.
+type nodeState struct {
+	// upper is set when the object exists in the upper layer at the
+	// node's union path.
+	upper bool
+	// lowers are the lower objects the node merges, topmost first. A
+	// directory lists every lower directory merged into it (none when
+	// opaque); any other object has at most one, its copy-up source.
+	lowers []layerRef
+}
+
+// node is one union inode.
+type node struct {
+	fs.Inode
+	ufs *FS
+
+	mu sync.Mutex
+	st nodeState // guarded by mu
+	// cachedOpens counts open handles not using passthrough.
+	cachedOpens int // guarded by mu
+
+	// copiedUp is set (after st.upper) when a copy-up moved the node to
+	// the upper layer, so that handles opened on the lower switch over.
+	copiedUp atomic.Bool
+}
+
+var (
+	_ fs.NodeGetattrer  = (*node)(nil)
+	_ fs.NodeStatfser   = (*node)(nil)
+	_ fs.NodeReadlinker = (*node)(nil)
+)
+
+// state returns a copy of the node's layer state.
+func (n *node) state() nodeState {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.st
+}
+
+func (n *node) setState(st nodeState) {
+	n.mu.Lock()
+	n.st = st
+	n.mu.Unlock()
+	if st.upper {
+		n.copiedUp.Store(true)
+	}
+}
+
+// path is the node's union-relative path; "" for the root.
+func (n *node) path() string {
+	return n.Path(n.Root())
+}
+
+// parentNode returns the node's parent, or nil for the root.
+func (n *node) parentNode() *node {
+	_, p := n.Parent()
+	if p == nil {
+		return nil
+	}
+	pn, _ := p.Operations().(*node)
+	return pn
+}
+
+// top returns the layer object the node's attributes come from.
+func (u *FS) top(st nodeState, path string) (layerRef, bool) {
+	if st.upper {
+		return layerRef{u.upper, path}, true
+	}
+	if len(st.lowers) > 0 {
+		return st.lowers[0], true
+	}
+	return layerRef{}, false
+}
+
+// identity returns the inode identity of a found object: from the
+// recorded id of a copied-up object, or from the real inode.
+func (u *FS) identity(ref layerRef, st *unix.Stat_t) fs.StableAttr {
+	id := fs.StableAttr{Mode: uint32(st.Mode) & unix.S_IFMT}
+	if v, err := sysx.Getxattr(ref.l.fd, rel(ref.path), u.idXattr); err == nil {
+		if ino, gen, ok := parseID(string(v)); ok {
+			id.Ino, id.Gen = ino, gen
+			return id
+		}
+	}
+	id.Ino = u.inoFor(ref.l, st.Ino)
+	if !ref.l.upper && st.Mode&unix.S_IFMT != unix.S_IFDIR && st.Nlink > 1 {
+		id.Gen = pathGen(ref.path)
+	}
+	return id
+}
+
+func formatID(id fs.StableAttr) string {
+	return fmt.Sprintf("%d:%d", id.Ino, id.Gen)
+}
+
+func parseID(s string) (ino, gen uint64, ok bool) {
+	a, b, found := strings.Cut(s, ":")
+	if !found {
+		return 0, 0, false
+	}
+	ino, err1 := strconv.ParseUint(a, 10, 64)
+	gen, err2 := strconv.ParseUint(b, 10, 64)
+	return ino, gen, err1 == nil && err2 == nil && ino > 1
+}
+
+// newChild registers a looked-up or created object with go-fuse and
+// returns its inode. When go-fuse already knows the identity (a hard
+// link, or a repeated lookup), that inode's state is refreshed instead.
+func (n *node) newChild(ctx context.Context, st nodeState, id fs.StableAttr) *fs.Inode {
+	child := &node{ufs: n.ufs, st: st}
+	if st.upper {
+		child.copiedUp.Store(true)
+	}
+	ino := n.NewInode(ctx, child, id)
+	if existing, ok := ino.Operations().(*node); ok && existing != child {
+		existing.setState(st)
+	}
+	return ino
+}
+
+// Getattr reports the attributes of the object's topmost real copy.
+func (n *node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	if f, ok := fh.(*file); ok {
+		return f.Getattr(ctx, out)
+	}
+	n.ufs.ns.RLock()
+	defer n.ufs.ns.RUnlock()
+	st := n.state()
+	ref, ok := n.ufs.top(st, n.path())
+	if !ok {
+		return syscall.ENOENT
+	}
+	var s unix.Stat_t
+	if err := ref.l.lstat(ref.path, &s); err != nil {
+		return sysx.Errno(err)
+	}
+	out.FromStat(toSyscallStat(&s))
+	return 0
+}
+
+// Statfs reports the upper layer's filesystem (the top lower's for a
+// read-only union).
+func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	l := n.ufs.upper
+	if l == nil {
+		l = n.ufs.lowers[0]
+	}
+	var s unix.Statfs_t
+	if err := unix.Fstatfs(l.fd, &s); err != nil {
+		return sysx.Errno(err)
+	}
+	out.Blocks, out.Bfree, out.Bavail = s.Blocks, s.Bfree, s.Bavail
+	out.Files, out.Ffree = s.Files, s.Ffree
+	out.Bsize, out.Frsize = uint32(s.Bsize), uint32(s.Frsize)
+	out.NameLen = uint32(s.Namelen)
+	return 0
+}
+
+// Readlink reads the symlink's topmost copy.
+func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	n.ufs.ns.RLock()
+	defer n.ufs.ns.RUnlock()
+	ref, ok := n.ufs.top(n.state(), n.path())
+	if !ok {
+		return nil, syscall.ENOENT
+	}
+	buf := make([]byte, unix.PathMax)
+	got, err := unix.Readlinkat(ref.l.fd, rel(ref.path), buf)
+	if err != nil {
+		return nil, sysx.Errno(err)
+	}
+	return buf[:got], 0
+}
+
+// toSyscallStat converts x/sys's Stat_t to the syscall one go-fuse takes;
+// the two have the same layout on Linux.
+func toSyscallStat(s *unix.Stat_t) *syscall.Stat_t {
+	return &syscall.Stat_t{
+		Dev: s.Dev, Ino: s.Ino, Nlink: s.Nlink, Mode: s.Mode, Uid: s.Uid, Gid: s.Gid,
+		Rdev: s.Rdev, Size: s.Size, Blksize: s.Blksize, Blocks: s.Blocks,
+		Atim: syscall.Timespec(s.Atim), Mtim: syscall.Timespec(s.Mtim), Ctim: syscall.Timespec(s.Ctim),
+	}
+}
+
+// tempName returns a fresh name for an object prepared in the work dir.
+func tempName() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return "#" + hex.EncodeToString(b[:])
+}
+
+// errno converts an internal error to the FUSE answer, logging the ones
+// that carry no errno of their own (internal faults).
+func (u *FS) errno(err error) syscall.Errno {
+	e := sysx.Errno(err)
+	if e == syscall.EIO {
+		u.logger.Printf("internal error: %v", err)
+	}
+	return e
+}

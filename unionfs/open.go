@@ -1,0 +1,52 @@
+package unionfs
+
+import (
+	"context"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"golang.org/x/sys/unix"
+)
+
+var _ fs.NodeOpener = (*node)(nil)
+
+// Open opens the object's topmost copy. Opening a lower file for writing
+// (or with O_TRUNC) copies it up first; with O_TRUNC the data is not
+// copied, since it would be thrown away.
+func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	u := n.ufs
+	u.ns.RLock()
+	defer u.ns.RUnlock()
+	openFlags := int(flags) &^ (unix.O_CREAT | unix.O_EXCL | unix.O_APPEND | unix.O_NOCTTY)
+	writing := openFlags&unix.O_ACCMODE != unix.O_RDONLY || openFlags&unix.O_TRUNC != 0
+	if writing {
+		if err := u.copyUp(n, openFlags&unix.O_TRUNC == 0); err != nil {
+			return nil, 0, u.errno(err)
+		}
+	}
+	st := n.state()
+	ref, ok := u.top(st, n.path())
+	if !ok {
+		return nil, 0, syscall.ENOENT
+	}
+	fd, err := ref.l.open(ref.path, openFlags|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, 0, u.errno(err)
+	}
+	return n.openedFile(fd, openFlags, !st.upper), 0, 0
+}
+
+// openedFile wraps a freshly opened fd. The kernel refuses to mix
+// passthrough and cached opens of one inode, and go-fuse keeps one backing
+// file per inode, so passthrough is used only for upper files with no
+// cached open: a lower file is always served by the daemon, because a
+// copy-up must be able to move its readers to the upper copy.
+func (n *node) openedFile(fd, flags int, onLower bool) *file {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	passthrough := n.ufs.passthrough.Load() && !onLower && n.cachedOpens == 0
+	if !passthrough {
+		n.cachedOpens++
+	}
+	return newFile(n, fd, flags, onLower, passthrough)
+}

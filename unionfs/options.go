@@ -1,0 +1,361 @@
+package unionfs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// RedirectMode is kernel overlayfs's redirect_dir setting: whether a
+// renamed lower directory is recorded with a redirect xattr, and whether
+// existing redirects are followed.
+type RedirectMode int
+
+const (
+	// RedirectOn creates and follows redirects: directory renames work.
+	RedirectOn RedirectMode = iota
+	// RedirectFollow follows existing redirects but creates none, so a
+	// rename of a lower directory fails with EXDEV.
+	RedirectFollow
+	// RedirectNoFollow neither creates nor follows redirects.
+	RedirectNoFollow
+)
+
+// Options configures one union mount.
+type Options struct {
+	// Lowers are the read-only layers, topmost first.
+	Lowers []string
+	// Upper is the writable layer; empty means a read-only union.
+	Upper string
+	// Work is the scratch directory for atomic copy-up, on the same
+	// filesystem as Upper. Empty means a hidden sibling of Upper.
+	Work string
+
+	Redirect RedirectMode
+	// UserXattr keeps overlay markers in user.overlay.* rather than
+	// trusted.overlay.*.
+	UserXattr bool
+	// ReadOnly refuses every change even when an upper is given.
+	ReadOnly bool
+	// NonEmpty allows mounting over a non-empty directory.
+	NonEmpty bool
+	// NoFsync skips the fsync of copied-up files (fsync=0, volatile).
+	NoFsync bool
+	// Passthrough asks for FUSE passthrough of open files where the
+	// kernel and privileges allow it.
+	Passthrough bool
+	// AllowOther lets users other than the mounter use the mount.
+	AllowOther bool
+	// Debug traces every FUSE operation to the log.
+	Debug bool
+	// FsName is the source shown in /proc/mounts.
+	FsName string
+}
+
+// ErrBadOption marks errors in the user's options, as opposed to
+// failures of the system.
+var ErrBadOption = errors.New("bad option")
+
+func badOption(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrBadOption, fmt.Sprintf(format, args...))
+}
+
+// genericMountOptions are the mount(8) and FUSE options a union accepts
+// and leaves to the kernel or ignores, so that fstab lines and
+// mount -t fuse.unionmount work unchanged.
+var genericMountOptions = map[string]bool{
+	"rw": true, "dev": true, "nodev": true, "suid": true, "nosuid": true,
+	"exec": true, "noexec": true, "atime": true, "noatime": true,
+	"relatime": true, "norelatime": true, "strictatime": true, "nodiratime": true,
+	"diratime": true, "lazytime": true, "nolazytime": true, "sync": true, "async": true,
+	"dirsync": true, "auto": true, "noauto": true, "user": true, "nouser": true,
+	"users": true, "owner": true, "nofail": true, "_netdev": true, "defaults": true,
+	"silent": true, "loud": true, "mand": true, "nomand": true, "iversion": true,
+	"noiversion": true, "default_permissions": true, "allow_root": true,
+	"auto_unmount": true,
+}
+
+// ParseOptions parses comma-separated option strings, as given to -o,
+// into Options. Commas and colons inside values can be escaped with a
+// backslash.
+func ParseOptions(optionLists []string) (Options, error) {
+	o := Options{Passthrough: true, AllowOther: os.Geteuid() == 0}
+	var lowers []string
+	for _, list := range optionLists {
+		for _, opt := range splitEscaped(list, ',') {
+			if opt == "" {
+				continue
+			}
+			key, value, hasValue := strings.Cut(opt, "=")
+			switch key {
+			case "lower", "lowerdir":
+				if !hasValue || value == "" {
+					return o, badOption("%s needs a value", key)
+				}
+				lowers = append(lowers, splitEscaped(value, ':')...)
+			case "upper", "upperdir":
+				o.Upper = unescape(value)
+			case "work", "workdir":
+				o.Work = unescape(value)
+			case "redirect_dir":
+				switch value {
+				case "on":
+					o.Redirect = RedirectOn
+				case "follow", "off":
+					// Kernel overlay's "off" means "follow" under its
+					// default redirect_always_follow=Y.
+					o.Redirect = RedirectFollow
+				case "nofollow":
+					o.Redirect = RedirectNoFollow
+				default:
+					return o, badOption("redirect_dir=%q: want on, follow, off or nofollow", value)
+				}
+			case "userxattr":
+				o.UserXattr = true
+			case "ro":
+				o.ReadOnly = true
+			case "nonempty":
+				o.NonEmpty = true
+			case "fsync":
+				switch value {
+				case "0":
+					o.NoFsync = true
+				case "1":
+					o.NoFsync = false
+				default:
+					return o, badOption("fsync=%q: want 0 or 1", value)
+				}
+			case "volatile":
+				o.NoFsync = true
+			case "passthrough":
+				switch value {
+				case "", "on", "1", "auto":
+					o.Passthrough = true
+				case "off", "0":
+					o.Passthrough = false
+				default:
+					return o, badOption("passthrough=%q: want on or off", value)
+				}
+			case "allow_other":
+				o.AllowOther = true
+			case "fsname":
+				o.FsName = value
+			case "debug":
+				o.Debug = true
+			case "index", "metacopy", "nfs_export", "uuid", "xino", "verity", "subtype":
+				// Kernel overlay features this union does not implement;
+				// accepted so that option strings written for the kernel
+				// work. "off" is what they mean here.
+			default:
+				if genericMountOptions[key] && !hasValue {
+					continue
+				}
+				if key == "context" || key == "fscontext" || key == "defcontext" || key == "rootcontext" ||
+					key == "max_read" || key == "blksize" || key == "uid" || key == "gid" || key == "user_id" ||
+					key == "group_id" || key == "fd" || key == "rootmode" {
+					continue
+				}
+				return o, badOption("unknown option %q", opt)
+			}
+		}
+	}
+	o.Lowers = lowers
+	return o, nil
+}
+
+// splitEscaped splits s at sep, honouring backslash escapes of sep and
+// of backslash itself; the escapes are kept for unescape to remove.
+func splitEscaped(s string, sep byte) []string {
+	var parts []string
+	var cur strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == '\\' && i+1 < len(s) {
+			if s[i+1] == sep && sep != ',' {
+				cur.WriteByte(s[i+1])
+				i++
+				continue
+			}
+			cur.WriteByte(c)
+			cur.WriteByte(s[i+1])
+			i++
+			continue
+		}
+		if c == sep {
+			parts = append(parts, cur.String())
+			cur.Reset()
+			continue
+		}
+		cur.WriteByte(c)
+	}
+	parts = append(parts, cur.String())
+	if sep != ',' {
+		for i := range parts {
+			parts[i] = unescape(parts[i])
+		}
+	}
+	return parts
+}
+
+// unescape removes backslash escapes.
+func unescape(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+1 < len(s) {
+			i++
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// Validate checks the layers and the mount point, and fills in defaults
+// (absolute paths, the work directory). It writes nothing.
+func (o *Options) Validate(mountpoint string) error {
+	if len(o.Lowers) == 0 {
+		return badOption("no lower layer given (lower=DIR[:DIR...] or lowerdir=)")
+	}
+	if o.Upper == "" && o.Work != "" {
+		return badOption("work dir given without an upper dir")
+	}
+	var err error
+	for i, l := range o.Lowers {
+		if o.Lowers[i], err = checkDir("lower", l); err != nil {
+			return err
+		}
+	}
+	if o.Upper != "" {
+		if o.Upper, err = checkDir("upper", o.Upper); err != nil {
+			return err
+		}
+		if o.Work == "" {
+			o.Work = filepath.Join(filepath.Dir(o.Upper), "."+filepath.Base(o.Upper)+".unionmount-work")
+			if _, err := os.Lstat(o.Work); err == nil {
+				if o.Work, err = checkDir("work", o.Work); err != nil {
+					return err
+				}
+			} else if !os.IsNotExist(err) {
+				return fmt.Errorf("work dir %s: %w", o.Work, err)
+			}
+		} else if o.Work, err = checkDir("work", o.Work); err != nil {
+			return err
+		}
+	}
+	for _, l := range o.Lowers {
+		for _, pair := range [][2]string{{"upper", o.Upper}, {"work", o.Work}} {
+			if pair[1] == "" {
+				continue
+			}
+			if overlaps(l, pair[1]) {
+				return badOption("%s dir %s and lower dir %s overlap: one is inside the other", pair[0], pair[1], l)
+			}
+		}
+	}
+	if o.Upper != "" {
+		if overlaps(o.Upper, o.Work) {
+			return badOption("upper dir %s and work dir %s overlap: one is inside the other", o.Upper, o.Work)
+		}
+		if err := sameFilesystem(o.Upper, o.Work); err != nil {
+			return err
+		}
+	}
+	if mountpoint != "" {
+		return o.checkMountpoint(mountpoint)
+	}
+	return nil
+}
+
+func (o *Options) checkMountpoint(mountpoint string) error {
+	abs, err := filepath.Abs(mountpoint)
+	if err != nil {
+		return err
+	}
+	st, err := os.Stat(abs)
+	if err != nil {
+		return badOption("mount point %s: %v", mountpoint, errors.Unwrap(err))
+	}
+	if !st.IsDir() {
+		return badOption("mount point %s is not a directory", mountpoint)
+	}
+	if !o.NonEmpty {
+		f, err := os.Open(abs)
+		if err != nil {
+			return badOption("mount point %s: %v", mountpoint, err)
+		}
+		names, _ := f.Readdirnames(1)
+		f.Close()
+		if len(names) > 0 {
+			return badOption("mount point %s is not empty (use -o nonempty to mount over it)", mountpoint)
+		}
+	}
+	for _, dir := range append(append([]string{}, o.Lowers...), o.Upper, o.Work) {
+		if dir != "" && isWithin(dir, abs) {
+			return badOption("layer %s is inside the mount point %s", dir, abs)
+		}
+	}
+	return nil
+}
+
+// checkDir resolves p to an absolute, symlink-free path and checks it is
+// a directory.
+func checkDir(role, p string) (string, error) {
+	if p == "" {
+		return "", badOption("%s dir is empty", role)
+	}
+	abs, err := filepath.Abs(p)
+	if err != nil {
+		return "", badOption("%s dir %s: %v", role, p, err)
+	}
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		if os.IsNotExist(err) {
+			return "", badOption("%s dir %s does not exist", role, p)
+		}
+		return "", badOption("%s dir %s: %v", role, p, err)
+	}
+	st, err := os.Stat(real)
+	if err != nil {
+		return "", badOption("%s dir %s: %v", role, p, err)
+	}
+	if !st.IsDir() {
+		return "", badOption("%s dir %s is not a directory", role, p)
+	}
+	return real, nil
+}
+
+// isWithin reports whether p is inside dir (or is dir).
+func isWithin(p, dir string) bool {
+	rel, err := filepath.Rel(dir, p)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
+}
+
+func overlaps(a, b string) bool {
+	return isWithin(a, b) || isWithin(b, a)
+}
+
+// sameFilesystem checks that work is on upper's filesystem, or, when it
+// does not exist yet, that its parent is.
+func sameFilesystem(upper, work string) error {
+	var su, sw unix.Stat_t
+	if err := unix.Stat(upper, &su); err != nil {
+		return fmt.Errorf("upper dir %s: %w", upper, err)
+	}
+	target := work
+	if _, err := os.Stat(work); os.IsNotExist(err) {
+		target = filepath.Dir(work)
+	}
+	if err := unix.Stat(target, &sw); err != nil {
+		return fmt.Errorf("work dir %s: %w", work, err)
+	}
+	if su.Dev != sw.Dev {
+		return badOption("work dir %s is on another filesystem than upper dir %s", work, upper)
+	}
+	return nil
+}

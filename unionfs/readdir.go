@@ -1,0 +1,229 @@
+package unionfs
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/unionmount/unionmount/internal/sysx"
+)
+
+var _ fs.NodeOpendirHandler = (*node)(nil)
+
+// mergedEntry is one name of a merged directory listing.
+type mergedEntry struct {
+	name string
+	mode uint32
+	ino  uint64
+}
+
+// readMerged lists the directory at path with state st: each name once,
+// from the topmost layer that has it, whiteouts and the names they hide
+// left out. withIno asks for each entry's union inode number. The caller
+// holds ns.
+func (u *FS) readMerged(path string, st nodeState, withIno bool) ([]mergedEntry, error) {
+	var layers []layerRef
+	if st.upper {
+		layers = append(layers, layerRef{u.upper, path})
+	}
+	layers = append(layers, st.lowers...)
+	seen := map[string]bool{}
+	var out []mergedEntry
+	for _, ref := range layers {
+		names, err := listDir(ref.l.fd, ref.path)
+		if err != nil {
+			return nil, fmt.Errorf("list %s in layer %s: %w", rel(ref.path), ref.l.path, err)
+		}
+		for _, e := range names {
+			if seen[e.name] {
+				continue
+			}
+			seen[e.name] = true
+			child := layerRef{ref.l, join(ref.path, e.name)}
+			needStat := withIno || e.mode == unix.S_IFCHR || e.mode == unix.S_IFREG || e.mode == 0
+			if !needStat {
+				out = append(out, e)
+				continue
+			}
+			var cst unix.Stat_t
+			if err := child.l.lstat(child.path, &cst); err != nil {
+				if isNotFound(err) {
+					continue // removed while we listed
+				}
+				return nil, err
+			}
+			if u.markers.IsWhiteout(child.l.fd, child.path, &cst) {
+				continue
+			}
+			e.mode = cst.Mode & unix.S_IFMT
+			if withIno {
+				e.ino = u.identity(child, &cst).Ino
+			}
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// listDir reads the names of the real directory path under dirfd, with
+// their types from getdents (0 where the filesystem does not say). A
+// directory that has gone lists as empty.
+func listDir(dirfd int, path string) ([]mergedEntry, error) {
+	fd, err := sysx.OpenInRoot(dirfd, rel(path), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		if isNotFound(err) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	ents, err := f.ReadDir(-1)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]mergedEntry, 0, len(ents))
+	for _, e := range ents {
+		out = append(out, mergedEntry{name: e.Name(), mode: fileModeType(e.Type())})
+	}
+	return out, nil
+}
+
+func fileModeType(m os.FileMode) uint32 {
+	switch {
+	case m&os.ModeDir != 0:
+		return unix.S_IFDIR
+	case m&os.ModeSymlink != 0:
+		return unix.S_IFLNK
+	case m&os.ModeNamedPipe != 0:
+		return unix.S_IFIFO
+	case m&os.ModeSocket != 0:
+		return unix.S_IFSOCK
+	case m&os.ModeCharDevice != 0:
+		return unix.S_IFCHR
+	case m&os.ModeDevice != 0:
+		return unix.S_IFBLK
+	case m&os.ModeIrregular != 0:
+		return 0
+	default:
+		return unix.S_IFREG
+	}
+}
+
+// dirHandle is an open merged directory. The listing is taken when the
+// directory is opened (and again on rewind), so offsets stay stable for
+// seekdir/telldir however the directory changes meanwhile.
+type dirHandle struct {
+	n *node
+
+	mu      sync.Mutex
+	entries []fuse.DirEntry // guarded by mu
+	pos     int             // guarded by mu
+}
+
+var (
+	_ fs.FileReaddirenter = (*dirHandle)(nil)
+	_ fs.FileSeekdirer    = (*dirHandle)(nil)
+	_ fs.FileFsyncdirer   = (*dirHandle)(nil)
+	_ fs.FileReleasedirer = (*dirHandle)(nil)
+)
+
+// OpendirHandle opens the merged directory.
+func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	d := &dirHandle{n: n}
+	if errno := d.load(); errno != 0 {
+		return nil, 0, errno
+	}
+	return d, 0, 0
+}
+
+func (d *dirHandle) load() syscall.Errno {
+	u := d.n.ufs
+	u.ns.RLock()
+	defer u.ns.RUnlock()
+	merged, err := u.readMerged(d.n.path(), d.n.state(), true)
+	if err != nil {
+		return u.errno(err)
+	}
+	entries := make([]fuse.DirEntry, 0, len(merged)+2)
+	self := d.n.StableAttr().Ino
+	parent := self
+	if p := d.n.parentNode(); p != nil {
+		parent = p.StableAttr().Ino
+	}
+	entries = append(entries,
+		fuse.DirEntry{Name: ".", Mode: unix.S_IFDIR, Ino: self},
+		fuse.DirEntry{Name: "..", Mode: unix.S_IFDIR, Ino: parent})
+	for _, e := range merged {
+		entries = append(entries, fuse.DirEntry{Name: e.name, Mode: e.mode, Ino: e.ino})
+	}
+	for i := range entries {
+		entries[i].Off = uint64(i + 1)
+	}
+	d.mu.Lock()
+	d.entries, d.pos = entries, 0
+	d.mu.Unlock()
+	return 0
+}
+
+func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.pos >= len(d.entries) {
+		return nil, 0
+	}
+	e := d.entries[d.pos]
+	d.pos++
+	return &e, 0
+}
+
+// Seekdir moves to an offset handed out earlier; offset 0 (rewinddir)
+// takes a fresh listing.
+func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	if off == 0 {
+		return d.load()
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if off > uint64(len(d.entries)) {
+		off = uint64(len(d.entries))
+	}
+	d.pos = int(off)
+	return 0
+}
+
+func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
+	u := d.n.ufs
+	if u.upper == nil {
+		return 0
+	}
+	u.ns.RLock()
+	defer u.ns.RUnlock()
+	if !d.n.state().upper {
+		return 0
+	}
+	fd, err := u.upper.open(d.n.path(), unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		return u.errno(err)
+	}
+	defer unix.Close(fd)
+	return errnoOf(unix.Fsync(fd))
+}
+
+func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {}
+
+func errnoOf(err error) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	if e, ok := err.(unix.Errno); ok {
+		return syscall.Errno(e)
+	}
+	return syscall.EIO
+}

@@ -1,0 +1,138 @@
+package unionfs
+
+import (
+	"context"
+	"fmt"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"golang.org/x/sys/unix"
+
+	"github.com/unionmount/unionmount/internal/sysx"
+	"github.com/unionmount/unionmount/whiteout"
+)
+
+var (
+	_ fs.NodeUnlinker = (*node)(nil)
+	_ fs.NodeRmdirer  = (*node)(nil)
+)
+
+// Unlink removes a non-directory. Where a lower layer shows the name, the
+// upper gets a whiteout in its place (replacing an upper copy atomically).
+func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
+	u := n.ufs
+	u.ns.Lock()
+	defer u.ns.Unlock()
+	if !u.writable() {
+		return syscall.EROFS
+	}
+	f, err := u.lookup(n.path(), n.state(), name)
+	if err != nil {
+		return u.errno(err)
+	}
+	if f.isDir() {
+		return syscall.EISDIR
+	}
+	return u.errno(n.removeName(name, f))
+}
+
+// Rmdir removes a directory that is empty in the merged view.
+func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
+	u := n.ufs
+	u.ns.Lock()
+	defer u.ns.Unlock()
+	if !u.writable() {
+		return syscall.EROFS
+	}
+	parentPath := n.path()
+	f, err := u.lookup(parentPath, n.state(), name)
+	if err != nil {
+		return u.errno(err)
+	}
+	if !f.isDir() {
+		return syscall.ENOTDIR
+	}
+	entries, err := u.readMerged(join(parentPath, name), f.state, false)
+	if err != nil {
+		return u.errno(err)
+	}
+	if len(entries) > 0 {
+		return syscall.ENOTEMPTY
+	}
+	return u.errno(n.removeName(name, f))
+}
+
+// removeName removes name (found as f) from directory n. The caller holds
+// ns for writing.
+func (n *node) removeName(name string, f *found) error {
+	u := n.ufs
+	parentPath := n.path()
+	path := join(parentPath, name)
+	needWhiteout, err := u.lowerHas(parentPath, n.state(), name)
+	if err != nil {
+		return err
+	}
+	if needWhiteout {
+		if err := u.copyUp(n, true); err != nil {
+			return err
+		}
+	}
+	switch {
+	case f.state.upper && f.isDir():
+		return u.removeUpperDir(path, needWhiteout)
+	case f.state.upper && !needWhiteout:
+		return unix.Unlinkat(u.upper.fd, path, 0)
+	case needWhiteout:
+		return u.makeWhiteout(path)
+	default:
+		return fmt.Errorf("remove %s: neither in the upper nor below: %w", path, unix.ENOENT)
+	}
+}
+
+// removeUpperDir removes an upper directory that holds nothing but
+// whiteouts, leaving a whiteout in its place if needWhiteout. The
+// directory is first moved into the work dir (swapped with the new
+// whiteout), so the change is atomic in the merged view.
+func (u *FS) removeUpperDir(path string, needWhiteout bool) error {
+	tmp := tempName()
+	if needWhiteout {
+		if err := whiteout.MakeWhiteout(u.work, tmp); err != nil {
+			return err
+		}
+		if err := sysx.Rename(u.work, tmp, u.upper.fd, path, unix.RENAME_EXCHANGE); err != nil {
+			unix.Unlinkat(u.work, tmp, 0)
+			return fmt.Errorf("swap %s with a whiteout: %w", path, err)
+		}
+	} else if err := sysx.Rename(u.upper.fd, path, u.work, tmp, unix.RENAME_NOREPLACE); err != nil {
+		return fmt.Errorf("move %s to the work dir: %w", path, err)
+	}
+	return removeAllAt(u.work, tmp)
+}
+
+// removeAllAt removes the tree name under dirfd.
+func removeAllAt(dirfd int, name string) error {
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return unix.Unlinkat(dirfd, name, 0)
+	}
+	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	ents, err := listDir(fd, "")
+	if err == nil {
+		for _, e := range ents {
+			if err = removeAllAt(fd, e.name); err != nil {
+				break
+			}
+		}
+	}
+	unix.Close(fd)
+	if err != nil {
+		return err
+	}
+	return unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
+}

@@ -1,0 +1,242 @@
+package unionfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"golang.org/x/sys/unix"
+
+	"github.com/unionmount/unionmount/internal/sysx"
+)
+
+var _ fs.NodeRenamer = (*node)(nil)
+
+// renameSide is one end of a rename: a directory node, a name in it, and
+// what the layers show there.
+type renameSide struct {
+	dir   *node
+	name  string
+	path  string
+	found *found // nil when nothing is there
+	// lowerHas is set when a lower layer shows the name, so the upper
+	// must keep hiding it once the object moves away.
+	lowerHas bool
+}
+
+func (n *node) renameSide(name string) (*renameSide, error) {
+	u := n.ufs
+	s := &renameSide{dir: n, name: name, path: join(n.path(), name)}
+	f, err := u.lookup(n.path(), n.state(), name)
+	if err == nil {
+		s.found = f
+	} else if !errors.Is(err, errNotFound) {
+		return nil, err
+	}
+	if s.lowerHas, err = u.lowerHas(n.path(), n.state(), name); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Rename moves name to newName in newParent. A directory that merges lower
+// directories is copied up alone and marked with a redirect to where its
+// lower part still lies (kernel overlay's redirect_dir=on); with
+// redirects off that gives EXDEV, as the kernel does.
+func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
+	u := n.ufs
+	u.ns.Lock()
+	defer u.ns.Unlock()
+	np, ok := newParent.(*node)
+	if !ok {
+		return syscall.EXDEV
+	}
+	if !u.writable() {
+		return syscall.EROFS
+	}
+	if flags&^(unix.RENAME_NOREPLACE|unix.RENAME_EXCHANGE) != 0 {
+		return syscall.EINVAL
+	}
+	src, err := n.renameSide(name)
+	if err != nil {
+		return u.errno(err)
+	}
+	if src.found == nil {
+		return syscall.ENOENT
+	}
+	dst, err := np.renameSide(newName)
+	if err != nil {
+		return u.errno(err)
+	}
+	if flags&unix.RENAME_EXCHANGE != 0 {
+		if dst.found == nil {
+			return syscall.ENOENT
+		}
+		return u.errno(u.exchange(src, dst))
+	}
+	if dst.found != nil {
+		if flags&unix.RENAME_NOREPLACE != 0 {
+			return syscall.EEXIST
+		}
+		if dst.found.id == src.found.id {
+			return 0 // two names of one file: POSIX says do nothing
+		}
+	}
+	return u.errno(u.move(src, dst))
+}
+
+// move renames src over dst (which may be empty). The caller holds ns
+// for writing.
+func (u *FS) move(src, dst *renameSide) error {
+	srcDir := src.found.isDir()
+	if d := dst.found; d != nil {
+		switch {
+		case srcDir && !d.isDir():
+			return unix.ENOTDIR
+		case !srcDir && d.isDir():
+			return unix.EISDIR
+		case d.isDir():
+			entries, err := u.readMerged(dst.path, d.state, false)
+			if err != nil {
+				return err
+			}
+			if len(entries) > 0 {
+				return unix.ENOTEMPTY
+			}
+		}
+	}
+	srcNode, err := src.node()
+	if err != nil {
+		return err
+	}
+	if err := u.prepareMovedDir(srcNode, src.found, dst); err != nil {
+		return err
+	}
+	if err := u.copyUp(srcNode, true); err != nil {
+		return err
+	}
+	if err := u.copyUp(dst.dir, true); err != nil {
+		return err
+	}
+	if err := u.markMovedDir(src, dst); err != nil {
+		return err
+	}
+	var cur unix.Stat_t
+	dstWhiteout := false
+	if err := u.upper.lstat(dst.path, &cur); err == nil {
+		dstWhiteout = u.markers.IsWhiteout(u.upper.fd, dst.path, &cur)
+		if dst.found != nil && dst.found.isDir() && cur.Mode&unix.S_IFMT == unix.S_IFDIR {
+			// Empty in the merged view: only whiteouts are left in it.
+			if err := clearDirAt(u.upper.fd, dst.path); err != nil {
+				return fmt.Errorf("clear %s before replacing it: %w", dst.path, err)
+			}
+		}
+	}
+	if srcDir && dstWhiteout {
+		// A directory cannot replace a device node: swap the two, so
+		// the whiteout lands where the directory was.
+		if err := sysx.Rename(u.upper.fd, src.path, u.upper.fd, dst.path, unix.RENAME_EXCHANGE); err != nil {
+			return err
+		}
+		if !src.lowerHas {
+			return unix.Unlinkat(u.upper.fd, src.path, 0)
+		}
+		return nil
+	}
+	var rflags uint
+	if src.lowerHas {
+		rflags = unix.RENAME_WHITEOUT
+	}
+	err = sysx.Rename(u.upper.fd, src.path, u.upper.fd, dst.path, rflags)
+	if err != nil && rflags != 0 && (errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM)) {
+		// No RENAME_WHITEOUT here: rename, then whiteout.
+		if err = sysx.Rename(u.upper.fd, src.path, u.upper.fd, dst.path, 0); err == nil {
+			err = u.makeWhiteout(src.path)
+		}
+	}
+	return err
+}
+
+// node returns the go-fuse node of the side's object; the kernel looked
+// it up before asking for the rename.
+func (s *renameSide) node() (*node, error) {
+	child := s.dir.GetChild(s.name)
+	if child == nil {
+		return nil, fmt.Errorf("rename %s: not in the node tree: %w", s.path, unix.ENOENT)
+	}
+	cn, ok := child.Operations().(*node)
+	if !ok {
+		return nil, unix.EIO
+	}
+	return cn, nil
+}
+
+// prepareMovedDir refuses the move of a directory with lower parts when
+// redirects are off.
+func (u *FS) prepareMovedDir(srcNode *node, f *found, dst *renameSide) error {
+	if f.isDir() && len(f.state.lowers) > 0 && u.opts.Redirect != RedirectOn {
+		return unix.EXDEV
+	}
+	return nil
+}
+
+// markMovedDir makes the copied-up directory keep its merged content at
+// its new name: a redirect to its lower part, or an opaque marker when it
+// has no lower part but the new name has one that must not show through.
+func (u *FS) markMovedDir(src, dst *renameSide) error {
+	f := src.found
+	if !f.isDir() {
+		return nil
+	}
+	if len(f.state.lowers) > 0 {
+		return u.markers.SetRedirect(u.upper.fd, src.path, "/"+f.state.lowers[0].path)
+	}
+	if dst.lowerHas {
+		return u.markers.SetOpaque(u.upper.fd, src.path)
+	}
+	return nil
+}
+
+// exchange swaps two names atomically (RENAME_EXCHANGE).
+func (u *FS) exchange(a, b *renameSide) error {
+	for _, s := range []*renameSide{a, b} {
+		if s.found.isDir() && len(s.found.state.lowers) > 0 && u.opts.Redirect != RedirectOn {
+			return unix.EXDEV
+		}
+		sn, err := s.node()
+		if err != nil {
+			return err
+		}
+		if err := u.copyUp(sn, true); err != nil {
+			return err
+		}
+	}
+	if err := u.markMovedDir(a, b); err != nil {
+		return err
+	}
+	if err := u.markMovedDir(b, a); err != nil {
+		return err
+	}
+	return sysx.Rename(u.upper.fd, a.path, u.upper.fd, b.path, unix.RENAME_EXCHANGE)
+}
+
+// clearDirAt empties the directory path under dirfd.
+func clearDirAt(dirfd int, path string) error {
+	fd, err := unix.Openat(dirfd, path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ents, err := listDir(fd, "")
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if err := removeAllAt(fd, e.name); err != nil {
+			return err
+		}
+	}
+	return nil
+}

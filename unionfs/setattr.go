@@ -1,0 +1,108 @@
+package unionfs
+
+import (
+	"context"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+var _ fs.NodeSetattrer = (*node)(nil)
+
+// Setattr changes mode, owner, size or times, copying the object up
+// first. A size change through an open handle goes to its fd, which
+// still works after the name was unlinked.
+func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	u := n.ufs
+	u.ns.RLock()
+	defer u.ns.RUnlock()
+	size, hasSize := in.GetSize()
+	if f, ok := fh.(*file); ok && hasSize {
+		if done, errno := f.truncate(size); errno != 0 {
+			return errno
+		} else if done {
+			hasSize = false
+		}
+	}
+	if _, p := n.Parent(); p == nil && n.path() != "" {
+		// Unlinked and not open for writing: nothing left to change.
+		if f, ok := fh.(*file); ok {
+			return f.Getattr(ctx, out)
+		}
+		return syscall.ENOENT
+	}
+	if err := u.copyUp(n, !(hasSize && size == 0)); err != nil {
+		return u.errno(err)
+	}
+	path := rel(n.path())
+	fd := u.upper.fd
+	if mode, ok := in.GetMode(); ok {
+		if err := unix.Fchmodat(fd, path, mode&0o7777, 0); err != nil {
+			return u.errno(err)
+		}
+	}
+	uid, hasUID := in.GetUID()
+	gid, hasGID := in.GetGID()
+	if hasUID || hasGID {
+		su, sg := -1, -1
+		if hasUID {
+			su = int(uid)
+		}
+		if hasGID {
+			sg = int(gid)
+		}
+		if err := unix.Fchownat(fd, path, su, sg, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return u.errno(err)
+		}
+	}
+	if hasSize {
+		wfd, err := u.upper.open(path, unix.O_WRONLY|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return u.errno(err)
+		}
+		err = unix.Ftruncate(wfd, int64(size))
+		unix.Close(wfd)
+		if err != nil {
+			return u.errno(err)
+		}
+	}
+	if times, ok := setattrTimes(in); ok {
+		if err := unix.UtimesNanoAt(fd, path, times, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return u.errno(err)
+		}
+	}
+	var s unix.Stat_t
+	if err := u.upper.lstat(path, &s); err != nil {
+		return u.errno(err)
+	}
+	out.FromStat(toSyscallStat(&s))
+	return 0
+}
+
+// setattrTimes turns the request's time fields into utimensat's
+// argument, with UTIME_OMIT for those not set and UTIME_NOW for "now".
+func setattrTimes(in *fuse.SetAttrIn) ([]unix.Timespec, bool) {
+	omit := unix.Timespec{Nsec: unix.UTIME_OMIT}
+	now := unix.Timespec{Nsec: unix.UTIME_NOW}
+	ts := []unix.Timespec{omit, omit}
+	set := false
+	if in.Valid&fuse.FATTR_ATIME != 0 {
+		set = true
+		if in.Valid&fuse.FATTR_ATIME_NOW != 0 {
+			ts[0] = now
+		} else {
+			ts[0] = unix.Timespec{Sec: int64(in.Atime), Nsec: int64(in.Atimensec)}
+		}
+	}
+	if in.Valid&fuse.FATTR_MTIME != 0 {
+		set = true
+		if in.Valid&fuse.FATTR_MTIME_NOW != 0 {
+			ts[1] = now
+		} else {
+			ts[1] = unix.Timespec{Sec: int64(in.Mtime), Nsec: int64(in.Mtimensec)}
+		}
+	}
+	return ts, set
+}
