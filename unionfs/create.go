@@ -225,18 +225,18 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	if !ok {
 		return nil, syscall.EXDEV
 	}
-	if _, p := src.Parent(); p == nil {
-		return nil, syscall.ENOENT // unlinked: nothing to link from
-	}
 	if !u.writable() {
 		return nil, syscall.EROFS
+	}
+	if _, p := src.Parent(); p == nil && !src.unnamed() {
+		return nil, syscall.ENOENT // unlinked: nothing to link from
 	}
 	if err := u.copyUp(src, true); err != nil {
 		return nil, u.errno(err)
 	}
-	srcPath := src.path()
+	srcDir, srcPath, linkFlags := src.linkSource()
 	f, err := n.create(ctx, newObject{name: name, make: func(tmp string) error {
-		return unix.Linkat(u.upper.fd, srcPath, u.work, tmp, 0)
+		return unix.Linkat(srcDir, srcPath, u.work, tmp, linkFlags)
 	}})
 	if err != nil {
 		return nil, u.errno(err)

@@ -45,6 +45,8 @@ type node struct {
 	st nodeState // guarded by mu
 	// cachedOpens counts open handles not using passthrough.
 	cachedOpens int // guarded by mu
+	// anonFd is an O_PATH fd of an unnamed (O_TMPFILE) file, 0 if none.
+	anonFd int // guarded by mu
 
 	// copiedUp is set (after st.upper) when a copy-up moved the node to
 	// the upper layer, so that handles opened on the lower switch over.
@@ -158,7 +160,12 @@ func (n *node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut)
 		return syscall.ENOENT
 	}
 	var s unix.Stat_t
-	if err := ref.l.lstat(ref.path, &s); err != nil {
+	err := ref.l.lstat(ref.path, &s)
+	if d, ok := fh.(*dirHandle); ok && isNotFound(err) {
+		// Removed or replaced while open: the handle still knows it.
+		err = unix.Fstat(d.fd, &s)
+	}
+	if err != nil {
 		return sysx.Errno(err)
 	}
 	out.FromStat(toSyscallStat(&s))

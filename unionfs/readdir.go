@@ -121,6 +121,9 @@ func fileModeType(m os.FileMode) uint32 {
 // seekdir/telldir however the directory changes meanwhile.
 type dirHandle struct {
 	n *node
+	// fd is an O_PATH fd of the directory's topmost copy, for fstat
+	// after the name is gone.
+	fd int
 
 	mu      sync.Mutex
 	entries []fuse.DirEntry // guarded by mu
@@ -136,8 +139,17 @@ var (
 
 // OpendirHandle opens the merged directory.
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	d := &dirHandle{n: n}
+	u := n.ufs
+	u.ns.RLock()
+	ref, ok := u.top(n.state(), n.path())
+	fd := -1
+	if ok {
+		fd, _ = ref.l.open(ref.path, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
+	}
+	u.ns.RUnlock()
+	d := &dirHandle{n: n, fd: fd}
 	if errno := d.load(); errno != 0 {
+		d.Releasedir(ctx, 0)
 		return nil, 0, errno
 	}
 	return d, 0, 0
@@ -216,7 +228,12 @@ func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
 	return errnoOf(unix.Fsync(fd))
 }
 
-func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {}
+func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {
+	if d.fd >= 0 {
+		unix.Close(d.fd)
+		d.fd = -1
+	}
+}
 
 func errnoOf(err error) syscall.Errno {
 	if err == nil {

@@ -1,0 +1,87 @@
+package unionfs
+
+import (
+	"context"
+	"fmt"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+)
+
+var (
+	_ fs.NodeTmpfiler    = (*node)(nil)
+	_ fs.NodeOnForgetter = (*node)(nil)
+)
+
+// Tmpfile makes an unnamed file (O_TMPFILE) in the upper copy of the
+// directory. The node keeps its own fd so that linkat can later give it
+// a name.
+func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse.EntryOut) (*fs.Inode, fs.FileHandle, uint32, syscall.Errno) {
+	u := n.ufs
+	u.ns.RLock()
+	defer u.ns.RUnlock()
+	if !u.writable() {
+		return nil, nil, 0, syscall.EROFS
+	}
+	if err := u.copyUp(n, true); err != nil {
+		return nil, nil, 0, u.errno(err)
+	}
+	openFlags := int(flags) &^ (unix.O_CREAT | unix.O_EXCL | unix.O_APPEND | unix.O_NOCTTY | unix.O_TMPFILE)
+	fd, err := u.upper.open(n.path(), openFlags|unix.O_TMPFILE, mode&0o7777)
+	if err != nil {
+		return nil, nil, 0, u.errno(err)
+	}
+	if caller, ok := fuse.FromContext(ctx); ok {
+		if err := unix.Fchown(fd, int(caller.Uid), int(caller.Gid)); err != nil {
+			unix.Close(fd)
+			return nil, nil, 0, u.errno(err)
+		}
+	}
+	anon, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", fd), unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		unix.Close(fd)
+		return nil, nil, 0, u.errno(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		unix.Close(anon)
+		return nil, nil, 0, u.errno(err)
+	}
+	child := &node{ufs: u, st: nodeState{upper: true}, anonFd: anon}
+	child.copiedUp.Store(true)
+	ino := n.NewInode(ctx, child, fs.StableAttr{Mode: unix.S_IFREG, Ino: u.inoFor(u.upper, st.Ino)})
+	out.Attr.FromStat(toSyscallStat(&st))
+	return ino, child.openedFile(fd, openFlags, false), 0, 0
+}
+
+// OnForget drops the fd an unnamed file kept.
+func (n *node) OnForget() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.anonFd > 0 {
+		unix.Close(n.anonFd)
+		n.anonFd = -1
+	}
+}
+
+// unnamed reports whether n is an O_TMPFILE file that still has its fd.
+func (n *node) unnamed() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.anonFd > 0
+}
+
+// linkSource returns how to name n's upper object for linkat: by path,
+// or through its own fd when it is an unnamed O_TMPFILE file.
+func (n *node) linkSource() (dirfd int, path string, flags int) {
+	n.mu.Lock()
+	anon := n.anonFd
+	n.mu.Unlock()
+	if anon > 0 {
+		return unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", anon), unix.AT_SYMLINK_FOLLOW
+	}
+	return n.ufs.upper.fd, n.path(), 0
+}
