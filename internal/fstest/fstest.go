@@ -1,0 +1,147 @@
+// Package fstest holds the helpers the filesystem tests share: skipping
+// with a reason where root, FUSE or kernel overlay is missing, building
+// layer trees in t.TempDir(), mounting kernel overlay and unionmount
+// there with unmounts checked at cleanup, and snapshotting trees so two
+// mounts (or two upper dirs) can be compared.
+package fstest
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// RequireRoot skips the test unless it runs as root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (mounts, ownership changes, trusted xattrs)")
+	}
+}
+
+// RequireFUSE skips the test unless this process can mount FUSE.
+func RequireFUSE(t testing.TB) {
+	t.Helper()
+	RequireRoot(t)
+	f, err := os.OpenFile("/dev/fuse", os.O_RDWR, 0)
+	if err != nil {
+		t.Skipf("needs /dev/fuse: %v", err)
+	}
+	f.Close()
+}
+
+// RequireKernelOverlay skips the test unless kernel overlayfs can be
+// mounted here.
+func RequireKernelOverlay(t testing.TB) {
+	t.Helper()
+	RequireRoot(t)
+	data, _ := os.ReadFile("/proc/filesystems")
+	if !strings.Contains(string(data), "\toverlay\n") {
+		if exec.Command("modprobe", "overlay").Run() != nil {
+			t.Skip("kernel has no overlay filesystem")
+		}
+	}
+}
+
+// Layers is a set of layer directories for one union, under t.TempDir().
+type Layers struct {
+	Lowers []string // topmost first
+	Upper  string
+	Work   string
+	Mount  string
+}
+
+// NewLayers makes nLowers empty lower dirs, an upper, a work dir and a
+// mount point in a fresh temporary directory.
+func NewLayers(t testing.TB, nLowers int) *Layers {
+	t.Helper()
+	root := t.TempDir()
+	// The suite's impermissible checks and other users need to reach in.
+	os.Chmod(root, 0o755)
+	l := &Layers{Upper: filepath.Join(root, "upper"), Work: filepath.Join(root, "work"), Mount: filepath.Join(root, "merged")}
+	for i := 0; i < nLowers; i++ {
+		l.Lowers = append(l.Lowers, filepath.Join(root, "lower"+string(rune('0'+i))))
+	}
+	for _, d := range append(append([]string{}, l.Lowers...), l.Upper, l.Work, l.Mount) {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return l
+}
+
+// OverlayOptions returns the lowerdir=,upperdir=,workdir= option string.
+func (l *Layers) OverlayOptions() string {
+	return "lowerdir=" + strings.Join(l.Lowers, ":") + ",upperdir=" + l.Upper + ",workdir=" + l.Work
+}
+
+// MountKernelOverlay mounts kernel overlayfs over l with the given extra
+// options and unmounts it at cleanup.
+func MountKernelOverlay(t testing.TB, l *Layers, extra ...string) {
+	t.Helper()
+	RequireKernelOverlay(t)
+	opts := append([]string{l.OverlayOptions()}, extra...)
+	if err := unix.Mount("overlay", l.Mount, "overlay", 0, strings.Join(opts, ",")); err != nil {
+		t.Fatalf("mount kernel overlay: %v", err)
+	}
+	t.Cleanup(func() { Unmount(t, l.Mount) })
+}
+
+// Unmount unmounts dir, retrying while it is busy, and fails the test if
+// it cannot.
+func Unmount(t testing.TB, dir string) {
+	t.Helper()
+	var err error
+	for i := 0; i < 50; i++ {
+		if err = unix.Unmount(dir, 0); err == nil || err == unix.EINVAL {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Errorf("unmount %s: %v", dir, err)
+	unix.Unmount(dir, unix.MNT_DETACH)
+}
+
+// Spec describes a tree: a path ending in "/" is a directory, "->TARGET"
+// makes a symlink, anything else is a file's content.
+type Spec map[string]string
+
+// WriteTree creates spec under dir.
+func WriteTree(t testing.TB, dir string, spec Spec) {
+	t.Helper()
+	for p, v := range spec {
+		full := filepath.Join(dir, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case strings.HasSuffix(p, "/"):
+			if err := os.MkdirAll(full, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		case strings.HasPrefix(v, "->"):
+			if err := os.Symlink(strings.TrimPrefix(v, "->"), full); err != nil {
+				t.Fatal(err)
+			}
+		default:
+			if err := os.WriteFile(full, []byte(v), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// CopyTree copies the tree at src into dst (which must exist) with
+// modes, owners, times, symlinks, device nodes and xattrs kept.
+func CopyTree(t testing.TB, src, dst string) {
+	t.Helper()
+	out, err := exec.Command("cp", "-a", "--preserve=all", src+"/.", dst).CombinedOutput()
+	if err != nil {
+		t.Fatalf("cp -a %s %s: %v\n%s", src, dst, err, out)
+	}
+}
