@@ -11,9 +11,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // RequireRoot skips the test unless it runs as root.
@@ -85,26 +82,15 @@ func (l *Layers) OverlayOptions() string {
 func MountKernelOverlay(t testing.TB, l *Layers, extra ...string) {
 	t.Helper()
 	RequireKernelOverlay(t)
-	opts := append([]string{l.OverlayOptions()}, extra...)
-	if err := unix.Mount("overlay", l.Mount, "overlay", 0, strings.Join(opts, ",")); err != nil {
-		t.Fatalf("mount kernel overlay: %v", err)
+	unmount, err := StartKernelOverlay(l, extra...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Cleanup(func() { Unmount(t, l.Mount) })
-}
-
-// Unmount unmounts dir, retrying while it is busy, and fails the test if
-// it cannot.
-func Unmount(t testing.TB, dir string) {
-	t.Helper()
-	var err error
-	for i := 0; i < 50; i++ {
-		if err = unix.Unmount(dir, 0); err == nil || err == unix.EINVAL {
-			return
+	t.Cleanup(func() {
+		if err := unmount(); err != nil {
+			t.Error(err)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Errorf("unmount %s: %v", dir, err)
-	unix.Unmount(dir, unix.MNT_DETACH)
+	})
 }
 
 // Spec describes a tree: a path ending in "/" is a directory, "->TARGET"

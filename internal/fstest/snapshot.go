@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/pkg/xattr"
 	"golang.org/x/sys/unix"
 )
 
@@ -21,10 +22,13 @@ type Entry struct {
 	Data  string // sha256 of a file's content, or a symlink's target
 	Nlink uint64 // non-directories only
 	Rdev  uint64
+	// Xattrs lists the user.* attributes as name=value, sorted; the
+	// union's own markers (user.overlay.*, user.unionmount.*) are left out.
+	Xattrs string
 }
 
 func (e Entry) String() string {
-	return fmt.Sprintf("%s %04o size=%d nlink=%d data=%.12s", e.Type, e.Mode, e.Size, e.Nlink, e.Data)
+	return fmt.Sprintf("%s %04o size=%d nlink=%d data=%.12s xattrs=[%s]", e.Type, e.Mode, e.Size, e.Nlink, e.Data, e.Xattrs)
 }
 
 // Snapshot maps each path under a tree (relative, "/"-separated) to its
@@ -74,6 +78,9 @@ func TakeSnapshot(root string) (Snapshot, error) {
 		case unix.S_IFSOCK:
 			e.Type = "sock"
 		}
+		if e.Type != "symlink" && e.Type != "whiteout" {
+			e.Xattrs = userXattrs(p)
+		}
 		s[filepath.ToSlash(rel)] = e
 		return nil
 	})
@@ -110,4 +117,21 @@ func (s Snapshot) Paths() string {
 	}
 	sort.Strings(ps)
 	return strings.Join(ps, " ")
+}
+
+func userXattrs(p string) string {
+	names, err := xattr.LList(p)
+	if err != nil {
+		return "?" + err.Error()
+	}
+	var out []string
+	for _, n := range names {
+		if !strings.HasPrefix(n, "user.") || strings.HasPrefix(n, "user.overlay.") || strings.HasPrefix(n, "user.unionmount.") {
+			continue
+		}
+		v, _ := xattr.LGet(p, n)
+		out = append(out, n+"="+string(v))
+	}
+	sort.Strings(out)
+	return strings.Join(out, ",")
 }

@@ -1,0 +1,200 @@
+package unionfs_test
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/pkg/xattr"
+	"golang.org/x/sys/unix"
+	"pgregory.net/rapid"
+
+	"github.com/unionmount/unionmount/internal/fstest"
+)
+
+// The lower layers both sides of the random comparison start from: two
+// layers, so merges, hiding and redirects across layers are exercised.
+var randomLowers = []fstest.Spec{
+	{"d1/a": "top a", "d1/sub/": "", "b": "top b", "d2/": "", "link": "->d1/a"},
+	{"d1/c": "bottom c", "d1/sub/x": "bottom x", "d3/y": "bottom y", "b": "hidden b", "e": "bottom e"},
+}
+
+var (
+	// Few names, so that operations keep meeting the same objects.
+	randomDirs  = []string{"", "d1", "d1/sub", "d3"}
+	randomNames = []string{"a", "b", "c", "x", "y", "sub"}
+)
+
+// fsOp is one random operation, applied by path to a mount.
+type fsOp struct {
+	kind string
+	a, b string
+	data string
+	off  int64
+	mode uint32
+}
+
+func (o fsOp) String() string {
+	return fmt.Sprintf("%s(%q %q data=%q off=%d mode=%o)", o.kind, o.a, o.b, o.data, o.off, o.mode)
+}
+
+func drawPath(t *rapid.T, label string) string {
+	dir := rapid.SampledFrom(randomDirs).Draw(t, label+"dir")
+	name := rapid.SampledFrom(randomNames).Draw(t, label+"name")
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
+}
+
+func drawOp(t *rapid.T) fsOp {
+	o := fsOp{kind: rapid.SampledFrom([]string{
+		"create", "write", "truncate", "chmod", "link", "symlink", "rename",
+		"unlink", "mkdir", "rmdir", "setxattr", "removexattr",
+	}).Draw(t, "kind")}
+	o.a = drawPath(t, "a")
+	switch o.kind {
+	case "link", "rename", "symlink":
+		o.b = drawPath(t, "b")
+	}
+	switch o.kind {
+	case "create", "write", "setxattr":
+		o.data = rapid.StringMatching(`[a-z]{0,12}`).Draw(t, "data")
+	}
+	switch o.kind {
+	case "write", "truncate":
+		o.off = rapid.Int64Range(0, 40).Draw(t, "off")
+	case "chmod", "mkdir":
+		o.mode = rapid.SampledFrom([]uint32{0o755, 0o700, 0o644, 0o600, 0o1777}).Draw(t, "mode")
+	}
+	return o
+}
+
+// apply runs the operation under root and returns its errno (0 if none).
+func (o fsOp) apply(root string) syscall.Errno {
+	a, b := filepath.Join(root, o.a), filepath.Join(root, o.b)
+	var err error
+	switch o.kind {
+	case "create":
+		err = writeFile(a, unix.O_CREAT|unix.O_WRONLY|unix.O_TRUNC, o.data, 0)
+	case "write":
+		err = writeFile(a, unix.O_WRONLY, o.data, o.off)
+	case "truncate":
+		err = unix.Truncate(a, o.off)
+	case "chmod":
+		err = unix.Chmod(a, o.mode)
+	case "link":
+		err = unix.Link(a, b)
+	case "symlink":
+		err = unix.Symlink(o.a, b)
+	case "rename":
+		err = unix.Rename(a, b)
+	case "unlink":
+		err = unix.Unlink(a)
+	case "mkdir":
+		err = unix.Mkdir(a, o.mode)
+	case "rmdir":
+		err = unix.Rmdir(a)
+	case "setxattr":
+		err = xattr.LSet(a, "user.k", []byte(o.data))
+	case "removexattr":
+		err = xattr.LRemove(a, "user.k")
+	}
+	return errnoOf(err)
+}
+
+func writeFile(p string, flags int, data string, off int64) error {
+	fd, err := unix.Open(p, flags|unix.O_CLOEXEC, 0o644)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	_, err = unix.Pwrite(fd, []byte(data), off)
+	return err
+}
+
+// randomChecks is how many random sequences to try: a few dozen in
+// `make test`, many more with LONG=1.
+func randomChecks() string {
+	if os.Getenv("UNIONMOUNT_LONG") != "" {
+		return "1000"
+	}
+	return "250"
+}
+
+// TestRandomOperationsMatchKernelOverlay applies the same random
+// operations to kernel overlay and to unionmount over identical layers:
+// after each step the merged trees and the errors must match, and at the
+// end so must the two upper directories. Failures shrink to a short case.
+func TestRandomOperationsMatchKernelOverlay(t *testing.T) {
+	fstest.RequireKernelOverlay(t)
+	fstest.RequireFUSE(t)
+	if f := flag.Lookup("rapid.checks"); f != nil && f.Value.String() == "100" {
+		f.Value.Set(randomChecks())
+	}
+	rapid.Check(t, func(rt *rapid.T) {
+		kernel := fstest.NewLayers(t, len(randomLowers))
+		union := fstest.NewLayers(t, len(randomLowers))
+		for i, spec := range randomLowers {
+			fstest.WriteTree(t, kernel.Lowers[i], spec)
+			fstest.WriteTree(t, union.Lowers[i], spec)
+		}
+		unmountKernel, err := fstest.StartKernelOverlay(kernel, kernelOverlayOptions...)
+		if err != nil {
+			rt.Fatal(err)
+		}
+		mounted, err := fstest.StartUnion(union)
+		if err != nil {
+			unmountKernel()
+			rt.Fatal(err)
+		}
+		unmounted := false
+		defer func() {
+			if !unmounted {
+				unmountKernel()
+				mounted.Unmount()
+			}
+		}()
+		ops := rapid.SliceOfN(rapid.Custom(drawOp), 1, 40).Draw(rt, "ops")
+		for i, o := range ops {
+			ek, eu := o.apply(kernel.Mount), o.apply(union.Mount)
+			if ek != eu {
+				rt.Fatalf("step %d %v: kernel overlay says %v, unionmount says %v", i, o, errText(ek), errText(eu))
+			}
+			compareTrees(rt, fmt.Sprintf("after step %d %v: merged view", i, o), kernel.Mount, union.Mount)
+		}
+		unmounted = true
+		if err := unmountKernel(); err != nil {
+			rt.Fatal(err)
+		}
+		if err := mounted.Unmount(); err != nil {
+			rt.Fatal(err)
+		}
+		compareTrees(rt, "upper dirs", kernel.Upper, union.Upper)
+	})
+}
+
+func errText(e syscall.Errno) string {
+	if e == 0 {
+		return "ok"
+	}
+	return e.Error()
+}
+
+func compareTrees(t *rapid.T, what, want, got string) {
+	ws, err := fstest.TakeSnapshot(want)
+	if err != nil {
+		t.Fatalf("%s: snapshot of kernel overlay: %v", what, err)
+	}
+	gs, err := fstest.TakeSnapshot(got)
+	if err != nil {
+		t.Fatalf("%s: snapshot of unionmount: %v", what, err)
+	}
+	if d := fstest.Diff(ws, gs); len(d) > 0 {
+		t.Fatalf("%s differs from kernel overlay:\n  %s", what, strings.Join(d, "\n  "))
+	}
+}
