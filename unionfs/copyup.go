@@ -86,10 +86,16 @@ func (u *FS) copyUpObject(src layerRef, path string, id fs.StableAttr, withData 
 			return err
 		}
 	}
+	u.crashPoint(CrashCopyUpData)
 	if err := u.copyMetadata(src, tmp, &st, id); err != nil {
 		return err
 	}
-	return u.installFromWork(tmp, path)
+	u.crashPoint(CrashCopyUpBeforeInstall)
+	if err := u.installFromWork(tmp, path); err != nil {
+		return err
+	}
+	u.crashPoint(CrashCopyUpAfterInstall)
+	return nil
 }
 
 // copyFile creates tmp in the work dir with src's data, holes kept.

@@ -54,6 +54,9 @@ type Options struct {
 	Debug bool
 	// FsName is the source shown in /proc/mounts.
 	FsName string
+	// CrashAt names a crash point (see crashPoints) where the process
+	// exits at once, as a crash would stop it; for crash tests only.
+	CrashAt string
 }
 
 // ErrBadOption marks errors in the user's options, as opposed to

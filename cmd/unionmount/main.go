@@ -86,6 +86,8 @@ func run(args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "unionmount: %v\n", err)
 		return exitCode(err)
 	}
+	// Crash tests stop the server at a named point (unionfs.CrashPoints).
+	opts.CrashAt = os.Getenv("UNIONMOUNT_CRASH_AT")
 	if opts.FsName == "" && source != "" && source != "none" {
 		opts.FsName = source
 	}

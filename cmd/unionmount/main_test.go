@@ -1,0 +1,210 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/unionmount/unionmount/internal/fstest"
+	"github.com/unionmount/unionmount/unionfs"
+)
+
+// binary is the unionmount under test: $UNIONMOUNT_BIN (make test sets
+// it), or one built for this run.
+func binary(t *testing.T) string {
+	t.Helper()
+	if b := os.Getenv("UNIONMOUNT_BIN"); b != "" {
+		return b
+	}
+	out := filepath.Join(t.TempDir(), "unionmount")
+	build := exec.Command("go", "build", "-o", out, ".")
+	if msg, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, msg)
+	}
+	return out
+}
+
+func mounted(dir string) bool {
+	data, _ := os.ReadFile("/proc/self/mountinfo")
+	return strings.Contains(string(data), " "+dir+" ")
+}
+
+func TestBadInputExitsTwoWithOneLineAndWritesNothing(t *testing.T) {
+	fstest.RequireRoot(t)
+	bin := binary(t)
+	root := t.TempDir()
+	dir := func(p string) string {
+		full := filepath.Join(root, p)
+		require.NoError(t, os.MkdirAll(full, 0o755))
+		return full
+	}
+	lower, upper, mnt := dir("lower"), dir("upper"), dir("mnt")
+	file := filepath.Join(root, "file")
+	require.NoError(t, os.WriteFile(file, nil, 0o644))
+	full := dir("full")
+	require.NoError(t, os.WriteFile(full+"/x", nil, 0o644))
+	other := dir("otherfs")
+	require.NoError(t, unix.Mount("tmpfs", other, "tmpfs", 0, ""))
+	defer unix.Unmount(other, 0)
+
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"a missing lower dir", []string{"-o", "lower=" + root + "/nope,upper=" + upper, mnt}, "does not exist"},
+		{"a lower that is a file", []string{"-o", "lower=" + file + ",upper=" + upper, mnt}, "not a directory"},
+		{"an upper inside a lower", []string{"-o", "lower=" + lower + ",upper=" + dir("lower/up"), mnt}, "overlap"},
+		{"a lower inside the upper", []string{"-o", "lower=" + dir("upper2/low") + ",upper=" + root + "/upper2", mnt}, "overlap"},
+		{"a work dir inside a lower", []string{"-o", "lower=" + lower + ",upper=" + upper + ",work=" + dir("lower/w"), mnt}, "overlap"},
+		{"a work dir on another filesystem", []string{"-o", "lower=" + lower + ",upper=" + upper + ",work=" + other, mnt}, "another filesystem"},
+		{"a non-empty mount point", []string{"-o", "lower=" + lower + ",upper=" + upper, full}, "not empty"},
+		{"a missing mount point", []string{"-o", "lower=" + lower + ",upper=" + upper, root + "/nomnt"}, "mount point"},
+		{"an unknown option", []string{"-o", "lower=" + lower + ",upper=" + upper + ",frobnicate", mnt}, "unknown option"},
+		{"no lower at all", []string{"-o", "upper=" + upper, mnt}, "no lower"},
+		{"a bad redirect_dir value", []string{"-o", "lower=" + lower + ",redirect_dir=maybe", mnt}, "redirect_dir"},
+		{"an unknown flag", []string{"--frobnicate", mnt}, "unknown flag"},
+		{"no mount point", []string{"-o", "lower=" + lower}, "MOUNTPOINT"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cmd := exec.Command(bin, c.args...)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			err := cmd.Run()
+			var exit *exec.ExitError
+			require.True(t, errors.As(err, &exit), "want a failure, got %v", err)
+			assert.Equal(t, 2, exit.ExitCode())
+			msg := strings.TrimSpace(stderr.String())
+			assert.Contains(t, msg, c.want)
+			assert.Equal(t, 1, strings.Count(msg, "\n")+1, "one line: %q", msg)
+			assert.False(t, mounted(mnt), "nothing mounted")
+			_, err = os.Stat(filepath.Join(root, ".upper.unionmount-work"))
+			assert.True(t, os.IsNotExist(err), "no work dir written")
+		})
+	}
+}
+
+func layers(t *testing.T) *fstest.Layers {
+	l := fstest.NewLayers(t, 1)
+	fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"f": "lower data", "d/g": "g"})
+	return l
+}
+
+func waitUnmounted(t *testing.T, dir string) {
+	t.Helper()
+	for i := 0; i < 200 && mounted(dir); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	assert.False(t, mounted(dir), "%s still mounted", dir)
+}
+
+func TestBackgroundMountIsReadyWhenCommandReturnsAndFusermountStopsIt(t *testing.T) {
+	fstest.RequireFUSE(t)
+	bin := binary(t)
+	l := layers(t)
+	out, err := exec.Command(bin, "-o", "lower="+l.Lowers[0]+",upper="+l.Upper+",work="+l.Work, l.Mount).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.True(t, mounted(l.Mount), "mounted when the command returns")
+	data, err := os.ReadFile(l.Mount + "/f")
+	require.NoError(t, err)
+	assert.Equal(t, "lower data", string(data))
+	require.NoError(t, os.WriteFile(l.Mount+"/new", []byte("x"), 0o644))
+	out, err = exec.Command("fusermount3", "-u", l.Mount).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	waitUnmounted(t, l.Mount)
+	assert.FileExists(t, l.Upper+"/new")
+}
+
+func TestMountHelperForm(t *testing.T) {
+	fstest.RequireFUSE(t)
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("needs unshare (util-linux)")
+	}
+	bin := binary(t)
+	l := layers(t)
+	// mount.fuse3 runs unionmount from the default PATH: show it there
+	// in a private mount namespace only.
+	script := `set -e
+mount --make-rprivate /
+mount -t tmpfs bin /usr/local/sbin
+ln -s "$BIN" /usr/local/sbin/unionmount
+mount -t fuse.unionmount none "$MNT" -o "lowerdir=$LOWER,upperdir=$UPPER,workdir=$WORK,noatime"
+grep " $MNT " /proc/self/mounts
+cat "$MNT/f"
+umount "$MNT"
+`
+	cmd := exec.Command("unshare", "-m", "bash", "-c", script)
+	cmd.Env = append(os.Environ(), "BIN="+bin, "MNT="+l.Mount, "LOWER="+l.Lowers[0], "UPPER="+l.Upper, "WORK="+l.Work)
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), "fuse.unionmount")
+	assert.Contains(t, string(out), "lower data")
+}
+
+func TestSigtermUnmountsCleanly(t *testing.T) {
+	fstest.RequireFUSE(t)
+	bin := binary(t)
+	l := layers(t)
+	cmd := exec.Command(bin, "-f", "-o", "lower="+l.Lowers[0]+",upper="+l.Upper+",work="+l.Work, l.Mount)
+	require.NoError(t, cmd.Start())
+	for i := 0; i < 200 && !mounted(l.Mount); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	require.True(t, mounted(l.Mount))
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	require.NoError(t, cmd.Wait(), "exit status 0 after SIGTERM")
+	waitUnmounted(t, l.Mount)
+}
+
+// A crash at any copy-up point leaves the old file (or a whole copy),
+// never a half one, and a remount clears the work dir.
+func TestCrashDuringCopyUpLeavesOldOrNewState(t *testing.T) {
+	fstest.RequireFUSE(t)
+	bin := binary(t)
+	for _, point := range unionfs.CrashPoints() {
+		t.Run(point, func(t *testing.T) {
+			l := layers(t)
+			cmd := exec.Command(bin, "-f", "-o", "lower="+l.Lowers[0]+",upper="+l.Upper+",work="+l.Work, l.Mount)
+			cmd.Env = append(os.Environ(), "UNIONMOUNT_CRASH_AT="+point)
+			require.NoError(t, cmd.Start())
+			for i := 0; i < 200 && !mounted(l.Mount); i++ {
+				time.Sleep(10 * time.Millisecond)
+			}
+			require.True(t, mounted(l.Mount))
+			f, err := os.OpenFile(l.Mount+"/f", os.O_WRONLY|os.O_APPEND, 0)
+			if err == nil {
+				f.WriteString(" appended")
+				f.Close()
+			}
+			err = cmd.Wait()
+			var exit *exec.ExitError
+			require.True(t, errors.As(err, &exit), "server crashed: %v", err)
+			assert.Equal(t, 86, exit.ExitCode(), "stopped at the crash point")
+			require.NoError(t, unix.Unmount(l.Mount, unix.MNT_DETACH))
+
+			if data, err := os.ReadFile(l.Upper + "/f"); err == nil {
+				assert.Equal(t, "lower data", string(data), "an upper copy is whole")
+			} else {
+				assert.True(t, os.IsNotExist(err))
+			}
+			fstest.MountUnion(t, l)
+			data, err := os.ReadFile(l.Mount + "/f")
+			require.NoError(t, err)
+			assert.Equal(t, "lower data", string(data))
+			left, err := os.ReadDir(filepath.Join(l.Work, "work"))
+			require.NoError(t, err)
+			assert.Empty(t, left, "remount cleared the work dir")
+		})
+	}
+}
