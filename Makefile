@@ -8,7 +8,7 @@ LONG    ?=
 
 # Commands the targets need, as command:debian-package.
 DEMO_DEPS := fusermount3:fuse3 mount.fuse3:fuse3
-TEST_DEPS := $(DEMO_DEPS) getfattr:attr fuse-overlayfs:fuse-overlayfs
+TEST_DEPS := $(DEMO_DEPS) unshare:util-linux
 
 .PHONY: all build demo test lint install deps-demo deps-test clean
 
