@@ -82,6 +82,7 @@ func (f *file) PassthroughFd() (int, bool) {
 }
 
 func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	f.n.ufs.daemonReads.Add(1)
 	return f.current().(fs.FileReader).Read(ctx, dest, off)
 }
 

@@ -43,7 +43,16 @@ type FS struct {
 
 	// passthrough is set once the kernel has agreed to FUSE passthrough.
 	passthrough atomic.Bool
+	// daemonReads counts reads served by the daemon rather than by
+	// passthrough.
+	daemonReads atomic.Uint64
 }
+
+// Passthrough reports whether open upper files use FUSE passthrough.
+func (u *FS) Passthrough() bool { return u.passthrough.Load() }
+
+// DaemonReads reports how many read requests the daemon has served.
+func (u *FS) DaemonReads() uint64 { return u.daemonReads.Load() }
 
 // New opens the layers described by opts, which must have been
 // validated. It prepares the work directory, clearing what an

@@ -245,3 +245,23 @@ func TestCopiedUpFileKeepsServingItsOpenReaders(t *testing.T) {
 		}
 	}
 }
+
+func TestUpperFilesUsePassthroughWhenTheKernelOffersIt(t *testing.T) {
+	l := fstest.NewLayers(t, 1)
+	fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"lower": "from the lower layer"})
+	m := fstest.MountUnion(t, l)
+	if !m.FS.Passthrough() {
+		t.Skip("the kernel did not offer FUSE passthrough (needs root and Linux 6.9+)")
+	}
+	data := make([]byte, 4<<20)
+	require.NoError(t, os.WriteFile(l.Mount+"/upper", data, 0o644))
+	before := m.FS.DaemonReads()
+	got, err := os.ReadFile(l.Mount + "/upper")
+	require.NoError(t, err)
+	assert.Equal(t, len(data), len(got))
+	assert.Equal(t, before, m.FS.DaemonReads(), "upper reads bypass the daemon")
+
+	// Lower files are served by the daemon (see openedFile).
+	assert.Equal(t, "from the lower layer", readFile(t, l.Mount+"/lower"))
+	assert.Greater(t, m.FS.DaemonReads(), before)
+}

@@ -15,6 +15,8 @@ import (
 // Mounted is a union served by this process, for tests that manage the
 // mount's lifetime themselves (many mounts in one randomized test).
 type Mounted struct {
+	// FS is the mounted union, for tests that look at its counters.
+	FS    *unionfs.FS
 	dir   string
 	stop  func() error
 	logs  *syncBuffer
@@ -36,7 +38,7 @@ func StartUnion(l *Layers, extra ...string) (*Mounted, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Mounted{dir: l.Mount, stop: server.Unmount, logs: logs, close: func() {
+	return &Mounted{FS: ufs, dir: l.Mount, stop: server.Unmount, logs: logs, close: func() {
 		server.Wait()
 		ufs.Close()
 	}}, nil

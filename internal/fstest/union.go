@@ -27,7 +27,7 @@ func (b *syncBuffer) String() string {
 // MountUnion mounts unionmount in this process over l, with extra -o
 // options, and unmounts it at cleanup. Set UNIONMOUNT_TRACE=1 to trace
 // FUSE operations. A test whose mount logged an internal fault fails.
-func MountUnion(t testing.TB, l *Layers, extra ...string) {
+func MountUnion(t testing.TB, l *Layers, extra ...string) *Mounted {
 	t.Helper()
 	RequireFUSE(t)
 	m, err := StartUnion(l, extra...)
@@ -39,4 +39,5 @@ func MountUnion(t testing.TB, l *Layers, extra ...string) {
 			t.Error(err)
 		}
 	})
+	return m
 }
