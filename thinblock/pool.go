@@ -1,0 +1,365 @@
+// Package thinblock is a thin-provisioned block pool modelled on the
+// kernel's dm-thin: a data device and a metadata device holding thin
+// volumes that get data blocks on first write, O(1) copy-on-write
+// snapshots of any volume to any depth, discard, and crash-safe metadata.
+//
+// Under it: blockdev (I/O, checksums, fault injection), txn (shadowing,
+// two superblocks, commit), btree (the copy-on-write B-tree) and spacemap
+// (data block reference counts). Mapping trees are shared between a
+// volume and its snapshots node by node; the first write to a shared data
+// block copies it.
+//
+// A Pool serializes its operations with one mutex (Pool.mu); it commits
+// on Commit (a client's flush) and every CommitInterval while dirty.
+package thinblock
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/unionmount/unionmount/thinblock/blockdev"
+	"github.com/unionmount/unionmount/thinblock/btree"
+	"github.com/unionmount/unionmount/thinblock/spacemap"
+	"github.com/unionmount/unionmount/thinblock/txn"
+)
+
+// Block sizes dm-thin allows: powers of two from 64 KiB to 1 GiB.
+const (
+	MinBlockSize     = 64 << 10
+	MaxBlockSize     = 1 << 30
+	DefaultBlockSize = 64 << 10
+)
+
+// Pool-level crash points, around the data sync that precedes a commit
+// (the metadata commit's own are txn.CrashPoints).
+const (
+	CrashBeforeDataSync = "commit-before-data-sync"
+	CrashAfterDataSync  = "commit-after-data-sync"
+)
+
+// CrashPoints lists every named crash point of a commit, in order.
+func CrashPoints() []string {
+	return append([]string{CrashBeforeDataSync, CrashAfterDataSync}, txn.CrashPoints()...)
+}
+
+var (
+	// ErrNoVolume is returned for a volume id that does not exist.
+	ErrNoVolume = errors.New("no such volume")
+	// ErrVolumeExists is returned when creating an id that is taken.
+	ErrVolumeExists = errors.New("volume id already in use")
+	// ErrOutOfRange is returned for I/O past a volume's end.
+	ErrOutOfRange = fmt.Errorf("beyond the end of the volume: %w", syscall.EINVAL)
+	// ErrNoSpace is returned for a write that needs a data block when
+	// none is free.
+	ErrNoSpace = spacemap.ErrNoSpace
+	// ErrBadBlockSize is returned for a block size dm-thin would refuse.
+	ErrBadBlockSize = fmt.Errorf("block size must be a power of two from 64 KiB to 1 GiB: %w", syscall.EINVAL)
+)
+
+// Options tune an open pool.
+type Options struct {
+	// CacheBlocks bounds the metadata cache (4 KiB blocks); default 4096.
+	CacheBlocks int
+	// CommitInterval is how often a dirty pool commits by itself; 0
+	// means only on Commit.
+	CommitInterval time.Duration
+	// Crash is the fault-injection seam: called at each named crash
+	// point, an error it returns stops the commit there.
+	Crash func(point string) error
+}
+
+// CreateOptions describe a new pool.
+type CreateOptions struct {
+	BlockSize uint64 // bytes; default DefaultBlockSize
+	DataSize  uint64 // bytes; default: the data device's size
+	// LowWater is the number of free data blocks below which the pool
+	// reports itself low on space; default 10% of the pool.
+	LowWater uint64
+}
+
+// Pool is an open thin pool.
+type Pool struct {
+	mu      sync.Mutex
+	metaDev blockdev.Device
+	dataDev blockdev.Device
+	tm      *txn.Manager
+	data    *spacemap.Map
+	devices *btree.Tree // id -> deviceDetails
+	maps    *btree.Tree // virtual block -> packed mapping
+	sb      txn.Superblock
+	opts    Options
+	dirty   bool
+	// failed is set when a commit failed half-way: the in-memory state
+	// can no longer be trusted, so every later call fails until reopen.
+	failed error
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+func checkBlockSize(bs uint64) error {
+	if bs < MinBlockSize || bs > MaxBlockSize || bs&(bs-1) != 0 {
+		return fmt.Errorf("%d: %w", bs, ErrBadBlockSize)
+	}
+	return nil
+}
+
+// Create formats a new pool on meta and data and opens it.
+func Create(meta, data blockdev.Device, co CreateOptions, opts Options) (*Pool, error) {
+	if co.BlockSize == 0 {
+		co.BlockSize = DefaultBlockSize
+	}
+	if err := checkBlockSize(co.BlockSize); err != nil {
+		return nil, err
+	}
+	size, err := data.Size()
+	if err != nil {
+		return nil, fmt.Errorf("data device: %w", err)
+	}
+	if co.DataSize == 0 {
+		co.DataSize = uint64(size)
+	}
+	blocks := co.DataSize / co.BlockSize
+	if blocks == 0 {
+		return nil, fmt.Errorf("data size %d is smaller than one block (%d): %w", co.DataSize, co.BlockSize, syscall.EINVAL)
+	}
+	if blocks > MaxDataBlocks {
+		return nil, fmt.Errorf("data size needs %d blocks, the most is %d: %w", blocks, uint64(MaxDataBlocks), syscall.EINVAL)
+	}
+	if uint64(size) < blocks*co.BlockSize {
+		if err := data.Truncate(int64(blocks * co.BlockSize)); err != nil {
+			return nil, fmt.Errorf("grow data device: %w", err)
+		}
+	}
+	if co.LowWater == 0 {
+		co.LowWater = blocks / 10
+	}
+	sb := txn.Superblock{DataBlockSize: co.BlockSize, DataBlocks: blocks, LowWater: co.LowWater}
+	if err := txn.Format(meta, sb); err != nil {
+		return nil, fmt.Errorf("format metadata: %w", err)
+	}
+	// The first transaction creates the empty trees and commits them.
+	tm, err := txn.Open(meta, cacheBlocks(opts))
+	if err != nil {
+		return nil, err
+	}
+	p := newPool(meta, data, tm, opts)
+	if p.sb.DevicesRoot, err = p.devices.Empty(); err != nil {
+		return nil, err
+	}
+	if p.data, err = spacemap.Create(tm, blocks); err != nil {
+		return nil, err
+	}
+	p.dirty = true
+	if err := p.Commit(); err != nil {
+		return nil, err
+	}
+	p.startCommitter()
+	return p, nil
+}
+
+func cacheBlocks(o Options) int {
+	if o.CacheBlocks == 0 {
+		return 4096
+	}
+	return o.CacheBlocks
+}
+
+func newPool(meta, data blockdev.Device, tm *txn.Manager, opts Options) *Pool {
+	p := &Pool{metaDev: meta, dataDev: data, tm: tm, sb: tm.Superblock(), opts: opts}
+	tm.Crash = opts.Crash
+	p.devices = btree.New(tm, detailsSize, nil)
+	p.maps = btree.New(tm, 8, mappingRefs{p})
+	return p
+}
+
+// Open opens an existing pool at its last commit.
+func Open(meta, data blockdev.Device, opts Options) (*Pool, error) {
+	tm, err := txn.Open(meta, cacheBlocks(opts))
+	if err != nil {
+		return nil, err
+	}
+	p := newPool(meta, data, tm, opts)
+	if err := checkBlockSize(p.sb.DataBlockSize); err != nil {
+		return nil, fmt.Errorf("superblock: %w", err)
+	}
+	size, err := data.Size()
+	if err != nil {
+		return nil, fmt.Errorf("data device: %w", err)
+	}
+	if need := p.sb.DataBlocks * p.sb.DataBlockSize; uint64(size) < need {
+		return nil, fmt.Errorf("data device holds %d bytes, the pool needs %d", size, need)
+	}
+	if err := tm.RebuildRefs(p.visitMetadata); err != nil {
+		return nil, fmt.Errorf("metadata: %w", err)
+	}
+	if p.data, err = spacemap.Open(tm, p.sb.DataSMRoot, p.sb.DataBlocks); err != nil {
+		return nil, fmt.Errorf("data space map: %w", err)
+	}
+	p.startCommitter()
+	return p, nil
+}
+
+// visitMetadata reports every reference to a metadata block in the
+// committed state: the device tree, each volume's mapping tree, and the
+// data space map.
+func (p *Pool) visitMetadata(visit func(b uint64) (bool, error)) error {
+	err := p.devices.VisitNodes(p.sb.DevicesRoot, visit, func(id uint64, v []byte) error {
+		d, err := decodeDetails(v)
+		if err != nil {
+			return fmt.Errorf("volume %d: %w", id, err)
+		}
+		return p.maps.VisitNodes(d.MappingRoot, visit, nil)
+	})
+	if err != nil {
+		return err
+	}
+	return spacemap.VisitNodes(p.tm, p.sb.DataSMRoot, visit)
+}
+
+func (p *Pool) startCommitter() {
+	if p.opts.CommitInterval <= 0 {
+		return
+	}
+	p.stop, p.done = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(p.done)
+		tick := time.NewTicker(p.opts.CommitInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-p.stop:
+				return
+			case <-tick.C:
+				p.Commit()
+			}
+		}
+	}()
+}
+
+// Commit makes every completed write durable: the data device is synced,
+// then the metadata transaction commits.
+func (p *Pool) Commit() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.commitLocked()
+}
+
+func (p *Pool) commitLocked() error {
+	if p.failed != nil {
+		return p.failed
+	}
+	if err := p.crash(CrashBeforeDataSync); err != nil {
+		return p.fail(err)
+	}
+	if err := p.dataDev.Sync(); err != nil {
+		return p.fail(fmt.Errorf("sync data: %w", err))
+	}
+	if err := p.crash(CrashAfterDataSync); err != nil {
+		return p.fail(err)
+	}
+	if !p.dirty {
+		return nil
+	}
+	sb := p.sb
+	sb.DataSMRoot = p.data.Root()
+	sb.DataBlocks = p.data.Blocks()
+	if err := p.tm.Commit(sb); err != nil {
+		return p.fail(err)
+	}
+	p.sb = p.tm.Superblock()
+	p.data.Committed()
+	p.dirty = false
+	return nil
+}
+
+func (p *Pool) crash(point string) error {
+	if p.opts.Crash != nil {
+		return p.opts.Crash(point)
+	}
+	return nil
+}
+
+func (p *Pool) fail(err error) error {
+	p.failed = fmt.Errorf("pool needs reopening after a failed commit: %w", err)
+	return err
+}
+
+// Close commits and closes the pool (not the devices).
+func (p *Pool) Close() error {
+	if p.stop != nil {
+		close(p.stop)
+		<-p.done
+		p.stop = nil
+	}
+	return p.Commit()
+}
+
+// BlockSize is the data block size in bytes.
+func (p *Pool) BlockSize() uint64 { return p.sb.DataBlockSize }
+
+// Status describes a pool.
+type Status struct {
+	TransactionID uint64
+	BlockSize     uint64
+	DataBlocks    uint64
+	FreeBlocks    uint64
+	LowWater      uint64
+	// LowSpace is set when free blocks are at or below the low-water
+	// mark; OutOfSpace when none is left.
+	LowSpace, OutOfSpace bool
+	MetadataBlocks       uint64
+	MetadataUsed         uint64
+	Volumes              int
+	Failed               string
+}
+
+// Status reports the pool's use of space.
+func (p *Pool) Status() (Status, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ms := p.tm.Stats()
+	s := Status{TransactionID: p.sb.TxnID, BlockSize: p.sb.DataBlockSize, DataBlocks: p.data.Blocks(),
+		FreeBlocks: p.data.Free(), LowWater: p.sb.LowWater, MetadataBlocks: ms.Blocks, MetadataUsed: ms.Used}
+	s.LowSpace = s.FreeBlocks <= s.LowWater
+	s.OutOfSpace = s.FreeBlocks == 0
+	if p.failed != nil {
+		s.Failed = p.failed.Error()
+	}
+	err := p.devices.Walk(p.sb.DevicesRoot, 0, ^uint64(0), func(uint64, []byte) (bool, error) {
+		s.Volumes++
+		return true, nil
+	})
+	return s, err
+}
+
+// Resize changes the number of data bytes (rounded down to whole
+// blocks); the data device grows as needed. Shrinking below a block in
+// use fails.
+func (p *Pool) Resize(dataSize uint64) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.failed != nil {
+		return p.failed
+	}
+	blocks := dataSize / p.sb.DataBlockSize
+	if blocks == 0 || blocks > MaxDataBlocks {
+		return fmt.Errorf("resize to %d bytes: %d blocks is out of range: %w", dataSize, blocks, syscall.EINVAL)
+	}
+	size, err := p.dataDev.Size()
+	if err != nil {
+		return err
+	}
+	if need := int64(blocks * p.sb.DataBlockSize); size < need {
+		if err := p.dataDev.Truncate(need); err != nil {
+			return fmt.Errorf("grow data device: %w", err)
+		}
+	}
+	if err := p.data.Resize(blocks); err != nil {
+		return err
+	}
+	p.dirty = true
+	return p.commitLocked()
+}

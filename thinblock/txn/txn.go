@@ -1,0 +1,305 @@
+// Package txn is a thin pool's transaction manager: it hands out metadata
+// blocks, keeps their reference counts, caches them within a memory
+// bound, and commits. Metadata is never overwritten in place: a block of
+// the committed state is shadowed (copied to a new block) before it
+// changes; blocks freed in a transaction stay reserved until the commit;
+// a commit writes and syncs the new blocks, then flips one of two
+// checksummed superblocks and syncs again.
+//
+// Reference counts are not stored: Open rebuilds them from the trees
+// (the pool walks them), which also means they can never leak.
+//
+// A Manager is not safe for concurrent use; the pool serializes calls.
+package txn
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/unionmount/unionmount/thinblock/blockdev"
+)
+
+// Named crash points inside Commit, in order.
+const (
+	CrashBeforeNodeWrite  = "commit-before-node-write"
+	CrashMidNodeWrite     = "commit-mid-node-write"
+	CrashBeforeNodeSync   = "commit-before-node-sync"
+	CrashBeforeSuperblock = "commit-before-superblock"
+	CrashBeforeFlipSync   = "commit-before-flip-sync"
+	CrashAfterFlip        = "commit-after-flip"
+)
+
+// CrashPoints lists Commit's crash points.
+func CrashPoints() []string {
+	return []string{CrashBeforeNodeWrite, CrashMidNodeWrite, CrashBeforeNodeSync,
+		CrashBeforeSuperblock, CrashBeforeFlipSync, CrashAfterFlip}
+}
+
+// ErrNoMetadataSpace is returned when the metadata device cannot grow.
+var ErrNoMetadataSpace = errors.New("metadata space exhausted")
+
+// Manager manages the metadata blocks of one pool.
+type Manager struct {
+	dev  blockdev.Device
+	sb   Superblock // the committed superblock
+	slot int        // the slot sb is in
+
+	refs []uint32 // reference count per metadata block
+	// fresh holds the blocks allocated in this transaction: they are
+	// not reachable from the committed superblock, so they may change
+	// in place and be freed at once.
+	fresh map[uint64]bool
+	// pending holds blocks of the committed state freed in this
+	// transaction; they become free after the commit.
+	pending map[uint64]bool
+	cursor  uint64 // where the next free-block search starts
+	cache   *cache
+	// Crash, when set, is called at each named crash point of Commit; an
+	// error it returns aborts the commit there.
+	Crash func(point string) error
+	// MaxBlocks bounds the metadata device (0: no bound).
+	MaxBlocks uint64
+}
+
+// Format writes an empty metadata device: superblock sb in slot 0
+// (transaction 1) and an invalid slot 1.
+func Format(dev blockdev.Device, sb Superblock) error {
+	buf := make([]byte, blockdev.BlockSize)
+	sb.TxnID = 1
+	sb.encode(buf)
+	if err := blockdev.WriteBlock(dev, 0, buf); err != nil {
+		return err
+	}
+	clear(buf)
+	if err := blockdev.WriteBlock(dev, 1, buf); err != nil {
+		return err
+	}
+	return dev.Sync()
+}
+
+// Open reads the newest valid superblock. The caller must then call
+// RebuildRefs before anything else.
+func Open(dev blockdev.Device, cacheBlocks int) (*Manager, error) {
+	sb, slot, err := readSuperblock(dev)
+	if err != nil {
+		return nil, err
+	}
+	size, err := dev.Size()
+	if err != nil {
+		return nil, err
+	}
+	nblocks := uint64(size) / blockdev.BlockSize
+	m := &Manager{dev: dev, sb: sb, slot: slot, refs: make([]uint32, max(nblocks, FirstFreeBlock)),
+		fresh: map[uint64]bool{}, pending: map[uint64]bool{}, cursor: FirstFreeBlock}
+	m.refs[0], m.refs[1] = 1, 1
+	m.cache = newCache(cacheBlocks, m.writeBack)
+	return m, nil
+}
+
+// Superblock returns the committed superblock.
+func (m *Manager) Superblock() Superblock { return m.sb }
+
+// RebuildRefs sets every reference count from a walk of the committed
+// trees: walk calls visit once per reference to a block, and visit
+// reports whether this was the block's first reference (so the walk
+// descends into each shared subtree once).
+func (m *Manager) RebuildRefs(walk func(visit func(b uint64) (first bool, err error)) error) error {
+	return walk(func(b uint64) (bool, error) {
+		if b < FirstFreeBlock {
+			return false, fmt.Errorf("reference to superblock slot %d", b)
+		}
+		if b >= uint64(len(m.refs)) {
+			return false, fmt.Errorf("reference to block %d past the end of the metadata (%d blocks)", b, len(m.refs))
+		}
+		m.refs[b]++
+		return m.refs[b] == 1, nil
+	})
+}
+
+// Read returns a copy of block b's content.
+func (m *Manager) Read(b uint64) ([]byte, error) {
+	if b >= uint64(len(m.refs)) || b < FirstFreeBlock {
+		return nil, fmt.Errorf("read of metadata block %d outside 2..%d", b, len(m.refs))
+	}
+	if data, ok := m.cache.get(b); ok {
+		return append([]byte(nil), data...), nil
+	}
+	buf := make([]byte, blockdev.BlockSize)
+	if err := blockdev.ReadBlock(m.dev, b, buf); err != nil {
+		return nil, err
+	}
+	if err := m.cache.put(b, buf, false); err != nil {
+		return nil, err
+	}
+	return append([]byte(nil), buf...), nil
+}
+
+// Write stores new content for block b, which must be fresh (allocated in
+// this transaction).
+func (m *Manager) Write(b uint64, data []byte) error {
+	if !m.fresh[b] {
+		return fmt.Errorf("write to metadata block %d of the committed state (it must be shadowed first)", b)
+	}
+	return m.cache.put(b, append([]byte(nil), data[:blockdev.BlockSize]...), true)
+}
+
+// IsFresh reports whether b was allocated in this transaction.
+func (m *Manager) IsFresh(b uint64) bool { return m.fresh[b] }
+
+// Ref returns b's reference count.
+func (m *Manager) Ref(b uint64) uint32 {
+	if b >= uint64(len(m.refs)) {
+		return 0
+	}
+	return m.refs[b]
+}
+
+// Inc adds a reference to b.
+func (m *Manager) Inc(b uint64) {
+	m.refs[b]++
+}
+
+// Dec drops a reference to b and reports whether it was the last one;
+// the caller then drops whatever b referenced.
+func (m *Manager) Dec(b uint64) (bool, error) {
+	if b >= uint64(len(m.refs)) || m.refs[b] == 0 {
+		return false, fmt.Errorf("reference count of metadata block %d would go below zero", b)
+	}
+	m.refs[b]--
+	if m.refs[b] > 0 {
+		return false, nil
+	}
+	if m.fresh[b] {
+		delete(m.fresh, b)
+		m.cache.drop(b)
+		if b < m.cursor {
+			m.cursor = b
+		}
+	} else {
+		m.pending[b] = true
+	}
+	return true, nil
+}
+
+// Alloc returns a fresh block with one reference and zero content.
+func (m *Manager) Alloc() (uint64, error) {
+	n := uint64(len(m.refs))
+	for i := uint64(0); i < n; i++ {
+		b := (m.cursor + i) % n
+		if b < FirstFreeBlock || m.refs[b] != 0 || m.pending[b] {
+			continue
+		}
+		m.cursor = b + 1
+		return m.take(b)
+	}
+	if m.MaxBlocks != 0 && n >= m.MaxBlocks {
+		return 0, ErrNoMetadataSpace
+	}
+	m.refs = append(m.refs, 0)
+	m.cursor = n + 1
+	return m.take(n)
+}
+
+func (m *Manager) take(b uint64) (uint64, error) {
+	m.refs[b] = 1
+	m.fresh[b] = true
+	if err := m.cache.put(b, make([]byte, blockdev.BlockSize), true); err != nil {
+		return 0, err
+	}
+	return b, nil
+}
+
+// Shadow returns a fresh block with b's content for the caller to change,
+// and whether b was shared (then the caller must add a reference to
+// everything b points to). A fresh, unshared block is its own shadow.
+func (m *Manager) Shadow(b uint64) (nb uint64, data []byte, shared bool, err error) {
+	data, err = m.Read(b)
+	if err != nil {
+		return 0, nil, false, err
+	}
+	if m.fresh[b] && m.refs[b] == 1 {
+		return b, data, false, nil
+	}
+	shared = m.refs[b] > 1
+	nb, err = m.Alloc()
+	if err != nil {
+		return 0, nil, false, err
+	}
+	if _, err := m.Dec(b); err != nil {
+		return 0, nil, false, err
+	}
+	return nb, data, shared, nil
+}
+
+// Stats describes metadata use.
+type Stats struct {
+	Blocks, Used, Pending, Fresh uint64
+}
+
+// Stats counts the metadata blocks in use.
+func (m *Manager) Stats() Stats {
+	s := Stats{Blocks: uint64(len(m.refs)), Pending: uint64(len(m.pending)), Fresh: uint64(len(m.fresh))}
+	for _, r := range m.refs {
+		if r > 0 {
+			s.Used++
+		}
+	}
+	return s
+}
+
+func (m *Manager) writeBack(b uint64, data []byte) error {
+	return blockdev.WriteBlock(m.dev, b, data)
+}
+
+func (m *Manager) crash(point string) error {
+	if m.Crash != nil {
+		return m.Crash(point)
+	}
+	return nil
+}
+
+// Commit makes the current state durable with superblock sb (its TxnID
+// is set here): every new block is written and synced, then the other
+// superblock slot is written and synced. Freed blocks become reusable.
+func (m *Manager) Commit(sb Superblock) error {
+	if err := m.crash(CrashBeforeNodeWrite); err != nil {
+		return err
+	}
+	if err := m.cache.flush(func() error { return m.crash(CrashMidNodeWrite) }); err != nil {
+		return fmt.Errorf("commit: write metadata: %w", err)
+	}
+	if err := m.crash(CrashBeforeNodeSync); err != nil {
+		return err
+	}
+	if err := m.dev.Sync(); err != nil {
+		return fmt.Errorf("commit: sync metadata: %w", err)
+	}
+	if err := m.crash(CrashBeforeSuperblock); err != nil {
+		return err
+	}
+	sb.TxnID = m.sb.TxnID + 1
+	buf := make([]byte, blockdev.BlockSize)
+	sb.encode(buf)
+	next := 1 - m.slot
+	if err := blockdev.WriteBlock(m.dev, uint64(next), buf); err != nil {
+		return fmt.Errorf("commit: write superblock: %w", err)
+	}
+	if err := m.crash(CrashBeforeFlipSync); err != nil {
+		return err
+	}
+	if err := m.dev.Sync(); err != nil {
+		return fmt.Errorf("commit: sync superblock: %w", err)
+	}
+	m.sb, m.slot = sb, next
+	m.fresh = map[uint64]bool{}
+	for b := range m.pending {
+		if b < m.cursor {
+			m.cursor = b
+		}
+	}
+	m.pending = map[uint64]bool{}
+	return m.crash(CrashAfterFlip)
+}
+
+// Dirty reports whether the transaction holds changes.
+func (m *Manager) Dirty() bool { return len(m.fresh) > 0 || len(m.pending) > 0 }

@@ -1,0 +1,474 @@
+package thinblock
+
+import (
+	"errors"
+	"fmt"
+	"syscall"
+)
+
+// VolumeInfo describes a thin volume, like thin_ls.
+type VolumeInfo struct {
+	ID           uint64
+	Size         uint64 // virtual size in bytes
+	Mapped       uint64 // mapped blocks
+	Exclusive    uint64 // mapped blocks no other volume shares
+	Shared       uint64 // mapped blocks shared with another volume
+	CreationTime uint32
+	SnapTime     uint32
+}
+
+func (p *Pool) detailsLocked(id uint64) (deviceDetails, error) {
+	v, found, err := p.devices.Lookup(p.sb.DevicesRoot, id)
+	if err != nil {
+		return deviceDetails{}, err
+	}
+	if !found {
+		return deviceDetails{}, fmt.Errorf("volume %d: %w", id, ErrNoVolume)
+	}
+	return decodeDetails(v)
+}
+
+func (p *Pool) saveDetailsLocked(id uint64, d deviceDetails) error {
+	root, _, err := p.devices.Insert(p.sb.DevicesRoot, id, d.encode())
+	if err != nil {
+		return err
+	}
+	p.sb.DevicesRoot = root
+	p.dirty = true
+	return nil
+}
+
+func (p *Pool) usable() error {
+	if p.failed != nil {
+		return p.failed
+	}
+	return nil
+}
+
+// CreateVolume makes an empty thin volume of size bytes.
+func (p *Pool) CreateVolume(id, size uint64) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.usable(); err != nil {
+		return err
+	}
+	if size == 0 {
+		return fmt.Errorf("volume %d: size must not be zero: %w", id, syscall.EINVAL)
+	}
+	if _, err := p.detailsLocked(id); err == nil {
+		return fmt.Errorf("volume %d: %w", id, ErrVolumeExists)
+	} else if !errors.Is(err, ErrNoVolume) {
+		return err
+	}
+	root, err := p.maps.Empty()
+	if err != nil {
+		return err
+	}
+	bs := p.sb.DataBlockSize
+	return p.saveDetailsLocked(id, deviceDetails{MappingRoot: root, Blocks: (size + bs - 1) / bs, SizeBytes: size,
+		TxnID: p.sb.TxnID, CreationTime: p.sb.Time})
+}
+
+// Snapshot makes volume id a copy-on-write snapshot of origin, at a cost
+// independent of origin's size: the two share origin's mapping tree.
+func (p *Pool) Snapshot(id, origin uint64) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.usable(); err != nil {
+		return err
+	}
+	o, err := p.detailsLocked(origin)
+	if err != nil {
+		return fmt.Errorf("snapshot of %w", err)
+	}
+	if _, err := p.detailsLocked(id); err == nil {
+		return fmt.Errorf("volume %d: %w", id, ErrVolumeExists)
+	} else if !errors.Is(err, ErrNoVolume) {
+		return err
+	}
+	p.maps.Clone(o.MappingRoot)
+	snap := o
+	snap.TxnID, snap.CreationTime, snap.SnapTime = p.sb.TxnID, p.sb.Time, p.sb.Time
+	o.SnapTime = p.sb.Time
+	if err := p.saveDetailsLocked(origin, o); err != nil {
+		return err
+	}
+	if err := p.saveDetailsLocked(id, snap); err != nil {
+		return err
+	}
+	// Mappings made from now on are younger than the snapshot.
+	p.sb.Time++
+	return nil
+}
+
+// DeleteVolume removes a volume; the blocks no other volume shares are
+// freed (at the next commit).
+func (p *Pool) DeleteVolume(id uint64) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.usable(); err != nil {
+		return err
+	}
+	d, err := p.detailsLocked(id)
+	if err != nil {
+		return err
+	}
+	root, _, _, err := p.devices.Remove(p.sb.DevicesRoot, id)
+	if err != nil {
+		return err
+	}
+	p.sb.DevicesRoot = root
+	p.dirty = true
+	return p.maps.Delete(d.MappingRoot)
+}
+
+// Volumes lists the volumes in id order, with their block sharing.
+func (p *Pool) Volumes() ([]VolumeInfo, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []VolumeInfo
+	err := p.devices.Walk(p.sb.DevicesRoot, 0, ^uint64(0), func(id uint64, v []byte) (bool, error) {
+		d, err := decodeDetails(v)
+		if err != nil {
+			return false, err
+		}
+		info := VolumeInfo{ID: id, Size: d.SizeBytes, Mapped: d.Mapped, CreationTime: d.CreationTime, SnapTime: d.SnapTime}
+		err = p.maps.WalkSharing(d.MappingRoot, func(_ uint64, val []byte, sharedPath bool) error {
+			b, _ := unpackMapping(val)
+			c, err := p.data.Get(b)
+			if err != nil {
+				return err
+			}
+			if sharedPath || c > 1 {
+				info.Shared++
+			} else {
+				info.Exclusive++
+			}
+			return nil
+		})
+		out = append(out, info)
+		return err == nil, err
+	})
+	return out, err
+}
+
+// Volume is a handle on one thin volume.
+type Volume struct {
+	p  *Pool
+	id uint64
+}
+
+// Volume returns a handle on volume id.
+func (p *Pool) Volume(id uint64) (*Volume, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, err := p.detailsLocked(id); err != nil {
+		return nil, err
+	}
+	return &Volume{p: p, id: id}, nil
+}
+
+// ID is the volume's id.
+func (v *Volume) ID() uint64 { return v.id }
+
+// Size is the volume's virtual size in bytes.
+func (v *Volume) Size() (uint64, error) {
+	v.p.mu.Lock()
+	defer v.p.mu.Unlock()
+	d, err := v.p.detailsLocked(v.id)
+	return d.SizeBytes, err
+}
+
+// span visits the blocks an I/O of length n at off touches: the virtual
+// block, the offset inside it, and the range [lo, hi) of the caller's
+// buffer it covers.
+func (p *Pool) span(off int64, n int, fn func(vb uint64, in int, lo, hi int) error) error {
+	bs := int64(p.sb.DataBlockSize)
+	for done := 0; done < n; {
+		pos := off + int64(done)
+		in := pos % bs
+		chunk := int(min(int64(n-done), bs-in))
+		if err := fn(uint64(pos/bs), int(in), done, done+chunk); err != nil {
+			return err
+		}
+		done += chunk
+	}
+	return nil
+}
+
+func (p *Pool) checkRange(d deviceDetails, off int64, n int) error {
+	if off < 0 || n < 0 || uint64(off)+uint64(n) > d.SizeBytes {
+		return fmt.Errorf("%d bytes at %d on a volume of %d: %w", n, off, d.SizeBytes, ErrOutOfRange)
+	}
+	return nil
+}
+
+// ReadAt reads from the volume; unprovisioned blocks read as zeros.
+func (v *Volume) ReadAt(b []byte, off int64) (int, error) {
+	p := v.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.usable(); err != nil {
+		return 0, err
+	}
+	d, err := p.detailsLocked(v.id)
+	if err != nil {
+		return 0, err
+	}
+	if err := p.checkRange(d, off, len(b)); err != nil {
+		return 0, err
+	}
+	err = p.span(off, len(b), func(vb uint64, in, lo, hi int) error {
+		val, found, err := p.maps.Lookup(d.MappingRoot, vb)
+		if err != nil {
+			return err
+		}
+		if !found {
+			clear(b[lo:hi])
+			return nil
+		}
+		db, _ := unpackMapping(val)
+		_, err = p.dataDev.ReadAt(b[lo:hi], int64(db*p.sb.DataBlockSize)+int64(in))
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// WriteAt writes to the volume, provisioning blocks on first write and
+// copying blocks still shared with a snapshot.
+func (v *Volume) WriteAt(b []byte, off int64) (int, error) {
+	p := v.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.usable(); err != nil {
+		return 0, err
+	}
+	d, err := p.detailsLocked(v.id)
+	if err != nil {
+		return 0, err
+	}
+	if err := p.checkRange(d, off, len(b)); err != nil {
+		return 0, err
+	}
+	before := d
+	err = p.span(off, len(b), func(vb uint64, in, lo, hi int) error {
+		return p.writeBlockLocked(&d, vb, in, b[lo:hi])
+	})
+	if d != before {
+		if serr := p.saveDetailsLocked(v.id, d); err == nil {
+			err = serr
+		}
+	}
+	if err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// writeBlockLocked writes chunk at offset in of virtual block vb.
+func (p *Pool) writeBlockLocked(d *deviceDetails, vb uint64, in int, chunk []byte) error {
+	bs := p.sb.DataBlockSize
+	val, found, err := p.maps.Lookup(d.MappingRoot, vb)
+	if err != nil {
+		return err
+	}
+	if !found {
+		nb, err := p.data.Alloc()
+		if err != nil {
+			return err
+		}
+		if err := p.writeData(nb, in, chunk, nil); err != nil {
+			return err
+		}
+		root, _, err := p.maps.Insert(d.MappingRoot, vb, packMapping(nb, p.sb.Time))
+		if err != nil {
+			return err
+		}
+		d.MappingRoot = root
+		d.Mapped++
+		return nil
+	}
+	// Shadow the path first: if a node on it was shared, that adds the
+	// references that make the data block's count tell the truth.
+	root, _, err := p.maps.Insert(d.MappingRoot, vb, val)
+	if err != nil {
+		return err
+	}
+	d.MappingRoot = root
+	old, _ := unpackMapping(val)
+	count, err := p.data.Get(old)
+	if err != nil {
+		return err
+	}
+	if count == 1 {
+		_, err := p.dataDev.WriteAt(chunk, int64(old*bs)+int64(in))
+		return err
+	}
+	// Shared with a snapshot: copy on write.
+	nb, err := p.data.Alloc()
+	if err != nil {
+		return err
+	}
+	if err := p.writeData(nb, in, chunk, &old); err != nil {
+		return err
+	}
+	root, _, err = p.maps.Insert(d.MappingRoot, vb, packMapping(nb, p.sb.Time))
+	if err != nil {
+		return err
+	}
+	d.MappingRoot = root
+	return p.data.Dec(old)
+}
+
+// writeData fills new data block nb: chunk at in, and around it the old
+// block's content (copy-on-write) or zeros (a new block may hold stale
+// data from an earlier use).
+func (p *Pool) writeData(nb uint64, in int, chunk []byte, from *uint64) error {
+	bs := int(p.sb.DataBlockSize)
+	base := int64(nb) * int64(bs)
+	if in == 0 && len(chunk) == bs {
+		_, err := p.dataDev.WriteAt(chunk, base)
+		return err
+	}
+	buf := make([]byte, bs)
+	if from != nil {
+		if _, err := p.dataDev.ReadAt(buf, int64(*from)*int64(bs)); err != nil {
+			return err
+		}
+	}
+	copy(buf[in:], chunk)
+	_, err := p.dataDev.WriteAt(buf, base)
+	return err
+}
+
+// Discard unmaps the whole blocks in [off, off+n) and zeroes the partial
+// ones at either end.
+func (v *Volume) Discard(off int64, n int64) error {
+	return v.zeroRange(off, n, true)
+}
+
+// WriteZeroes makes [off, off+n) read as zeros; with unmap, whole blocks
+// are unmapped rather than written.
+func (v *Volume) WriteZeroes(off int64, n int64, unmap bool) error {
+	return v.zeroRange(off, n, unmap)
+}
+
+func (v *Volume) zeroRange(off, n int64, unmap bool) error {
+	p := v.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.usable(); err != nil {
+		return err
+	}
+	d, err := p.detailsLocked(v.id)
+	if err != nil {
+		return err
+	}
+	if off < 0 || n < 0 || uint64(off+n) > d.SizeBytes {
+		return fmt.Errorf("%d bytes at %d on a volume of %d: %w", n, off, d.SizeBytes, ErrOutOfRange)
+	}
+	before := d
+	bs := int64(p.sb.DataBlockSize)
+	first, last := (off+bs-1)/bs, (off+n)/bs // whole blocks [first, last)
+	if !unmap || first >= last {
+		first, last = 0, 0
+	}
+	var errOut error
+	zero := func(from, to int64) {
+		for pos := from; pos < to && errOut == nil; {
+			vb := pos / bs
+			in := pos % bs
+			chunk := min(to-pos, bs-in)
+			_, found, err := p.maps.Lookup(d.MappingRoot, uint64(vb))
+			if err != nil {
+				errOut = err
+				return
+			}
+			if found || !unmap {
+				errOut = p.writeBlockLocked(&d, uint64(vb), int(in), make([]byte, chunk))
+			}
+			pos += chunk
+		}
+	}
+	if first < last {
+		zero(off, first*bs)
+		if errOut == nil {
+			errOut = p.unmapLocked(&d, uint64(first), uint64(last))
+		}
+		zero(last*bs, off+n)
+	} else {
+		zero(off, off+n)
+	}
+	if d != before {
+		if err := p.saveDetailsLocked(v.id, d); errOut == nil {
+			errOut = err
+		}
+	}
+	return errOut
+}
+
+// unmapLocked removes the mappings of virtual blocks [from, to).
+func (p *Pool) unmapLocked(d *deviceDetails, from, to uint64) error {
+	var keys []uint64
+	err := p.maps.Walk(d.MappingRoot, from, to, func(k uint64, _ []byte) (bool, error) {
+		keys = append(keys, k)
+		return true, nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		root, old, found, err := p.maps.Remove(d.MappingRoot, k)
+		if err != nil {
+			return err
+		}
+		d.MappingRoot = root
+		if found {
+			d.Mapped--
+			b, _ := unpackMapping(old)
+			if err := p.data.Dec(b); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Mapping is one provisioned range of a volume.
+type Mapping struct {
+	VirtualBlock, DataBlock, Length uint64
+	Time                            uint32
+}
+
+// Mappings lists the volume's mapped ranges in [from, to) blocks,
+// merging runs of consecutive blocks.
+func (v *Volume) Mappings(from, to uint64) ([]Mapping, error) {
+	p := v.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	d, err := p.detailsLocked(v.id)
+	if err != nil {
+		return nil, err
+	}
+	return p.mappingsLocked(d.MappingRoot, from, to)
+}
+
+func (p *Pool) mappingsLocked(root, from, to uint64) ([]Mapping, error) {
+	var out []Mapping
+	err := p.maps.Walk(root, from, to, func(k uint64, val []byte) (bool, error) {
+		b, t := unpackMapping(val)
+		if n := len(out); n > 0 {
+			last := &out[n-1]
+			if last.VirtualBlock+last.Length == k && last.DataBlock+last.Length == b && last.Time == t {
+				last.Length++
+				return true, nil
+			}
+		}
+		out = append(out, Mapping{VirtualBlock: k, DataBlock: b, Length: 1, Time: t})
+		return true, nil
+	})
+	return out, err
+}
