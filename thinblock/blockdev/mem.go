@@ -145,6 +145,23 @@ func (m *Mem) Truncate(size int64) error {
 
 func (m *Mem) Close() error { return nil }
 
+// CrashKeeping is Crash on a disk that had written some unsynced pages
+// before power went: keep says which ones reached the media, in any
+// order, as a real disk may reorder writes between syncs.
+func (m *Mem) CrashKeeping(keep func(page int64) bool) {
+	m.mu.Lock()
+	for i, p := range m.volatile {
+		if keep(i) {
+			m.durable[i] = p
+			if end := (i + 1) * pageSize; end > m.durableSize {
+				m.durableSize = min(end, m.volatileSize)
+			}
+		}
+	}
+	m.mu.Unlock()
+	m.Crash()
+}
+
 // Crash loses every unsynced write and fails all later calls.
 func (m *Mem) Crash() {
 	m.mu.Lock()
