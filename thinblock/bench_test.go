@@ -17,7 +17,7 @@ func benchPool(b *testing.B, size, mapped uint64) *thinblock.Pool {
 	if err != nil {
 		b.Fatal(err)
 	}
-	p, err := thinblock.Create(meta, blockdev.NewNull(int64(2*size)), thinblock.CreateOptions{}, thinblock.Options{})
+	p, err := thinblock.Create(meta, blockdev.NewNull(int64(2*size)), thinblock.CreateOptions{}, thinblock.Options{CommitInterval: -1})
 	if err != nil {
 		b.Fatal(err)
 	}

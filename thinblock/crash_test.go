@@ -33,7 +33,7 @@ func TestCrashAtEveryCommitPoint(t *testing.T) {
 func crashDuringCommit(t *testing.T, point string, seed int64) {
 	rng := rand.New(rand.NewSource(seed))
 	armed := false
-	opts := thinblock.Options{CacheBlocks: 16 + rng.Intn(64), Crash: func(p string) error {
+	opts := thinblock.Options{CommitInterval: -1, CacheBlocks: 16 + rng.Intn(64), Crash: func(p string) error {
 		if armed && p == point {
 			return errInjected
 		}

@@ -63,8 +63,9 @@ var (
 type Options struct {
 	// CacheBlocks bounds the metadata cache (4 KiB blocks); default 4096.
 	CacheBlocks int
-	// CommitInterval is how often a dirty pool commits by itself; 0
-	// means only on Commit.
+	// CommitInterval is how often a dirty pool commits by itself:
+	// 0 means every second (dm-thin's default), a negative value only
+	// on Commit.
 	CommitInterval time.Duration
 	// Crash is the fault-injection seam: called at each named crash
 	// point, an error it returns stops the commit there.
@@ -220,13 +221,17 @@ func (p *Pool) visitMetadata(visit func(b uint64) (bool, error)) error {
 }
 
 func (p *Pool) startCommitter() {
-	if p.opts.CommitInterval <= 0 {
+	interval := p.opts.CommitInterval
+	if interval < 0 {
 		return
+	}
+	if interval == 0 {
+		interval = time.Second
 	}
 	p.stop, p.done = make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(p.done)
-		tick := time.NewTicker(p.opts.CommitInterval)
+		tick := time.NewTicker(interval)
 		defer tick.Stop()
 		for {
 			select {

@@ -102,7 +102,7 @@ func TestPoolMatchesModel(t *testing.T) {
 }
 
 func poolModelRun(rt *rapid.T) {
-	opts := thinblock.Options{CacheBlocks: rapid.SampledFrom([]int{16, 4096}).Draw(rt, "cache")}
+	opts := thinblock.Options{CommitInterval: -1, CacheBlocks: rapid.SampledFrom([]int{16, 4096}).Draw(rt, "cache")}
 	mp := newMemPool(rt, 512, opts)
 	cur, flushed := model{}, model{}
 	nextID := uint64(1)
@@ -230,7 +230,7 @@ func compareModel(t *rapid.T, when string, p *thinblock.Pool, m model) {
 }
 
 func TestSnapshotSharesBlocksAndCopiesOnFirstWrite(t *testing.T) {
-	mp := newMemPool(t, 64, thinblock.Options{})
+	mp := newMemPool(t, 64, thinblock.Options{CommitInterval: -1})
 	p := mp.pool
 	require.NoError(t, p.CreateVolume(1, 8*testBlock))
 	v, _ := p.Volume(1)
@@ -264,7 +264,7 @@ func TestSnapshotSharesBlocksAndCopiesOnFirstWrite(t *testing.T) {
 }
 
 func TestFullPoolAnswersENOSPCAndKeepsOverwritesWorking(t *testing.T) {
-	mp := newMemPool(t, 4, thinblock.Options{})
+	mp := newMemPool(t, 4, thinblock.Options{CommitInterval: -1})
 	p := mp.pool
 	require.NoError(t, p.CreateVolume(1, 16*testBlock))
 	v, _ := p.Volume(1)
@@ -283,7 +283,7 @@ func TestFullPoolAnswersENOSPCAndKeepsOverwritesWorking(t *testing.T) {
 }
 
 func TestBadInputLeavesThePoolUnchanged(t *testing.T) {
-	mp := newMemPool(t, 16, thinblock.Options{})
+	mp := newMemPool(t, 16, thinblock.Options{CommitInterval: -1})
 	p := mp.pool
 	require.NoError(t, p.CreateVolume(1, testBlock))
 	require.NoError(t, p.Commit())

@@ -1,0 +1,470 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/pflag"
+
+	"github.com/unionmount/unionmount/thinblock"
+	"github.com/unionmount/unionmount/thinblock/blockdev"
+	"github.com/unionmount/unionmount/thinblock/check"
+)
+
+// flagSet makes a command's flag set; parse errors are usage errors.
+func flagSet(name string, stderr io.Writer) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("thinblock "+name, pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+func parse(fs *pflag.FlagSet, args []string, positional int) ([]string, error) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil, exitError(0)
+		}
+		return nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() != positional {
+		return nil, fmt.Errorf("%w: want %d arguments, got %d", errUsage, positional, fs.NArg())
+	}
+	return fs.Args(), nil
+}
+
+func cmdPoolCreate(args []string, stdout, stderr io.Writer) error {
+	fs := flagSet("pool create", stderr)
+	var pf poolFlags
+	pf.register(fs)
+	size := fs.String("size", "", "data size (required unless the data is a block device)")
+	blockSize := fs.String("block-size", "64K", "data block size, a power of two from 64K to 1G")
+	lowWater := fs.Uint64("low-water", 0, "free blocks at which status warns (default 10%)")
+	if _, err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	bs, err := parseSize(*blockSize)
+	if err != nil {
+		return err
+	}
+	co := thinblock.CreateOptions{BlockSize: bs, LowWater: *lowWater}
+	if *size != "" {
+		if co.DataSize, err = parseSize(*size); err != nil {
+			return err
+		}
+	}
+	if co.DataSize == 0 && pf.data == "" {
+		return fmt.Errorf("%w: --size is required", errUsage)
+	}
+	meta, data, err := openFiles(&pf, true)
+	if err != nil {
+		return err
+	}
+	p, err := thinblock.Create(meta, data, co, thinblock.Options{})
+	if err != nil {
+		metaPath, dataPath, _ := pf.paths()
+		meta.Close()
+		data.Close()
+		// Nothing half-made is left behind.
+		os.Remove(metaPath)
+		if st, serr := os.Stat(dataPath); serr == nil && st.Mode().IsRegular() {
+			os.Remove(dataPath)
+		}
+		return err
+	}
+	op := &openedPool{Pool: p, meta: meta, data: data}
+	st, _ := p.Status()
+	fmt.Fprintf(stdout, "created pool: %d blocks of %s (%s)\n", st.DataBlocks, humanSize(st.BlockSize), humanSize(st.DataBlocks*st.BlockSize))
+	return op.Close()
+}
+
+func cmdPoolStatus(args []string, stdout, stderr io.Writer) error {
+	fs := flagSet("pool status", stderr)
+	var pf poolFlags
+	pf.register(fs)
+	if _, err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	p, err := openPool(&pf)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	st, err := p.Status()
+	if err != nil {
+		return err
+	}
+	used := st.DataBlocks - st.FreeBlocks
+	fmt.Fprintf(stdout, "transaction:     %d\n", st.TransactionID)
+	fmt.Fprintf(stdout, "block size:      %s\n", humanSize(st.BlockSize))
+	fmt.Fprintf(stdout, "data:            %d/%d blocks used (%s of %s)\n", used, st.DataBlocks,
+		humanSize(used*st.BlockSize), humanSize(st.DataBlocks*st.BlockSize))
+	fmt.Fprintf(stdout, "low water mark:  %d free blocks\n", st.LowWater)
+	fmt.Fprintf(stdout, "metadata:        %d/%d blocks used\n", st.MetadataUsed, st.MetadataBlocks)
+	fmt.Fprintf(stdout, "volumes:         %d\n", st.Volumes)
+	state := "ok"
+	switch {
+	case st.Failed != "":
+		state = "failed: " + st.Failed
+	case st.OutOfSpace:
+		state = "out of data space: writes needing new blocks fail with ENOSPC"
+	case st.LowSpace:
+		state = "low on data space (at or below the low water mark)"
+	}
+	fmt.Fprintf(stdout, "state:           %s\n", state)
+	return nil
+}
+
+func cmdPoolResize(args []string, stdout, stderr io.Writer) error {
+	fs := flagSet("pool resize", stderr)
+	var pf poolFlags
+	pf.register(fs)
+	size := fs.String("size", "", "new data size")
+	if _, err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	n, err := parseSize(*size)
+	if err != nil {
+		return err
+	}
+	p, err := openPool(&pf)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	if err := p.Resize(n); err != nil {
+		return err
+	}
+	st, _ := p.Status()
+	fmt.Fprintf(stdout, "resized pool: %d blocks (%s)\n", st.DataBlocks, humanSize(st.DataBlocks*st.BlockSize))
+	return nil
+}
+
+func cmdCreate(args []string, stdout, stderr io.Writer) error {
+	fs := flagSet("create", stderr)
+	var pf poolFlags
+	pf.register(fs)
+	size := fs.String("size", "", "virtual size")
+	rest, err := parse(fs, args, 1)
+	if err != nil {
+		return err
+	}
+	id, err := parseID(rest[0])
+	if err != nil {
+		return err
+	}
+	n, err := parseSize(*size)
+	if err != nil {
+		return err
+	}
+	p, err := openPool(&pf)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	return p.CreateVolume(id, n)
+}
+
+func cmdSnapshot(args []string, stdout, stderr io.Writer) error {
+	fs := flagSet("snapshot", stderr)
+	var pf poolFlags
+	pf.register(fs)
+	rest, err := parse(fs, args, 2)
+	if err != nil {
+		return err
+	}
+	id, err := parseID(rest[0])
+	if err != nil {
+		return err
+	}
+	origin, err := parseID(rest[1])
+	if err != nil {
+		return err
+	}
+	p, err := openPool(&pf)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	return p.Snapshot(id, origin)
+}
+
+func cmdDelete(args []string, stdout, stderr io.Writer) error {
+	fs := flagSet("delete", stderr)
+	var pf poolFlags
+	pf.register(fs)
+	rest, err := parse(fs, args, 1)
+	if err != nil {
+		return err
+	}
+	id, err := parseID(rest[0])
+	if err != nil {
+		return err
+	}
+	p, err := openPool(&pf)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	return p.DeleteVolume(id)
+}
+
+func cmdLs(args []string, stdout, stderr io.Writer) error {
+	fs := flagSet("ls", stderr)
+	var pf poolFlags
+	pf.register(fs)
+	if _, err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	p, err := openPool(&pf)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	vols, err := p.Volumes()
+	if err != nil {
+		return err
+	}
+	bs := p.BlockSize()
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "DEV\tSIZE\tMAPPED\tEXCLUSIVE\tSHARED\t")
+	for _, v := range vols {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t\n", v.ID, humanSize(v.Size), humanSize(v.Mapped*bs),
+			humanSize(v.Exclusive*bs), humanSize(v.Shared*bs))
+	}
+	return tw.Flush()
+}
+
+func cmdCheck(args []string, stdout, stderr io.Writer) error {
+	fs := flagSet("check", stderr)
+	var pf poolFlags
+	pf.register(fs)
+	repair := fs.Bool("repair", false, "rebuild the data space map from the mappings")
+	quiet := fs.BoolP("quiet", "q", false, "print nothing, only set the exit status")
+	if _, err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	metaPath, _, err := pf.paths()
+	if err != nil {
+		return err
+	}
+	meta, err := blockdev.OpenFile(metaPath, false)
+	if err != nil {
+		return fmt.Errorf("metadata: %w", err)
+	}
+	defer meta.Close()
+	if err := lock(meta, *repair); err != nil {
+		return err
+	}
+	progress, done := progressPrinter("checking metadata")
+	r, err := check.Run(meta, progress)
+	done()
+	if err != nil {
+		return err
+	}
+	if !*quiet {
+		printReport(stdout, r)
+	}
+	if r.OK() {
+		return nil
+	}
+	if !*repair {
+		return exitError(1)
+	}
+	if r.ErrorCount != int(r.SpaceMapWrong) {
+		fmt.Fprintln(stderr, "thinblock check: the problems are not all in the space map; --repair only rebuilds the space map")
+		return exitError(1)
+	}
+	_, dataPath, _ := pf.paths()
+	data, err := blockdev.OpenFile(dataPath, false)
+	if err != nil {
+		return fmt.Errorf("data: %w", err)
+	}
+	defer data.Close()
+	used, err := thinblock.RepairSpaceMap(meta, data, thinblock.Options{})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "repaired: data space map rebuilt (%d blocks in use)\n", used)
+	return nil
+}
+
+func printReport(w io.Writer, r *check.Report) {
+	for i, s := range r.Slots {
+		fmt.Fprintf(w, "superblock slot %d: %s\n", i, s)
+	}
+	fmt.Fprintf(w, "transaction %d, %d volumes, %d mappings, %d data blocks in use, %d metadata blocks in use\n",
+		r.Superblock.TxnID, r.Volumes, r.Mappings, r.DataUsed, r.MetadataUsed)
+	if r.OK() {
+		fmt.Fprintln(w, "metadata is consistent")
+		return
+	}
+	fmt.Fprintf(w, "%d problems:\n  %s\n", r.ErrorCount, strings.Join(r.Errors, "\n  "))
+	if r.ErrorCount > len(r.Errors) {
+		fmt.Fprintf(w, "  (and %d more)\n", r.ErrorCount-len(r.Errors))
+	}
+}
+
+func cmdDelta(args []string, stdout, stderr io.Writer) error {
+	fs := flagSet("delta", stderr)
+	var pf poolFlags
+	pf.register(fs)
+	rest, err := parse(fs, args, 2)
+	if err != nil {
+		return err
+	}
+	a, err := parseID(rest[0])
+	if err != nil {
+		return err
+	}
+	b, err := parseID(rest[1])
+	if err != nil {
+		return err
+	}
+	p, err := openPool(&pf)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	ranges, err := p.Delta(a, b)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "<superblock data_block_size=\"%d\">\n  <diff left=\"%d\" right=\"%d\">\n", p.BlockSize()/512, a, b)
+	for _, r := range ranges {
+		fmt.Fprintf(stdout, "    <%s begin=\"%d\" length=\"%d\"/>\n", r.Kind, r.Begin, r.Length)
+	}
+	fmt.Fprintf(stdout, "  </diff>\n</superblock>\n")
+	return nil
+}
+
+func cmdDump(args []string, stdout, stderr io.Writer) error {
+	fs := flagSet("dump", stderr)
+	var pf poolFlags
+	pf.register(fs)
+	out := fs.StringP("output", "o", "", "write to FILE instead of stdout")
+	if _, err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	metaPath, dataPath, err := pf.paths()
+	if err != nil {
+		return err
+	}
+	meta, err := blockdev.OpenFile(metaPath, false)
+	if err != nil {
+		return fmt.Errorf("metadata: %w", err)
+	}
+	defer meta.Close()
+	if err := lock(meta, true); err != nil {
+		return err
+	}
+	// Dumping reads only metadata: without a data file, stand in one
+	// that holds nothing.
+	var data blockdev.Device = blockdev.NewNull(1 << 62)
+	if dataPath != "" {
+		if f, err := blockdev.OpenFile(dataPath, false); err == nil {
+			defer f.Close()
+			data = f
+		}
+	}
+	p, err := thinblock.Open(meta, data, thinblock.Options{})
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	w := stdout
+	if *out != "" {
+		f, err := os.Create(*out)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		w = f
+	}
+	return p.Dump(w)
+}
+
+func cmdRestore(args []string, stdout, stderr io.Writer) error {
+	fs := flagSet("restore", stderr)
+	var pf poolFlags
+	pf.register(fs)
+	in := fs.StringP("input", "i", "", "thin_dump XML to restore (- for stdin)")
+	dataSize := fs.String("data-size", "", "data size (default: nr_data_blocks of the dump)")
+	if _, err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	if *in == "" {
+		return fmt.Errorf("%w: -i FILE is required", errUsage)
+	}
+	read := func() (io.ReadCloser, error) {
+		if *in == "-" {
+			return io.NopCloser(os.Stdin), nil
+		}
+		return os.Open(*in)
+	}
+	r, err := read()
+	if err != nil {
+		return err
+	}
+	var src io.Reader = r
+	var buffered []byte
+	if *in == "-" {
+		// The header and the body are read in two passes.
+		if buffered, err = io.ReadAll(r); err != nil {
+			return err
+		}
+		src = strings.NewReader(string(buffered))
+	}
+	h, err := thinblock.ReadDumpHeader(src)
+	r.Close()
+	if err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	co := thinblock.CreateOptions{BlockSize: h.BlockSize, DataSize: h.DataBlocks * h.BlockSize}
+	if *dataSize != "" {
+		if co.DataSize, err = parseSize(*dataSize); err != nil {
+			return err
+		}
+	}
+	meta, data, err := openFiles(&pf, true)
+	if err != nil {
+		return err
+	}
+	metaPath, dataPath, _ := pf.paths()
+	cleanup := func() {
+		meta.Close()
+		data.Close()
+		os.Remove(metaPath)
+		if st, err := os.Stat(dataPath); err == nil && st.Mode().IsRegular() {
+			os.Remove(dataPath)
+		}
+	}
+	p, err := thinblock.Create(meta, data, co, thinblock.Options{})
+	if err != nil {
+		cleanup()
+		return err
+	}
+	if *in == "-" {
+		src = strings.NewReader(string(buffered))
+	} else if r, err = read(); err != nil {
+		cleanup()
+		return err
+	} else {
+		defer r.Close()
+		src = r
+	}
+	progress, done := progressPrinter("restoring devices")
+	err = p.Restore(src, func(n int) { progress(uint64(n), 0) })
+	done()
+	if err != nil {
+		p.Close()
+		cleanup()
+		return err
+	}
+	op := &openedPool{Pool: p, meta: meta, data: data}
+	st, _ := p.Status()
+	fmt.Fprintf(stdout, "restored %d volumes\n", st.Volumes)
+	return op.Close()
+}

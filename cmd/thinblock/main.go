@@ -1,0 +1,109 @@
+// Command thinblock manages thin pools: create, resize and inspect pools;
+// create, snapshot, delete and list thin volumes; check and repair
+// metadata; compare volumes; dump and restore metadata in the XML format
+// of thin-provisioning-tools.
+//
+// Exit status: 0 success, 1 failure (or problems found by check),
+// 2 bad input.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"syscall"
+
+	"github.com/unionmount/unionmount/thinblock"
+	"github.com/unionmount/unionmount/thinblock/txn"
+)
+
+const usage = `usage: thinblock COMMAND [flags]
+
+Pools (a pool is a metadata file and a data file or block device;
+--pool DIR means DIR/metadata and DIR/data):
+  pool create  --pool DIR --size SIZE [--block-size 64K] [--low-water BLOCKS]
+  pool status  --pool DIR
+  pool resize  --pool DIR --size SIZE
+Volumes:
+  create   --pool DIR ID --size SIZE
+  snapshot --pool DIR ID ORIGIN
+  delete   --pool DIR ID
+  ls       --pool DIR
+Metadata:
+  check    --pool DIR | --meta FILE   [--repair]
+  delta    --pool DIR A B
+  dump     --pool DIR | --meta FILE   [-o FILE]
+  restore  --pool DIR -i FILE [--data-size SIZE]
+
+SIZE takes K, M, G, T suffixes (powers of 1024). Run "thinblock COMMAND --help" for a command's flags.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// errUsage marks bad command lines.
+var errUsage = errors.New("usage")
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Fprint(stderr, usage)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	cmd, rest := args[0], args[1:]
+	if cmd == "pool" {
+		if len(rest) == 0 {
+			fmt.Fprint(stderr, usage)
+			return 2
+		}
+		cmd, rest = "pool "+rest[0], rest[1:]
+	}
+	fn, ok := commands[cmd]
+	if !ok {
+		fmt.Fprintf(stderr, "thinblock: unknown command %q (see thinblock --help)\n", cmd)
+		return 2
+	}
+	err := fn(rest, stdout, stderr)
+	if err == nil {
+		return 0
+	}
+	var fail exitError
+	if errors.As(err, &fail) {
+		return int(fail)
+	}
+	fmt.Fprintf(stderr, "thinblock %s: %v\n", cmd, err)
+	return exitCode(err)
+}
+
+// exitError ends a command with a status and no further message.
+type exitError int
+
+func (e exitError) Error() string { return fmt.Sprintf("exit %d", int(e)) }
+
+func exitCode(err error) int {
+	switch {
+	case errors.Is(err, errUsage), errors.Is(err, syscall.EINVAL), errors.Is(err, thinblock.ErrNoVolume),
+		errors.Is(err, thinblock.ErrVolumeExists), errors.Is(err, txn.ErrNotAPool), errors.Is(err, os.ErrNotExist),
+		errors.Is(err, os.ErrExist):
+		return 2
+	}
+	return 1
+}
+
+var commands = map[string]func(args []string, stdout, stderr io.Writer) error{
+	"pool create": cmdPoolCreate,
+	"pool status": cmdPoolStatus,
+	"pool resize": cmdPoolResize,
+	"create":      cmdCreate,
+	"snapshot":    cmdSnapshot,
+	"delete":      cmdDelete,
+	"ls":          cmdLs,
+	"check":       cmdCheck,
+	"delta":       cmdDelta,
+	"dump":        cmdDump,
+	"restore":     cmdRestore,
+}
