@@ -8,14 +8,19 @@ LONG    ?=
 
 # Commands the targets need, as command:debian-package.
 DEMO_DEPS := fusermount3:fuse3 mount.fuse3:fuse3
-TEST_DEPS := $(DEMO_DEPS) unshare:util-linux
+TEST_DEPS := $(DEMO_DEPS) unshare:util-linux thin_check:thin-provisioning-tools
+# Budget per fuzz target for `make fuzz`.
+FUZZTIME ?= 30s
+FUZZ_TARGETS := ./thinblock/txn:FuzzDecodeSuperblock ./thinblock/btree:FuzzDecodeNode \
+	./thinblock/btree:FuzzDecodeNodeWithValidChecksum ./thinblock/spacemap:FuzzDecodeCounts
 
-.PHONY: all build demo test lint install deps-demo deps-test clean
+.PHONY: all build demo test lint install deps-demo deps-test clean fuzz bench
 
 all: build
 
 build:
 	$(GO) build -o $(BIN)/unionmount ./cmd/unionmount
+	$(GO) build -o $(BIN)/thinblock ./cmd/thinblock
 
 deps-demo:
 	@scripts/ensure-deps.sh $(DEMO_DEPS)
@@ -37,6 +42,19 @@ lint:
 
 install: build
 	install -D -m 0755 $(BIN)/unionmount $(DESTDIR)$(PREFIX)/sbin/unionmount
+	install -D -m 0755 $(BIN)/thinblock $(DESTDIR)$(PREFIX)/sbin/thinblock
+
+# Each decoder fuzz target for FUZZTIME (make fuzz FUZZTIME=10m for more).
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t#*:}; \
+		echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	done
+
+# Go benchmarks (the benchmark harness comes with unionbench).
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 200x ./thinblock/
 
 clean:
 	rm -rf $(BIN)
