@@ -86,9 +86,9 @@ func (m model) ids() []uint64 {
 
 func randomChecks() int {
 	if os.Getenv("UNIONMOUNT_LONG") != "" {
-		return 2000
+		return 3000
 	}
-	return 150
+	return 300
 }
 
 // TestPoolMatchesModel applies random create, snapshot, delete, write,

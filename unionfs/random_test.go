@@ -123,7 +123,7 @@ func randomChecks() string {
 	if os.Getenv("UNIONMOUNT_LONG") != "" {
 		return "1000"
 	}
-	return "250"
+	return "500"
 }
 
 // TestRandomOperationsMatchKernelOverlay applies the same random

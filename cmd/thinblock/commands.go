@@ -35,7 +35,7 @@ func parse(fs *pflag.FlagSet, args []string, positional int) ([]string, error) {
 	return fs.Args(), nil
 }
 
-func cmdPoolCreate(args []string, stdout, stderr io.Writer) error {
+func cmdPoolCreate(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flagSet("pool create", stderr)
 	var pf poolFlags
 	pf.register(fs)
@@ -80,7 +80,7 @@ func cmdPoolCreate(args []string, stdout, stderr io.Writer) error {
 	return op.Close()
 }
 
-func cmdPoolStatus(args []string, stdout, stderr io.Writer) error {
+func cmdPoolStatus(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flagSet("pool status", stderr)
 	var pf poolFlags
 	pf.register(fs)
@@ -117,7 +117,7 @@ func cmdPoolStatus(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func cmdPoolResize(args []string, stdout, stderr io.Writer) error {
+func cmdPoolResize(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flagSet("pool resize", stderr)
 	var pf poolFlags
 	pf.register(fs)
@@ -142,7 +142,7 @@ func cmdPoolResize(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func cmdCreate(args []string, stdout, stderr io.Writer) error {
+func cmdCreate(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flagSet("create", stderr)
 	var pf poolFlags
 	pf.register(fs)
@@ -167,7 +167,7 @@ func cmdCreate(args []string, stdout, stderr io.Writer) error {
 	return p.CreateVolume(id, n)
 }
 
-func cmdSnapshot(args []string, stdout, stderr io.Writer) error {
+func cmdSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flagSet("snapshot", stderr)
 	var pf poolFlags
 	pf.register(fs)
@@ -191,7 +191,7 @@ func cmdSnapshot(args []string, stdout, stderr io.Writer) error {
 	return p.Snapshot(id, origin)
 }
 
-func cmdDelete(args []string, stdout, stderr io.Writer) error {
+func cmdDelete(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flagSet("delete", stderr)
 	var pf poolFlags
 	pf.register(fs)
@@ -211,7 +211,7 @@ func cmdDelete(args []string, stdout, stderr io.Writer) error {
 	return p.DeleteVolume(id)
 }
 
-func cmdLs(args []string, stdout, stderr io.Writer) error {
+func cmdLs(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flagSet("ls", stderr)
 	var pf poolFlags
 	pf.register(fs)
@@ -237,7 +237,7 @@ func cmdLs(args []string, stdout, stderr io.Writer) error {
 	return tw.Flush()
 }
 
-func cmdCheck(args []string, stdout, stderr io.Writer) error {
+func cmdCheck(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flagSet("check", stderr)
 	var pf poolFlags
 	pf.register(fs)
@@ -307,7 +307,7 @@ func printReport(w io.Writer, r *check.Report) {
 	}
 }
 
-func cmdDelta(args []string, stdout, stderr io.Writer) error {
+func cmdDelta(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flagSet("delta", stderr)
 	var pf poolFlags
 	pf.register(fs)
@@ -340,7 +340,7 @@ func cmdDelta(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func cmdDump(args []string, stdout, stderr io.Writer) error {
+func cmdDump(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flagSet("dump", stderr)
 	var pf poolFlags
 	pf.register(fs)
@@ -386,21 +386,18 @@ func cmdDump(args []string, stdout, stderr io.Writer) error {
 	return p.Dump(w)
 }
 
-func cmdRestore(args []string, stdout, stderr io.Writer) error {
+func cmdRestore(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flagSet("restore", stderr)
 	var pf poolFlags
 	pf.register(fs)
-	in := fs.StringP("input", "i", "", "thin_dump XML to restore (- for stdin)")
+	in := fs.StringP("input", "i", "-", "thin_dump XML to restore (default: standard input)")
 	dataSize := fs.String("data-size", "", "data size (default: nr_data_blocks of the dump)")
 	if _, err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	if *in == "" {
-		return fmt.Errorf("%w: -i FILE is required", errUsage)
-	}
 	read := func() (io.ReadCloser, error) {
 		if *in == "-" {
-			return io.NopCloser(os.Stdin), nil
+			return io.NopCloser(stdin), nil
 		}
 		return os.Open(*in)
 	}

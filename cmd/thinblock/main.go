@@ -34,19 +34,19 @@ Metadata:
   check    --pool DIR | --meta FILE   [--repair]
   delta    --pool DIR A B
   dump     --pool DIR | --meta FILE   [-o FILE]
-  restore  --pool DIR -i FILE [--data-size SIZE]
+  restore  --pool DIR [-i FILE] [--data-size SIZE]   (default: standard input)
 
 SIZE takes K, M, G, T suffixes (powers of 1024). Run "thinblock COMMAND --help" for a command's flags.
 `
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
 // errUsage marks bad command lines.
 var errUsage = errors.New("usage")
 
-func run(args []string, stdout, stderr io.Writer) int {
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		fmt.Fprint(stderr, usage)
 		if len(args) == 0 {
@@ -67,7 +67,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "thinblock: unknown command %q (see thinblock --help)\n", cmd)
 		return 2
 	}
-	err := fn(rest, stdout, stderr)
+	err := fn(rest, stdin, stdout, stderr)
 	if err == nil {
 		return 0
 	}
@@ -94,7 +94,7 @@ func exitCode(err error) int {
 	return 1
 }
 
-var commands = map[string]func(args []string, stdout, stderr io.Writer) error{
+var commands = map[string]func(args []string, stdin io.Reader, stdout, stderr io.Writer) error{
 	"pool create": cmdPoolCreate,
 	"pool status": cmdPoolStatus,
 	"pool resize": cmdPoolResize,

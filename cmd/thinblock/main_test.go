@@ -20,7 +20,7 @@ import (
 // exit status.
 func thinblockCmd(args ...string) (string, string, int) {
 	var out, errOut bytes.Buffer
-	code := run(args, &out, &errOut)
+	code := run(args, strings.NewReader(""), &out, &errOut)
 	return out.String(), errOut.String(), code
 }
 
@@ -182,8 +182,13 @@ func TestDumpRoundTripsThroughThinProvisioningTools(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(work+"/theirs.xml", theirs, 0o644))
 
+	// thin_dump meta.bin | thinblock restore, with the real binary.
 	restored := filepath.Join(work, "restored")
-	mustRun(t, "restore", "--pool", restored, "-i", work+"/theirs.xml")
+	self, err := os.Executable()
+	require.NoError(t, err)
+	pipe := exec.Command("sh", "-c", `thin_dump "$1" | "$2" restore --pool "$3"`, "sh", work+"/meta.bin", thinblockBinary(t, self), restored)
+	out, err = pipe.CombinedOutput()
+	require.NoError(t, err, "%s", out)
 	assert.Contains(t, mustRun(t, "check", "--pool", restored), "metadata is consistent")
 	again := mustRun(t, "dump", "--pool", restored)
 	assert.Equal(t, mappingLines(ours), mappingLines(again), "same devices and mappings")
@@ -200,6 +205,16 @@ func mappingLines(xml string) []string {
 		if strings.HasPrefix(l, "<device") || strings.HasSuffix(l, "mapping") || strings.Contains(l, "_mapping ") {
 			out = append(out, strip.ReplaceAllString(l, ""))
 		}
+	}
+	return out
+}
+
+// thinblockBinary builds the command for tests that need a real process.
+func thinblockBinary(t *testing.T, _ string) string {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "thinblock")
+	if msg, err := exec.Command("go", "build", "-o", out, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, msg)
 	}
 	return out
 }
