@@ -1,7 +1,6 @@
 package thinblock
 
 import (
-	"errors"
 	"fmt"
 	"syscall"
 )
@@ -14,18 +13,7 @@ func (p *Pool) ImportVolume(id, size uint64, creationTime, snapTime uint32) erro
 	if err := p.usable(); err != nil {
 		return err
 	}
-	if _, err := p.detailsLocked(id); err == nil {
-		return fmt.Errorf("volume %d: %w", id, ErrVolumeExists)
-	} else if !errors.Is(err, ErrNoVolume) {
-		return err
-	}
-	root, err := p.maps.Empty()
-	if err != nil {
-		return err
-	}
-	bs := p.sb.DataBlockSize
-	return p.saveDetailsLocked(id, deviceDetails{MappingRoot: root, Blocks: (size + bs - 1) / bs, SizeBytes: size,
-		TxnID: p.sb.TxnID, CreationTime: creationTime, SnapTime: snapTime})
+	return p.createVolumeLocked(id, size, creationTime, snapTime)
 }
 
 // ImportMapping maps virtual block vb of volume id to data block db

@@ -52,6 +52,11 @@ func (p *Pool) CreateVolume(id, size uint64) error {
 	if err := p.usable(); err != nil {
 		return err
 	}
+	return p.createVolumeLocked(id, size, p.sb.Time, 0)
+}
+
+// createVolumeLocked makes an empty volume with the given times.
+func (p *Pool) createVolumeLocked(id, size uint64, creationTime, snapTime uint32) error {
 	if size == 0 {
 		return fmt.Errorf("volume %d: size must not be zero: %w", id, syscall.EINVAL)
 	}
@@ -66,7 +71,7 @@ func (p *Pool) CreateVolume(id, size uint64) error {
 	}
 	bs := p.sb.DataBlockSize
 	return p.saveDetailsLocked(id, deviceDetails{MappingRoot: root, Blocks: (size + bs - 1) / bs, SizeBytes: size,
-		TxnID: p.sb.TxnID, CreationTime: p.sb.Time})
+		TxnID: p.sb.TxnID, CreationTime: creationTime, SnapTime: snapTime})
 }
 
 // Snapshot makes volume id a copy-on-write snapshot of origin, at a cost
@@ -196,11 +201,32 @@ func (p *Pool) span(off int64, n int, fn func(vb uint64, in int, lo, hi int) err
 	return nil
 }
 
-func (p *Pool) checkRange(d deviceDetails, off int64, n int) error {
-	if off < 0 || n < 0 || uint64(off)+uint64(n) > d.SizeBytes {
-		return fmt.Errorf("%d bytes at %d on a volume of %d: %w", n, off, d.SizeBytes, ErrOutOfRange)
+// ioStartLocked checks that the pool is usable and that n bytes at off
+// lie inside volume id, and returns the volume's details.
+func (p *Pool) ioStartLocked(id uint64, off, n int64) (deviceDetails, error) {
+	if err := p.usable(); err != nil {
+		return deviceDetails{}, err
 	}
-	return nil
+	d, err := p.detailsLocked(id)
+	if err != nil {
+		return deviceDetails{}, err
+	}
+	if off < 0 || n < 0 || uint64(off)+uint64(n) > d.SizeBytes {
+		return deviceDetails{}, fmt.Errorf("%d bytes at %d on a volume of %d: %w", n, off, d.SizeBytes, ErrOutOfRange)
+	}
+	return d, nil
+}
+
+// saveIfChangedLocked records details d of volume id if they differ from
+// before, keeping err (the I/O's own error) first.
+func (p *Pool) saveIfChangedLocked(id uint64, before, d deviceDetails, err error) error {
+	if d == before {
+		return err
+	}
+	if serr := p.saveDetailsLocked(id, d); err == nil {
+		err = serr
+	}
+	return err
 }
 
 // ReadAt reads from the volume; unprovisioned blocks read as zeros.
@@ -208,14 +234,8 @@ func (v *Volume) ReadAt(b []byte, off int64) (int, error) {
 	p := v.p
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if err := p.usable(); err != nil {
-		return 0, err
-	}
-	d, err := p.detailsLocked(v.id)
+	d, err := p.ioStartLocked(v.id, off, int64(len(b)))
 	if err != nil {
-		return 0, err
-	}
-	if err := p.checkRange(d, off, len(b)); err != nil {
 		return 0, err
 	}
 	err = p.span(off, len(b), func(vb uint64, in, lo, hi int) error {
@@ -243,26 +263,15 @@ func (v *Volume) WriteAt(b []byte, off int64) (int, error) {
 	p := v.p
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if err := p.usable(); err != nil {
-		return 0, err
-	}
-	d, err := p.detailsLocked(v.id)
+	d, err := p.ioStartLocked(v.id, off, int64(len(b)))
 	if err != nil {
-		return 0, err
-	}
-	if err := p.checkRange(d, off, len(b)); err != nil {
 		return 0, err
 	}
 	before := d
 	err = p.span(off, len(b), func(vb uint64, in, lo, hi int) error {
 		return p.writeBlockLocked(&d, vb, in, b[lo:hi])
 	})
-	if d != before {
-		if serr := p.saveDetailsLocked(v.id, d); err == nil {
-			err = serr
-		}
-	}
-	if err != nil {
+	if err := p.saveIfChangedLocked(v.id, before, d, err); err != nil {
 		return 0, err
 	}
 	return len(b), nil
@@ -360,15 +369,9 @@ func (v *Volume) zeroRange(off, n int64, unmap bool) error {
 	p := v.p
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if err := p.usable(); err != nil {
-		return err
-	}
-	d, err := p.detailsLocked(v.id)
+	d, err := p.ioStartLocked(v.id, off, n)
 	if err != nil {
 		return err
-	}
-	if off < 0 || n < 0 || uint64(off+n) > d.SizeBytes {
-		return fmt.Errorf("%d bytes at %d on a volume of %d: %w", n, off, d.SizeBytes, ErrOutOfRange)
 	}
 	before := d
 	bs := int64(p.sb.DataBlockSize)
@@ -402,12 +405,7 @@ func (v *Volume) zeroRange(off, n int64, unmap bool) error {
 	} else {
 		zero(off, off+n)
 	}
-	if d != before {
-		if err := p.saveDetailsLocked(v.id, d); errOut == nil {
-			errOut = err
-		}
-	}
-	return errOut
+	return p.saveIfChangedLocked(v.id, before, d, errOut)
 }
 
 // unmapLocked removes the mappings of virtual blocks [from, to).

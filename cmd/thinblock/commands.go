@@ -142,99 +142,77 @@ func cmdPoolResize(args []string, stdin io.Reader, stdout, stderr io.Writer) err
 	return nil
 }
 
-func cmdCreate(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flagSet("create", stderr)
+// volumeCommand parses a command that takes volume ids, opens the pool
+// and runs fn on it.
+func volumeCommand(name string, args []string, stderr io.Writer, nids int, extra func(*pflag.FlagSet),
+	fn func(p *openedPool, ids []uint64) error) error {
+	fs := flagSet(name, stderr)
 	var pf poolFlags
 	pf.register(fs)
-	size := fs.String("size", "", "virtual size")
-	rest, err := parse(fs, args, 1)
+	if extra != nil {
+		extra(fs)
+	}
+	rest, err := parse(fs, args, nids)
 	if err != nil {
 		return err
 	}
-	id, err := parseID(rest[0])
-	if err != nil {
-		return err
-	}
-	n, err := parseSize(*size)
-	if err != nil {
-		return err
+	ids := make([]uint64, len(rest))
+	for i, a := range rest {
+		if ids[i], err = parseID(a); err != nil {
+			return err
+		}
 	}
 	p, err := openPool(&pf)
 	if err != nil {
 		return err
 	}
-	defer p.Close()
-	return p.CreateVolume(id, n)
+	err = fn(p, ids)
+	if cerr := p.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func cmdCreate(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	var size *string
+	return volumeCommand("create", args, stderr, 1, func(fs *pflag.FlagSet) {
+		size = fs.String("size", "", "virtual size")
+	}, func(p *openedPool, ids []uint64) error {
+		n, err := parseSize(*size)
+		if err != nil {
+			return err
+		}
+		return p.CreateVolume(ids[0], n)
+	})
 }
 
 func cmdSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flagSet("snapshot", stderr)
-	var pf poolFlags
-	pf.register(fs)
-	rest, err := parse(fs, args, 2)
-	if err != nil {
-		return err
-	}
-	id, err := parseID(rest[0])
-	if err != nil {
-		return err
-	}
-	origin, err := parseID(rest[1])
-	if err != nil {
-		return err
-	}
-	p, err := openPool(&pf)
-	if err != nil {
-		return err
-	}
-	defer p.Close()
-	return p.Snapshot(id, origin)
+	return volumeCommand("snapshot", args, stderr, 2, nil, func(p *openedPool, ids []uint64) error {
+		return p.Snapshot(ids[0], ids[1])
+	})
 }
 
 func cmdDelete(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flagSet("delete", stderr)
-	var pf poolFlags
-	pf.register(fs)
-	rest, err := parse(fs, args, 1)
-	if err != nil {
-		return err
-	}
-	id, err := parseID(rest[0])
-	if err != nil {
-		return err
-	}
-	p, err := openPool(&pf)
-	if err != nil {
-		return err
-	}
-	defer p.Close()
-	return p.DeleteVolume(id)
+	return volumeCommand("delete", args, stderr, 1, nil, func(p *openedPool, ids []uint64) error {
+		return p.DeleteVolume(ids[0])
+	})
 }
 
 func cmdLs(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flagSet("ls", stderr)
-	var pf poolFlags
-	pf.register(fs)
-	if _, err := parse(fs, args, 0); err != nil {
-		return err
-	}
-	p, err := openPool(&pf)
-	if err != nil {
-		return err
-	}
-	defer p.Close()
-	vols, err := p.Volumes()
-	if err != nil {
-		return err
-	}
-	bs := p.BlockSize()
-	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "DEV\tSIZE\tMAPPED\tEXCLUSIVE\tSHARED\t")
-	for _, v := range vols {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t\n", v.ID, humanSize(v.Size), humanSize(v.Mapped*bs),
-			humanSize(v.Exclusive*bs), humanSize(v.Shared*bs))
-	}
-	return tw.Flush()
+	return volumeCommand("ls", args, stderr, 0, nil, func(p *openedPool, _ []uint64) error {
+		vols, err := p.Volumes()
+		if err != nil {
+			return err
+		}
+		bs := p.BlockSize()
+		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "DEV\tSIZE\tMAPPED\tEXCLUSIVE\tSHARED\t")
+		for _, v := range vols {
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t\n", v.ID, humanSize(v.Size), humanSize(v.Mapped*bs),
+				humanSize(v.Exclusive*bs), humanSize(v.Shared*bs))
+		}
+		return tw.Flush()
+	})
 }
 
 func cmdCheck(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -308,36 +286,18 @@ func printReport(w io.Writer, r *check.Report) {
 }
 
 func cmdDelta(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := flagSet("delta", stderr)
-	var pf poolFlags
-	pf.register(fs)
-	rest, err := parse(fs, args, 2)
-	if err != nil {
-		return err
-	}
-	a, err := parseID(rest[0])
-	if err != nil {
-		return err
-	}
-	b, err := parseID(rest[1])
-	if err != nil {
-		return err
-	}
-	p, err := openPool(&pf)
-	if err != nil {
-		return err
-	}
-	defer p.Close()
-	ranges, err := p.Delta(a, b)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(stdout, "<superblock data_block_size=\"%d\">\n  <diff left=\"%d\" right=\"%d\">\n", p.BlockSize()/512, a, b)
-	for _, r := range ranges {
-		fmt.Fprintf(stdout, "    <%s begin=\"%d\" length=\"%d\"/>\n", r.Kind, r.Begin, r.Length)
-	}
-	fmt.Fprintf(stdout, "  </diff>\n</superblock>\n")
-	return nil
+	return volumeCommand("delta", args, stderr, 2, nil, func(p *openedPool, ids []uint64) error {
+		ranges, err := p.Delta(ids[0], ids[1])
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "<superblock data_block_size=\"%d\">\n  <diff left=\"%d\" right=\"%d\">\n", p.BlockSize()/512, ids[0], ids[1])
+		for _, r := range ranges {
+			fmt.Fprintf(stdout, "    <%s begin=\"%d\" length=\"%d\"/>\n", r.Kind, r.Begin, r.Length)
+		}
+		fmt.Fprintf(stdout, "  </diff>\n</superblock>\n")
+		return nil
+	})
 }
 
 func cmdDump(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
