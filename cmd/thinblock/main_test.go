@@ -218,3 +218,28 @@ func thinblockBinary(t *testing.T, _ string) string {
 	}
 	return out
 }
+
+func TestPoolOnABlockDevice(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a loop device")
+	}
+	if _, err := exec.LookPath("losetup"); err != nil {
+		t.Skip("needs losetup")
+	}
+	dir := t.TempDir()
+	backing := filepath.Join(dir, "disk.img")
+	require.NoError(t, os.WriteFile(backing, nil, 0o600))
+	require.NoError(t, os.Truncate(backing, 32<<20))
+	out, err := exec.Command("losetup", "--find", "--show", backing).Output()
+	if err != nil {
+		t.Skipf("no loop device: %v", err)
+	}
+	dev := strings.TrimSpace(string(out))
+	defer exec.Command("losetup", "-d", dev).Run()
+	meta := filepath.Join(dir, "metadata")
+	created := mustRun(t, "pool", "create", "--meta", meta, "--data", dev)
+	assert.Contains(t, created, "512 blocks", "the pool takes the device's size")
+	mustRun(t, "create", "--meta", meta, "--data", dev, "1", "--size", "1G")
+	assert.Contains(t, mustRun(t, "pool", "status", "--meta", meta, "--data", dev), "0/512 blocks used")
+	assert.Contains(t, mustRun(t, "check", "--meta", meta), "metadata is consistent")
+}
