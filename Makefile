@@ -8,7 +8,9 @@ LONG    ?=
 
 # Commands the targets need, as command:debian-package.
 DEMO_DEPS := fusermount3:fuse3 mount.fuse3:fuse3
-TEST_DEPS := $(DEMO_DEPS) unshare:util-linux thin_check:thin-provisioning-tools
+TEST_DEPS := $(DEMO_DEPS) unshare:util-linux thin_check:thin-provisioning-tools \
+	nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils qemu-io:qemu-utils fio:fio \
+	mkfs.ext4:e2fsprogs losetup:mount
 # Budget per fuzz target for `make fuzz`.
 FUZZTIME ?= 30s
 FUZZ_TARGETS := ./thinblock/txn:FuzzDecodeSuperblock ./thinblock/btree:FuzzDecodeNode \
@@ -32,7 +34,7 @@ demo: deps-demo build
 	scripts/demo.sh $(BIN)/unionmount
 
 test: deps-test build lint
-	UNIONMOUNT_BIN=$(CURDIR)/$(BIN)/unionmount UNIONMOUNT_LONG=$(LONG) \
+	UNIONMOUNT_BIN=$(CURDIR)/$(BIN)/unionmount THINBLOCK_BIN=$(CURDIR)/$(BIN)/thinblock UNIONMOUNT_LONG=$(LONG) \
 		$(GO) test -count=1 -timeout $(TESTTIMEOUT) ./...
 
 lint:

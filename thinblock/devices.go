@@ -32,9 +32,13 @@ type deviceDetails struct {
 	CreationTime uint32 // pool time when created
 	SnapTime     uint32 // pool time when last snapshotted
 	SizeBytes    uint64 // virtual size in bytes (may end inside a block)
+	Flags        uint64 // FlagSnapshot
 }
 
-const detailsSize = 48
+// FlagSnapshot marks a volume made by Snapshot.
+const FlagSnapshot = 1
+
+const detailsSize = 56
 
 func (d *deviceDetails) encode() []byte {
 	b := make([]byte, detailsSize)
@@ -46,6 +50,7 @@ func (d *deviceDetails) encode() []byte {
 	le.PutUint32(b[32:], d.CreationTime)
 	le.PutUint32(b[36:], d.SnapTime)
 	le.PutUint64(b[40:], d.SizeBytes)
+	le.PutUint64(b[48:], d.Flags)
 	return b
 }
 
@@ -57,7 +62,7 @@ func decodeDetails(b []byte) (deviceDetails, error) {
 	return deviceDetails{
 		MappingRoot: le.Uint64(b[0:]), Blocks: le.Uint64(b[8:]), Mapped: le.Uint64(b[16:]),
 		TxnID: le.Uint64(b[24:]), CreationTime: le.Uint32(b[32:]), SnapTime: le.Uint32(b[36:]),
-		SizeBytes: le.Uint64(b[40:]),
+		SizeBytes: le.Uint64(b[40:]), Flags: le.Uint64(b[48:]),
 	}, nil
 }
 

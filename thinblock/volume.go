@@ -15,6 +15,7 @@ type VolumeInfo struct {
 	Shared       uint64 // mapped blocks shared with another volume
 	CreationTime uint32
 	SnapTime     uint32
+	Snapshot     bool // made by Snapshot
 }
 
 func (p *Pool) detailsLocked(id uint64) (deviceDetails, error) {
@@ -94,6 +95,7 @@ func (p *Pool) Snapshot(id, origin uint64) error {
 	p.maps.Clone(o.MappingRoot)
 	snap := o
 	snap.TxnID, snap.CreationTime, snap.SnapTime = p.sb.TxnID, p.sb.Time, p.sb.Time
+	snap.Flags |= FlagSnapshot
 	o.SnapTime = p.sb.Time
 	if err := p.saveDetailsLocked(origin, o); err != nil {
 		return err
@@ -137,7 +139,8 @@ func (p *Pool) Volumes() ([]VolumeInfo, error) {
 		if err != nil {
 			return false, err
 		}
-		info := VolumeInfo{ID: id, Size: d.SizeBytes, Mapped: d.Mapped, CreationTime: d.CreationTime, SnapTime: d.SnapTime}
+		info := VolumeInfo{ID: id, Size: d.SizeBytes, Mapped: d.Mapped, CreationTime: d.CreationTime, SnapTime: d.SnapTime,
+			Snapshot: d.Flags&FlagSnapshot != 0}
 		err = p.maps.WalkSharing(d.MappingRoot, func(_ uint64, val []byte, sharedPath bool) error {
 			b, _ := unpackMapping(val)
 			c, err := p.data.Get(b)
@@ -469,4 +472,53 @@ func (p *Pool) mappingsLocked(root, from, to uint64) ([]Mapping, error) {
 		return true, nil
 	})
 	return out, err
+}
+
+// Extent is a run of a volume's bytes that is provisioned or a hole.
+type Extent struct {
+	Length uint64
+	Hole   bool
+}
+
+// Extents describes the provisioning of [off, off+n), clamped to the
+// volume's end, as runs of provisioned bytes and holes (reading as
+// zeros), in order.
+func (v *Volume) Extents(off, n int64) ([]Extent, error) {
+	p := v.p
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	d, err := p.detailsLocked(v.id)
+	if err != nil {
+		return nil, err
+	}
+	if off < 0 || n <= 0 || uint64(off) >= d.SizeBytes {
+		return nil, fmt.Errorf("extents of %d bytes at %d on a volume of %d: %w", n, off, d.SizeBytes, ErrOutOfRange)
+	}
+	end := min(uint64(off)+uint64(n), d.SizeBytes)
+	bs := p.sb.DataBlockSize
+	var out []Extent
+	add := func(length uint64, hole bool) {
+		if length == 0 {
+			return
+		}
+		if k := len(out); k > 0 && out[k-1].Hole == hole {
+			out[k-1].Length += length
+			return
+		}
+		out = append(out, Extent{Length: length, Hole: hole})
+	}
+	pos := uint64(off)
+	err = p.maps.Walk(d.MappingRoot, pos/bs, (end+bs-1)/bs, func(k uint64, _ []byte) (bool, error) {
+		start := max(k*bs, pos)
+		stop := min((k+1)*bs, end)
+		add(start-pos, true)
+		add(stop-start, false)
+		pos = stop
+		return true, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	add(end-pos, true)
+	return out, nil
 }

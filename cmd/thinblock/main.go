@@ -36,6 +36,10 @@ Metadata:
   dump     --pool DIR | --meta FILE   [-o FILE]
   restore  --pool DIR [-i FILE] [--data-size SIZE]   (default: standard input)
 
+Serving:
+  serve nbd  --pool DIR [--listen unix://PATH|tcp://HOST:PORT] [--read-only] [--writable-snapshots]
+  serve fuse --pool DIR MOUNTDIR [--read-only] [--writable-snapshots]
+
 SIZE takes K, M, G, T suffixes (powers of 1024). Run "thinblock COMMAND --help" for a command's flags.
 `
 
@@ -106,4 +110,5 @@ var commands = map[string]func(args []string, stdin io.Reader, stdout, stderr io
 	"delta":       cmdDelta,
 	"dump":        cmdDump,
 	"restore":     cmdRestore,
+	"serve":       cmdServe,
 }

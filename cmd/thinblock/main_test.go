@@ -2,11 +2,13 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -209,14 +211,35 @@ func mappingLines(xml string) []string {
 	return out
 }
 
-// thinblockBinary builds the command for tests that need a real process.
+// testBinary is the command built once for the tests that need a real
+// process: $THINBLOCK_BIN (make test sets it) or a fresh build.
+var testBinary struct {
+	once sync.Once
+	path string
+	err  error
+}
+
 func thinblockBinary(t *testing.T, _ string) string {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), "thinblock")
-	if msg, err := exec.Command("go", "build", "-o", out, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, msg)
+	testBinary.once.Do(func() {
+		if b := os.Getenv("THINBLOCK_BIN"); b != "" {
+			testBinary.path = b
+			return
+		}
+		dir, err := os.MkdirTemp("", "thinblock-test-bin")
+		if err != nil {
+			testBinary.err = err
+			return
+		}
+		testBinary.path = filepath.Join(dir, "thinblock")
+		if msg, err := exec.Command("go", "build", "-o", testBinary.path, ".").CombinedOutput(); err != nil {
+			testBinary.err = fmt.Errorf("build: %v\n%s", err, msg)
+		}
+	})
+	if testBinary.err != nil {
+		t.Fatal(testBinary.err)
 	}
-	return out
+	return testBinary.path
 }
 
 func TestPoolOnABlockDevice(t *testing.T) {

@@ -1,0 +1,323 @@
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// server is a running `thinblock serve nbd`.
+type server struct {
+	cmd    *exec.Cmd
+	sock   string
+	stderr *bytes.Buffer
+}
+
+func (s *server) uri(export string) string {
+	return "nbd+unix:///" + export + "?socket=" + s.sock
+}
+
+// stop sends SIGTERM and returns the server's stderr.
+func (s *server) stop(t *testing.T) string {
+	t.Helper()
+	require.NoError(t, s.cmd.Process.Signal(syscall.SIGTERM))
+	require.NoError(t, s.cmd.Wait(), "exit status after SIGTERM: %s", s.stderr)
+	return s.stderr.String()
+}
+
+func needTools(t *testing.T, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s (make test installs libnbd-bin, qemu-utils and fio)", tool)
+		}
+	}
+}
+
+// startServer creates a pool with the given volumes (id -> size) and
+// serves it over a unix socket.
+func startServer(t *testing.T, bin string, vols map[string]string, extra ...string) (*server, string) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "pool")
+	mustRun(t, "pool", "create", "--pool", dir, "--size", "32G")
+	for id, size := range vols {
+		mustRun(t, "create", "--pool", dir, id, "--size", size)
+	}
+	return serve(t, bin, dir, extra...), dir
+}
+
+func serve(t *testing.T, bin, dir string, extra ...string) *server {
+	t.Helper()
+	s := &server{sock: filepath.Join(dir, "nbd.sock"), stderr: &bytes.Buffer{}}
+	s.cmd = exec.Command(bin, append([]string{"serve", "nbd", "--pool", dir}, extra...)...)
+	s.cmd.Stderr = s.stderr
+	require.NoError(t, s.cmd.Start())
+	for i := 0; i < 300; i++ {
+		if _, err := os.Stat(s.sock); err == nil {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	require.FileExists(t, s.sock, "server did not start: %s", s.stderr)
+	t.Cleanup(func() {
+		if s.cmd.ProcessState == nil {
+			s.cmd.Process.Kill()
+			s.cmd.Wait()
+		}
+	})
+	return s
+}
+
+func runTool(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	require.NoError(t, err, "%s %v:\n%s", name, args, out)
+	return string(out)
+}
+
+func TestNBDInfoListsExportsAndCapabilities(t *testing.T) {
+	needTools(t, "nbdinfo")
+	s, dir := startServer(t, thinblockBinary(t, ""), map[string]string{"1": "1G", "7": "10M"})
+	list := runTool(t, "nbdinfo", "--list", "--json", "nbd+unix:///?socket="+s.sock)
+	var info struct {
+		Exports []struct {
+			Name         string   `json:"export-name"`
+			Size         uint64   `json:"export-size"`
+			Contexts     []string `json:"contexts"`
+			ReadOnly     bool     `json:"is_read_only"`
+			MultiConn    bool     `json:"can_multi_conn"`
+			Trim         bool     `json:"can_trim"`
+			Zero         bool     `json:"can_zero"`
+			FastZero     bool     `json:"can_fast_zero"`
+			FUA          bool     `json:"can_fua"`
+			Flush        bool     `json:"can_flush"`
+			Cache        bool     `json:"can_cache"`
+			MaximumBlock uint64   `json:"block_size_maximum"`
+		} `json:"exports"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(list), &info), list)
+	require.Len(t, info.Exports, 2)
+	e := info.Exports[0]
+	assert.Equal(t, "1", e.Name)
+	assert.Equal(t, uint64(1<<30), e.Size)
+	assert.Contains(t, e.Contexts, "base:allocation")
+	assert.True(t, e.MultiConn && e.Trim && e.Zero && e.FastZero && e.FUA && e.Flush && e.Cache, "%+v", e)
+	assert.False(t, e.ReadOnly)
+	assert.Equal(t, uint64(10<<20), info.Exports[1].Size)
+	s.stop(t)
+
+	// A snapshot is exported read-only unless asked otherwise.
+	mustRun(t, "snapshot", "--pool", dir, "2", "1")
+	s = serve(t, thinblockBinary(t, ""), dir)
+	assert.Contains(t, runTool(t, "nbdinfo", s.uri("2")), "is_read_only: true")
+	assert.Contains(t, runTool(t, "nbdinfo", s.uri("1")), "is_read_only: false")
+	s.stop(t)
+	s = serve(t, thinblockBinary(t, ""), dir, "--writable-snapshots")
+	assert.Contains(t, runTool(t, "nbdinfo", s.uri("2")), "is_read_only: false")
+	s.stop(t)
+}
+
+func TestQemuIOPatternsAndTheAllocationMap(t *testing.T) {
+	needTools(t, "nbdinfo", "qemu-io")
+	s, dir := startServer(t, thinblockBinary(t, ""), map[string]string{"1": "8G"})
+	runTool(t, "qemu-io", "-f", "raw",
+		"-c", "write -P 0xab 0 1M", "-c", "write -P 0xcd 1G 64k",
+		// Zeroes without unmap (NO_HOLE) stay allocated; with unmap a
+		// written block goes back to the pool.
+		"-c", "write -z 4M 64k", "-c", "write -P 0xee 8M 64k", "-c", "write -z -u 8M 64k",
+		"-c", "read -P 0xab 0 1M", "-c", "read -P 0xcd 1G 64k", "-c", "read -P 0 2G 1M", "-c", "read -P 0 8M 64k", s.uri("1"))
+	m := runTool(t, "nbdinfo", "--map", s.uri("1"))
+	// The map must match the pool's mappings.
+	want := fmt.Sprintf(`(?s)^\s*0\s+1048576\s+0\s+data\s+1048576\s+3145728\s+3\s+hole,zero\s+4194304\s+65536\s+0\s+data\s+`+
+		`4259840\s+%d\s+3\s+hole,zero\s+1073741824\s+65536\s+0\s+data\s+1073807360\s+%d\s+3\s+hole,zero\s*$`,
+		1<<30-4259840, 8<<30-(1<<30+64<<10))
+	assert.Regexp(t, want, m)
+	s.stop(t)
+	ls := mustRun(t, "ls", "--pool", dir)
+	assert.Regexp(t, `(?m)^\s+1\s+8\.0 GiB\s+1\.1 MiB`, ls, "18 blocks of 64 KiB mapped")
+}
+
+func TestNbdcopyOfAMostlyEmptyVolumeReadsOnlyMappedRanges(t *testing.T) {
+	needTools(t, "nbdcopy", "qemu-io")
+	s, _ := startServer(t, thinblockBinary(t, ""), map[string]string{"1": "8G"})
+	runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0x11 0 2M", "-c", "write -P 0x22 6G 1M", s.uri("1"))
+	out := filepath.Join(t.TempDir(), "copy.raw")
+	start := time.Now()
+	runTool(t, "nbdcopy", s.uri("1"), out)
+	took := time.Since(start)
+	st, err := os.Stat(out)
+	require.NoError(t, err)
+	assert.Equal(t, int64(8<<30), st.Size())
+	f, err := os.Open(out)
+	require.NoError(t, err)
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	_, err = f.ReadAt(buf, 6<<30)
+	require.NoError(t, err)
+	assert.Equal(t, bytes.Repeat([]byte{0x22}, 1<<20), buf)
+	stats := s.stop(t)
+	read := serverBytes(t, stats, "read")
+	assert.LessOrEqual(t, read, uint64(3<<20), "nbdcopy read %d bytes: only the 3 MiB mapped", read)
+	t.Logf("nbdcopy of 8 GiB with 3 MiB mapped: %v, %d bytes read from the server", took, read)
+}
+
+func serverBytes(t *testing.T, stderr, what string) uint64 {
+	m := regexp.MustCompile(what + ` (\d+) bytes`).FindStringSubmatch(stderr)
+	require.NotNil(t, m, "no %s statistics in: %s", what, stderr)
+	n, _ := strconv.ParseUint(m[1], 10, 64)
+	return n
+}
+
+func TestQemuImgConvertToAndFromAnExport(t *testing.T) {
+	needTools(t, "qemu-img", "qemu-io")
+	s, _ := startServer(t, thinblockBinary(t, ""), map[string]string{"1": "64M", "2": "64M"})
+	runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 1M 3M", "-c", "write -P 0xa5 60M 64k", s.uri("1"))
+	img := filepath.Join(t.TempDir(), "image.qcow2")
+	runTool(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", s.uri("1"), img)
+	runTool(t, "qemu-img", "convert", "-n", "-f", "qcow2", "-O", "raw", img, s.uri("2"))
+	out := runTool(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", s.uri("1"), s.uri("2"))
+	assert.Contains(t, out, "Images are identical")
+	runTool(t, "qemu-io", "-f", "raw", "-c", "read -P 0x5a 1M 3M", "-c", "read -P 0xa5 60M 64k", "-c", "read -P 0 0 1M", s.uri("2"))
+	s.stop(t)
+}
+
+func TestFioVerifiesOverOneAndSeveralConnections(t *testing.T) {
+	needTools(t, "fio")
+	if !strings.Contains(runTool(t, "fio", "--enghelp"), "nbd") {
+		t.Skip("this fio has no nbd engine")
+	}
+	s, _ := startServer(t, thinblockBinary(t, ""), map[string]string{"1": "256M"})
+	for _, c := range []struct{ iodepth, jobs int }{{1, 1}, {16, 1}, {16, 4}} {
+		t.Run(fmt.Sprintf("iodepth=%d,connections=%d", c.iodepth, c.jobs), func(t *testing.T) {
+			out := runTool(t, "fio", "--name=verify", "--ioengine=nbd", "--uri="+s.uri("1"),
+				"--rw=randwrite", "--bs=4k", fmt.Sprintf("--iodepth=%d", c.iodepth),
+				fmt.Sprintf("--numjobs=%d", c.jobs), "--size=32M", "--offset_increment=64M",
+				"--verify=crc32c", "--verify_fatal=1", "--do_verify=1", "--group_reporting")
+			assert.Contains(t, out, "err= 0")
+			assert.NotContains(t, out, "verify: bad")
+		})
+	}
+	s.stop(t)
+}
+
+// A raw client breaking the protocol gets an error reply or a clean
+// disconnect, and the server keeps serving others.
+func TestMalformedRequestsGetErrorsNotCrashes(t *testing.T) {
+	bin := thinblockBinary(t, "")
+	s, _ := startServer(t, bin, map[string]string{"1": "1M"})
+	c := dialExport(t, s.sock, "1")
+	// Past the end: EINVAL for a read, ENOSPC for a write.
+	assert.Equal(t, uint32(22), c.request(t, 0, 1, 1<<20-10, 20, nil))
+	assert.Equal(t, uint32(28), c.request(t, 1, 2, 1<<20-10, 20, make([]byte, 20)))
+	// Offset + length wrapping around.
+	assert.Equal(t, uint32(22), c.request(t, 0, 3, ^uint64(0)-5, 10, nil))
+	// An oversized read.
+	assert.Equal(t, uint32(22), c.request(t, 0, 4, 0, 64<<20, nil))
+	// An unknown command.
+	assert.Equal(t, uint32(22), c.request(t, 42, 5, 0, 0, nil))
+	// A good write and read still work on the same connection.
+	assert.Equal(t, uint32(0), c.request(t, 1, 6, 4096, 4, []byte("abcd")))
+	assert.Equal(t, uint32(0), c.request(t, 0, 7, 4096, 4, nil))
+	// A bad magic: the server hangs up.
+	hdr := make([]byte, 28)
+	binary.BigEndian.PutUint32(hdr, 0xdeadbeef)
+	c.conn.Write(hdr)
+	c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := c.conn.Read(make([]byte, 1))
+	assert.ErrorIs(t, err, io.EOF, "connection closed")
+	// Garbage during negotiation.
+	raw, err := net.Dial("unix", s.sock)
+	require.NoError(t, err)
+	raw.Write([]byte("this is not NBD at all, not even close......"))
+	raw.SetReadDeadline(time.Now().Add(5 * time.Second))
+	io.Copy(io.Discard, raw)
+	raw.Close()
+	// Another client is still served.
+	c2 := dialExport(t, s.sock, "1")
+	assert.Equal(t, uint32(0), c2.request(t, 0, 1, 4096, 4, nil))
+	assert.Equal(t, "abcd", string(c2.lastData))
+	s.stop(t)
+}
+
+// rawClient speaks just enough NBD (fixed newstyle, EXPORT_NAME, simple
+// replies) to send requests a real client never would.
+type rawClient struct {
+	conn     net.Conn
+	lastData []byte
+}
+
+func dialExport(t *testing.T, sock, name string) *rawClient {
+	t.Helper()
+	conn, err := net.Dial("unix", sock)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	hello := make([]byte, 18)
+	_, err = io.ReadFull(conn, hello)
+	require.NoError(t, err)
+	require.Equal(t, "NBDMAGIC", string(hello[:8]))
+	be := binary.BigEndian
+	conn.Write(be.AppendUint32(nil, 3)) // fixed newstyle, no zeroes
+	opt := be.AppendUint64(nil, 0x49484156454f5054)
+	opt = be.AppendUint32(opt, 1)
+	opt = be.AppendUint32(opt, uint32(len(name)))
+	conn.Write(append(opt, name...))
+	reply := make([]byte, 10)
+	_, err = io.ReadFull(conn, reply)
+	require.NoError(t, err)
+	return &rawClient{conn: conn}
+}
+
+func (c *rawClient) request(t *testing.T, typ uint16, cookie, off uint64, length uint32, data []byte) uint32 {
+	t.Helper()
+	be := binary.BigEndian
+	req := be.AppendUint32(nil, 0x25609513)
+	req = be.AppendUint16(req, 0)
+	req = be.AppendUint16(req, typ)
+	req = be.AppendUint64(req, cookie)
+	req = be.AppendUint64(req, off)
+	req = be.AppendUint32(req, length)
+	_, err := c.conn.Write(append(req, data...))
+	require.NoError(t, err)
+	reply := make([]byte, 16)
+	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.ReadFull(c.conn, reply)
+	require.NoError(t, err)
+	require.Equal(t, uint32(0x67446698), be.Uint32(reply))
+	require.Equal(t, cookie, be.Uint64(reply[8:]))
+	errno := be.Uint32(reply[4:])
+	c.lastData = nil
+	if typ == 0 && errno == 0 {
+		c.lastData = make([]byte, length)
+		_, err = io.ReadFull(c.conn, c.lastData)
+		require.NoError(t, err)
+	}
+	return errno
+}
+
+func TestSIGTERMFinishesAndCommitsAcknowledgedWrites(t *testing.T) {
+	needTools(t, "qemu-io")
+	bin := thinblockBinary(t, "")
+	s, dir := startServer(t, bin, map[string]string{"1": "16M"})
+	runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0x77 0 4M", s.uri("1"))
+	s.stop(t)
+	// Reopened, the pool holds the writes and checks clean.
+	assert.Contains(t, mustRun(t, "check", "--pool", dir), "metadata is consistent")
+	s = serve(t, bin, dir)
+	runTool(t, "qemu-io", "-f", "raw", "-c", "read -P 0x77 0 4M", s.uri("1"))
+	s.stop(t)
+}

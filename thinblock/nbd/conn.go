@@ -1,0 +1,468 @@
+package nbd
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// conn is one client connection.
+type conn struct {
+	s  *Server
+	nc net.Conn
+	br *bufio.Reader
+
+	// Negotiated state.
+	noZeroes   bool
+	structured bool
+	allocation bool   // base:allocation is active
+	metaExport string // the export SET_META_CONTEXT named
+	export     Export
+	maxRequest uint32
+
+	replies  chan []byte
+	writeErr chan error
+	workers  sync.WaitGroup
+	stopOnce sync.Once
+	stopped  chan struct{}
+}
+
+func newConn(s *Server, nc net.Conn) *conn {
+	return &conn{s: s, nc: nc, br: bufio.NewReaderSize(nc, 1<<20), maxRequest: s.maxRequest(), stopped: make(chan struct{})}
+}
+
+// stopReading makes the reader stop taking requests (for a graceful
+// shutdown): in-flight ones still finish and reply.
+func (c *conn) stopReading() {
+	c.stopOnce.Do(func() {
+		close(c.stopped)
+		c.nc.SetReadDeadline(time.Now())
+	})
+}
+
+var errAbort = errors.New("client aborted the negotiation")
+
+func (c *conn) serve() error {
+	defer c.nc.Close()
+	e, err := c.handshake()
+	if err != nil {
+		if errors.Is(err, errAbort) {
+			return nil
+		}
+		return err
+	}
+	c.export = e
+	return c.transmit()
+}
+
+// handshake runs the fixed newstyle negotiation and returns the chosen
+// export.
+func (c *conn) handshake() (Export, error) {
+	var hello [18]byte
+	be.PutUint64(hello[0:], magicInit)
+	be.PutUint64(hello[8:], magicOpt)
+	be.PutUint16(hello[16:], flagFixedNewstyle|flagNoZeroes)
+	if _, err := c.nc.Write(hello[:]); err != nil {
+		return Export{}, err
+	}
+	var cf [4]byte
+	if _, err := io.ReadFull(c.br, cf[:]); err != nil {
+		return Export{}, err
+	}
+	flags := be.Uint32(cf[:])
+	if flags&^(flagFixedNewstyle|flagNoZeroes) != 0 {
+		return Export{}, fmt.Errorf("%w: unknown client flags %#x", errProtocol, flags)
+	}
+	c.noZeroes = flags&flagNoZeroes != 0
+	for {
+		o, err := readOption(c.br)
+		if err != nil {
+			return Export{}, err
+		}
+		e, done, err := c.option(o)
+		if err != nil || done {
+			return e, err
+		}
+	}
+}
+
+// option answers one option; done is set when transmission starts.
+func (c *conn) option(o option) (Export, bool, error) {
+	w := c.nc
+	reject := func(typ uint32, msg string) (Export, bool, error) {
+		return Export{}, false, writeOptionReply(w, o.code, typ, []byte(msg))
+	}
+	switch o.code {
+	case optExportName:
+		e, ok := c.s.lookup(string(o.data))
+		if !ok {
+			// This option has no error reply: the spec says close.
+			return Export{}, false, fmt.Errorf("client asked for unknown export %q", o.data)
+		}
+		buf := make([]byte, 10, 10+124)
+		be.PutUint64(buf[0:], e.Backend.Size())
+		be.PutUint16(buf[8:], c.transmissionFlags(e))
+		if !c.noZeroes {
+			buf = append(buf, make([]byte, 124)...)
+		}
+		_, err := w.Write(buf)
+		return e, true, err
+	case optAbort:
+		writeOptionReply(w, o.code, repAck, nil)
+		return Export{}, false, errAbort
+	case optList:
+		if len(o.data) != 0 {
+			return reject(repErrInvalid, "LIST takes no data")
+		}
+		for _, e := range c.s.Exports() {
+			item := make([]byte, 4, 4+len(e.Name)+len(e.Description))
+			be.PutUint32(item, uint32(len(e.Name)))
+			item = append(append(item, e.Name...), e.Description...)
+			if err := writeOptionReply(w, o.code, repServer, item); err != nil {
+				return Export{}, false, err
+			}
+		}
+		return Export{}, false, writeOptionReply(w, o.code, repAck, nil)
+	case optStartTLS:
+		return reject(repErrPolicy, "TLS is not offered")
+	case optStructuredReply:
+		if len(o.data) != 0 {
+			return reject(repErrInvalid, "STRUCTURED_REPLY takes no data")
+		}
+		c.structured = true
+		return Export{}, false, writeOptionReply(w, o.code, repAck, nil)
+	case optInfo, optGo:
+		return c.infoOrGo(o)
+	case optListMetaContext, optSetMetaContext:
+		return Export{}, false, c.metaContext(o)
+	default:
+		return reject(repErrUnsup, fmt.Sprintf("option %d is not supported", o.code))
+	}
+}
+
+func (c *conn) transmissionFlags(e Export) uint16 {
+	f := uint16(tfHasFlags | tfSendFlush | tfSendFUA | tfCanMultiConn | tfSendCache | tfSendDF)
+	if e.ReadOnly {
+		f |= tfReadOnly
+	} else {
+		f |= tfSendTrim | tfSendWriteZeroes | tfSendFastZero
+	}
+	return f
+}
+
+func (c *conn) infoOrGo(o option) (Export, bool, error) {
+	w := c.nc
+	name, off, err := lengthPrefixed(o.data, 0)
+	if err != nil || len(o.data) < off+2 {
+		return Export{}, false, writeOptionReply(w, o.code, repErrInvalid, []byte("malformed request"))
+	}
+	n := int(be.Uint16(o.data[off:]))
+	off += 2
+	if len(o.data) != off+2*n {
+		return Export{}, false, writeOptionReply(w, o.code, repErrInvalid, []byte("malformed information requests"))
+	}
+	want := map[uint16]bool{}
+	for i := 0; i < n; i++ {
+		want[be.Uint16(o.data[off+2*i:])] = true
+	}
+	e, ok := c.s.lookup(name)
+	if !ok {
+		return Export{}, false, writeOptionReply(w, o.code, repErrUnknown, []byte("no export named "+name))
+	}
+	info := make([]byte, 12)
+	be.PutUint16(info[0:], infoExport)
+	be.PutUint64(info[2:], e.Backend.Size())
+	be.PutUint16(info[10:], c.transmissionFlags(e))
+	if err := writeOptionReply(w, o.code, repInfo, info); err != nil {
+		return Export{}, false, err
+	}
+	if want[infoName] {
+		if err := writeOptionReply(w, o.code, repInfo, append([]byte{0, infoName}, e.Name...)); err != nil {
+			return Export{}, false, err
+		}
+	}
+	if want[infoDescription] && e.Description != "" {
+		if err := writeOptionReply(w, o.code, repInfo, append([]byte{0, infoDescription}, e.Description...)); err != nil {
+			return Export{}, false, err
+		}
+	}
+	if want[infoBlockSize] {
+		bs := make([]byte, 14)
+		be.PutUint16(bs[0:], infoBlockSize)
+		be.PutUint32(bs[2:], 1)
+		be.PutUint32(bs[6:], 4096)
+		be.PutUint32(bs[10:], c.maxRequest)
+		if err := writeOptionReply(w, o.code, repInfo, bs); err != nil {
+			return Export{}, false, err
+		}
+	}
+	if err := writeOptionReply(w, o.code, repAck, nil); err != nil {
+		return Export{}, false, err
+	}
+	if o.code != optGo {
+		return Export{}, false, nil
+	}
+	if c.metaExport != name {
+		c.allocation = false
+	}
+	return e, true, nil
+}
+
+func (c *conn) metaContext(o option) error {
+	w := c.nc
+	if o.code == optSetMetaContext && !c.structured {
+		return writeOptionReply(w, o.code, repErrInvalid, []byte("structured replies must be negotiated first"))
+	}
+	name, off, err := lengthPrefixed(o.data, 0)
+	if err != nil || len(o.data) < off+4 {
+		return writeOptionReply(w, o.code, repErrInvalid, []byte("malformed request"))
+	}
+	n := int(be.Uint32(o.data[off:]))
+	off += 4
+	var queries []string
+	for i := 0; i < n; i++ {
+		var q string
+		if q, off, err = lengthPrefixed(o.data, off); err != nil {
+			return writeOptionReply(w, o.code, repErrInvalid, []byte("malformed query"))
+		}
+		queries = append(queries, q)
+	}
+	if off != len(o.data) {
+		return writeOptionReply(w, o.code, repErrInvalid, []byte("trailing data"))
+	}
+	if _, ok := c.s.lookup(name); !ok {
+		return writeOptionReply(w, o.code, repErrUnknown, []byte("no export named "+name))
+	}
+	match := false
+	if n == 0 {
+		match = o.code == optListMetaContext
+	}
+	for _, q := range queries {
+		if q == metaContextAllocation || (o.code == optListMetaContext && q == "base:") {
+			match = true
+		}
+	}
+	if o.code == optSetMetaContext {
+		c.allocation, c.metaExport = match, name
+	}
+	if match {
+		reply := make([]byte, 4, 4+len(metaContextAllocation))
+		be.PutUint32(reply, allocationContextID)
+		if err := writeOptionReply(w, o.code, repMetaContext, append(reply, metaContextAllocation...)); err != nil {
+			return err
+		}
+	}
+	return writeOptionReply(w, o.code, repAck, nil)
+}
+
+// transmit serves requests until the client disconnects.
+func (c *conn) transmit() error {
+	c.replies = make(chan []byte, 64)
+	c.writeErr = make(chan error, 1)
+	go c.writer()
+	workers := c.s.Workers
+	if workers <= 0 {
+		workers = 16
+	}
+	sem := make(chan struct{}, workers)
+	err := c.readRequests(sem)
+	c.workers.Wait()
+	if errors.Is(err, errStopped) {
+		// Graceful shutdown: what was acknowledged is made durable.
+		if ferr := c.export.Backend.Flush(); ferr != nil {
+			c.s.logf("nbd: flush at shutdown: %v", ferr)
+		}
+		err = nil
+	}
+	close(c.replies)
+	if werr := <-c.writeErr; err == nil {
+		err = werr
+	}
+	return err
+}
+
+var errStopped = errors.New("server shutting down")
+
+func (c *conn) readRequests(sem chan struct{}) error {
+	hdr := make([]byte, requestSize)
+	for {
+		if _, err := io.ReadFull(c.br, hdr); err != nil {
+			select {
+			case <-c.stopped:
+				return errStopped
+			default:
+			}
+			return err
+		}
+		req, err := parseRequest(hdr)
+		if err != nil {
+			return err // a bad magic loses sync: close
+		}
+		var payload []byte
+		if req.typ == cmdWrite {
+			if req.length > c.maxRequest {
+				c.reply(req, errInval, nil)
+				return fmt.Errorf("%w: write of %d bytes (limit %d)", errProtocol, req.length, c.maxRequest)
+			}
+			payload = make([]byte, req.length)
+			if _, err := io.ReadFull(c.br, payload); err != nil {
+				return err
+			}
+		}
+		if req.typ == cmdDisc {
+			return io.EOF
+		}
+		sem <- struct{}{}
+		c.workers.Add(1)
+		go func() {
+			defer func() { <-sem; c.workers.Done() }()
+			c.handle(req, payload)
+		}()
+	}
+}
+
+// writer is the connection's one writer: replies go out whole, in the
+// order they complete.
+func (c *conn) writer() {
+	bw := bufio.NewWriterSize(c.nc, 1<<20)
+	var err error
+	for r := range c.replies {
+		if err != nil {
+			continue
+		}
+		if _, err = bw.Write(r); err == nil && len(c.replies) == 0 {
+			err = bw.Flush()
+		}
+	}
+	if err == nil {
+		err = bw.Flush()
+	}
+	c.writeErr <- err
+}
+
+// reply sends the answer to req: data for a read, or an error.
+func (c *conn) reply(req request, errno uint32, data []byte) {
+	switch {
+	case !c.structured:
+		c.replies <- simpleReply(req.cookie, errno, data)
+	case errno != 0:
+		payload := make([]byte, 6)
+		be.PutUint32(payload, errno)
+		c.replies <- structuredChunk(req.cookie, chunkFlagDone, chunkError, payload)
+	case req.typ == cmdRead && len(data) > 0:
+		payload := make([]byte, 8, 8+len(data))
+		be.PutUint64(payload, req.offset)
+		c.replies <- structuredChunk(req.cookie, chunkFlagDone, chunkOffsetData, append(payload, data...))
+	default:
+		c.replies <- structuredChunk(req.cookie, chunkFlagDone, chunkNone, nil)
+	}
+}
+
+// handle serves one request.
+func (c *conn) handle(req request, payload []byte) {
+	e := c.export
+	b := e.Backend
+	size := b.Size()
+	end := req.offset + uint64(req.length)
+	outOfRange := end < req.offset || end > size
+	writing := req.typ == cmdWrite || req.typ == cmdTrim || req.typ == cmdWriteZeroes
+	if writing && e.ReadOnly {
+		c.reply(req, errPerm, nil)
+		return
+	}
+	if outOfRange && req.typ != cmdFlush {
+		if writing {
+			c.reply(req, errNoSpc, nil)
+		} else {
+			c.reply(req, errInval, nil)
+		}
+		return
+	}
+	var err error
+	switch req.typ {
+	case cmdRead:
+		if req.length > c.maxRequest {
+			c.reply(req, errOverflow, nil)
+			return
+		}
+		buf := make([]byte, req.length)
+		if _, err = b.ReadAt(buf, int64(req.offset)); err == nil {
+			c.s.bytesRead.Add(uint64(len(buf)))
+			c.reply(req, 0, buf)
+			return
+		}
+	case cmdWrite:
+		if _, err = b.WriteAt(payload, int64(req.offset)); err == nil {
+			c.s.bytesWritten.Add(uint64(len(payload)))
+		}
+		if err == nil && req.flags&cmdFlagFUA != 0 {
+			err = b.Flush()
+		}
+	case cmdFlush:
+		err = b.Flush()
+	case cmdTrim:
+		if err = b.Trim(int64(req.offset), int64(req.length)); err == nil && req.flags&cmdFlagFUA != 0 {
+			err = b.Flush()
+		}
+	case cmdWriteZeroes:
+		unmap := req.flags&cmdFlagNoHole == 0
+		if req.flags&cmdFlagFastZero != 0 && !unmap {
+			// Writing zeros block by block is not fast: say so, as the
+			// client then picks its own way.
+			c.reply(req, errNotSup, nil)
+			return
+		}
+		if err = b.WriteZeroes(int64(req.offset), int64(req.length), unmap); err == nil && req.flags&cmdFlagFUA != 0 {
+			err = b.Flush()
+		}
+	case cmdCache:
+		// Nothing to prefetch: data is read from the pool on demand.
+	case cmdBlockStatus:
+		if !c.allocation || req.length == 0 {
+			c.reply(req, errInval, nil)
+			return
+		}
+		c.blockStatus(req)
+		return
+	default:
+		c.reply(req, errInval, nil)
+		return
+	}
+	if err != nil {
+		c.s.logf("nbd: %s request %d at %d+%d: %v", c.export.Name, req.typ, req.offset, req.length, err)
+		c.reply(req, wireErrno(err), nil)
+		return
+	}
+	c.reply(req, 0, nil)
+}
+
+func (c *conn) blockStatus(req request) {
+	exts, err := c.export.Backend.Extents(int64(req.offset), int64(req.length))
+	if err != nil || len(exts) == 0 {
+		if err == nil {
+			err = errors.New("no extents")
+		}
+		c.reply(req, wireErrno(err), nil)
+		return
+	}
+	if req.flags&cmdFlagReqOne != 0 {
+		exts = exts[:1]
+	}
+	payload := make([]byte, 4, 4+8*len(exts))
+	be.PutUint32(payload, allocationContextID)
+	for _, e := range exts {
+		var d [8]byte
+		be.PutUint32(d[0:], uint32(e.Length)) // at most the request's length
+		var state uint32
+		if e.Hole {
+			state = stateHole | stateZero
+		}
+		be.PutUint32(d[4:], state)
+		payload = append(payload, d[:]...)
+	}
+	c.replies <- structuredChunk(req.cookie, chunkFlagDone, chunkBlockStatus, payload)
+}

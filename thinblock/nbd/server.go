@@ -1,0 +1,214 @@
+// Package nbd serves block devices over the NBD protocol (fixed newstyle
+// negotiation, structured replies, the base:allocation meta context,
+// multi-conn), the protocol nbdkit and qemu-nbd speak. It serves any
+// Backend; it knows nothing of thin pools.
+//
+// wire.go holds the wire format, conn.go one connection's state machine:
+// one goroutine reads requests, workers serve them, one writer sends the
+// replies, which may complete out of order. A backend error becomes an
+// error reply, never a dropped connection.
+package nbd
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+)
+
+// Backend is a device an export serves.
+type Backend interface {
+	Size() uint64
+	ReadAt(p []byte, off int64) (int, error)
+	WriteAt(p []byte, off int64) (int, error)
+	// Flush makes every completed write durable, on every connection.
+	Flush() error
+	// Trim discards [off, off+n); it then reads as zeros.
+	Trim(off, n int64) error
+	// WriteZeroes makes [off, off+n) read as zeros; unmap allows
+	// deallocating instead of writing.
+	WriteZeroes(off, n int64, unmap bool) error
+	// Extents describes allocation from off, covering at least the
+	// first byte and at most n bytes, in order.
+	Extents(off, n int64) ([]Extent, error)
+}
+
+// Extent is a run of bytes that are allocated, or a hole reading as
+// zeros.
+type Extent struct {
+	Length uint64
+	Hole   bool
+}
+
+// Export is one named device.
+type Export struct {
+	Name        string
+	Description string
+	Backend     Backend
+	ReadOnly    bool
+}
+
+// Server serves exports to NBD clients.
+type Server struct {
+	// Exports lists what clients may open; it is called on every LIST,
+	// INFO and GO, so exports may come and go.
+	Exports func() []Export
+	// Logger gets one line per connection problem; nil discards.
+	Logger *log.Logger
+	// MaxRequest bounds a read or write (default 32 MiB).
+	MaxRequest uint32
+	// Workers bounds the requests served at once per connection
+	// (default 16).
+	Workers int
+
+	// Bytes read and written for clients, for statistics.
+	bytesRead, bytesWritten atomic.Uint64
+
+	mu        sync.Mutex
+	listeners map[net.Listener]bool
+	conns     map[*conn]bool
+	closing   bool
+	wg        sync.WaitGroup
+}
+
+// Stats reports the bytes read and written for clients so far.
+func (s *Server) Stats() (read, written uint64) {
+	return s.bytesRead.Load(), s.bytesWritten.Load()
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("nbd: server closed")
+
+func (s *Server) logf(format string, args ...any) {
+	if s.Logger != nil {
+		s.Logger.Printf(format, args...)
+	}
+}
+
+func (s *Server) maxRequest() uint32 {
+	if s.MaxRequest == 0 {
+		return 32 << 20
+	}
+	return s.MaxRequest
+}
+
+func (s *Server) lookup(name string) (Export, bool) {
+	exports := s.Exports()
+	for _, e := range exports {
+		if e.Name == name {
+			return e, true
+		}
+	}
+	// The empty name selects the default export when there is one.
+	if name == "" && len(exports) == 1 {
+		return exports[0], true
+	}
+	return Export{}, false
+}
+
+// Serve accepts connections on l until Shutdown.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	if s.listeners == nil {
+		s.listeners, s.conns = map[net.Listener]bool{}, map[*conn]bool{}
+	}
+	s.listeners[l] = true
+	s.mu.Unlock()
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return err
+		}
+		c := newConn(s, nc)
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			nc.Close()
+			return ErrServerClosed
+		}
+		s.conns[c] = true
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			if err := c.serve(); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				s.logf("nbd: %s: %v", nc.RemoteAddr(), err)
+			}
+			s.mu.Lock()
+			delete(s.conns, c)
+			s.mu.Unlock()
+		}()
+	}
+}
+
+// Shutdown stops accepting, lets in-flight requests finish and their
+// replies go out, flushes, and closes every connection.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	for c := range s.conns {
+		c.stopReading()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.mu.Lock()
+		for c := range s.conns {
+			c.nc.Close()
+		}
+		s.mu.Unlock()
+		return ctx.Err()
+	}
+}
+
+// wireErrno maps a backend error to the protocol's error numbers.
+func wireErrno(err error) uint32 {
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		switch e {
+		case syscall.EPERM, syscall.EROFS, syscall.EACCES:
+			return errPerm
+		case syscall.ENOMEM:
+			return errNoMem
+		case syscall.EINVAL:
+			return errInval
+		case syscall.ENOSPC:
+			return errNoSpc
+		case syscall.EOVERFLOW:
+			return errOverflow
+		case syscall.ENOTSUP:
+			return errNotSup
+		case syscall.ESHUTDOWN:
+			return errShutdown
+		}
+	}
+	return errIO
+}
