@@ -14,7 +14,8 @@ TEST_DEPS := $(DEMO_DEPS) unshare:util-linux thin_check:thin-provisioning-tools 
 # Budget per fuzz target for `make fuzz`.
 FUZZTIME ?= 30s
 FUZZ_TARGETS := ./thinblock/txn:FuzzDecodeSuperblock ./thinblock/btree:FuzzDecodeNode \
-	./thinblock/btree:FuzzDecodeNodeWithValidChecksum ./thinblock/spacemap:FuzzDecodeCounts
+	./thinblock/btree:FuzzDecodeNodeWithValidChecksum ./thinblock/spacemap:FuzzDecodeCounts \
+	./thinblock/nbd:FuzzConnection
 
 .PHONY: all build demo test lint install deps-demo deps-test clean fuzz bench
 
