@@ -3,8 +3,52 @@ package main
 import (
 	"fmt"
 	"io"
+	"log"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/unionmount/unionmount/thinblock/fuseexport"
 )
 
+// serveFUSE serves each volume as a file in MOUNTDIR until SIGTERM or an
+// unmount, then commits.
 func serveFUSE(args []string, stderr io.Writer) error {
-	return fmt.Errorf("%w: serve fuse is not built yet", errUsage)
+	fs := flagSet("serve fuse", stderr)
+	var pf poolFlags
+	pf.register(fs)
+	var o fuseexport.Options
+	fs.BoolVar(&o.ReadOnly, "read-only", false, "export every volume read-only")
+	fs.BoolVar(&o.WritableSnapshots, "writable-snapshots", false, "export snapshots writable too")
+	fs.BoolVarP(&o.Debug, "debug", "d", false, "trace FUSE operations")
+	rest, err := parse(fs, args, 1)
+	if err != nil {
+		return err
+	}
+	if st, err := os.Stat(rest[0]); err != nil || !st.IsDir() {
+		return fmt.Errorf("%w: mount point %s is not a directory", errUsage, rest[0])
+	}
+	p, err := openPool(&pf)
+	if err != nil {
+		return err
+	}
+	o.Logger = log.New(stderr, "thinblock serve: ", log.LstdFlags)
+	srv, err := fuseexport.Mount(rest[0], p.Pool, o)
+	if err != nil {
+		p.Close()
+		return err
+	}
+	fmt.Fprintf(stderr, "thinblock: serving volumes as files in %s\n", rest[0])
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(signals)
+	go func() {
+		for sig := range signals {
+			if err := srv.Unmount(); err != nil {
+				o.Logger.Printf("%v: unmount %s: %v (still serving)", sig, rest[0], err)
+			}
+		}
+	}()
+	srv.Wait()
+	return p.Close()
 }

@@ -1,0 +1,150 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// fuseServer runs `thinblock serve fuse` until stop.
+type fuseServer struct {
+	cmd    *exec.Cmd
+	mnt    string
+	stderr bytes.Buffer
+}
+
+func serveFuse(t *testing.T, bin, dir string, extra ...string) *fuseServer {
+	t.Helper()
+	s := &fuseServer{mnt: filepath.Join(t.TempDir(), "volumes")}
+	require.NoError(t, os.Mkdir(s.mnt, 0o755))
+	s.cmd = exec.Command(bin, append([]string{"serve", "fuse", "--pool", dir, s.mnt}, extra...)...)
+	s.cmd.Stderr = &s.stderr
+	require.NoError(t, s.cmd.Start())
+	for i := 0; i < 300; i++ {
+		if ents, _ := os.ReadDir(s.mnt); len(ents) > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Cleanup(func() {
+		if s.cmd.ProcessState == nil {
+			syscall.Unmount(s.mnt, unix.MNT_DETACH)
+			s.cmd.Process.Kill()
+			s.cmd.Wait()
+		}
+	})
+	return s
+}
+
+func (s *fuseServer) stop(t *testing.T) {
+	t.Helper()
+	require.NoError(t, s.cmd.Process.Signal(syscall.SIGTERM))
+	require.NoError(t, s.cmd.Wait(), "%s", s.stderr.String())
+}
+
+// attach makes a loop device of file and returns it, detached at cleanup.
+func attach(t *testing.T, file string, readOnly bool) string {
+	t.Helper()
+	args := []string{"--find", "--show"}
+	if readOnly {
+		args = append(args, "--read-only")
+	}
+	out, err := exec.Command("losetup", append(args, file)...).CombinedOutput()
+	require.NoError(t, err, "losetup: %s", out)
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+	return dev
+}
+
+func detach(t *testing.T, dev string) {
+	t.Helper()
+	out, err := exec.Command("losetup", "-d", dev).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+}
+
+func mountDev(t *testing.T, dev string, opts ...string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "fs")
+	require.NoError(t, os.Mkdir(dir, 0o755))
+	args := []string{dev, dir}
+	if len(opts) > 0 {
+		args = append([]string{"-o", strings.Join(opts, ",")}, args...)
+	}
+	runTool(t, "mount", args...)
+	t.Cleanup(func() { syscall.Unmount(dir, unix.MNT_DETACH) })
+	return dir
+}
+
+func TestLoopDeviceOverTheFUSEExport(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for loop devices and mounts")
+	}
+	needTools(t, "losetup", "mkfs.ext4")
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("needs /dev/fuse")
+	}
+	bin := thinblockBinary(t, "")
+	dir := filepath.Join(t.TempDir(), "pool")
+	mustRun(t, "pool", "create", "--pool", dir, "--size", "2G")
+	mustRun(t, "create", "--pool", dir, "1", "--size", "256M")
+
+	s := serveFuse(t, bin, dir)
+	dev := attach(t, s.mnt+"/1", false)
+	runTool(t, "mkfs.ext4", "-q", "-E", "nodiscard", dev)
+	fsdir := mountDev(t, dev)
+	require.NoError(t, os.MkdirAll(fsdir+"/tree/sub", 0o755))
+	require.NoError(t, os.WriteFile(fsdir+"/tree/old.txt", []byte("written before the snapshot"), 0o644))
+	require.NoError(t, os.WriteFile(fsdir+"/tree/sub/big", bytes.Repeat([]byte("x"), 3<<20), 0o644))
+	runTool(t, "umount", fsdir)
+	detach(t, dev)
+	s.stop(t)
+
+	// Snapshot while the filesystem is unmounted, then write more.
+	mustRun(t, "snapshot", "--pool", dir, "2", "1")
+	s = serveFuse(t, bin, dir)
+	dev = attach(t, s.mnt+"/1", false)
+	fsdir = mountDev(t, dev)
+	require.NoError(t, os.WriteFile(fsdir+"/tree/new.txt", []byte("after"), 0o644))
+	require.NoError(t, os.Remove(fsdir+"/tree/old.txt"))
+	// Discards through the loop device reach the pool as PUNCH_HOLE.
+	runTool(t, "fstrim", fsdir)
+	runTool(t, "umount", fsdir)
+	detach(t, dev)
+
+	// The snapshot mounts read-only with the old tree.
+	snap := attach(t, s.mnt+"/2", true)
+	snapdir := mountDev(t, snap, "ro", "noload")
+	data, err := os.ReadFile(snapdir + "/tree/old.txt")
+	require.NoError(t, err)
+	assert.Equal(t, "written before the snapshot", string(data))
+	_, err = os.Stat(snapdir + "/tree/new.txt")
+	assert.True(t, os.IsNotExist(err), "the snapshot does not see later writes")
+	big, err := os.ReadFile(snapdir + "/tree/sub/big")
+	require.NoError(t, err)
+	assert.Equal(t, 3<<20, len(big))
+	runTool(t, "umount", snapdir)
+	detach(t, snap)
+
+	// SEEK_DATA/SEEK_HOLE show the provisioned ranges of the volume file.
+	f, err := os.Open(s.mnt + "/1")
+	require.NoError(t, err)
+	dataOff, err := unix.Seek(int(f.Fd()), 0, unix.SEEK_DATA)
+	require.NoError(t, err)
+	holeOff, err := unix.Seek(int(f.Fd()), dataOff, unix.SEEK_HOLE)
+	require.NoError(t, err)
+	assert.Greater(t, holeOff, dataOff)
+	f.Close()
+	s.stop(t)
+	assert.Contains(t, mustRun(t, "check", "--pool", dir), "metadata is consistent")
+	ls := mustRun(t, "ls", "--pool", dir)
+	assert.Regexp(t, `(?m)^\s+2\s+256\.0 MiB`, ls)
+}

@@ -1,0 +1,224 @@
+// Package fuseexport serves the volumes of a thin pool as regular files
+// over FUSE, one per volume, named by id, so that losetup turns a volume
+// into a real block device: reads and writes go to the pool, fsync
+// commits, fallocate(PUNCH_HOLE) discards, and SEEK_DATA/SEEK_HOLE
+// report the provisioned ranges.
+package fuseexport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/unionmount/unionmount/thinblock"
+)
+
+// Options tune the export.
+type Options struct {
+	// ReadOnly exports every volume read-only.
+	ReadOnly bool
+	// WritableSnapshots exports snapshots writable (by default they are
+	// read-only, so a snapshot mounts with the old content).
+	WritableSnapshots bool
+	Debug             bool
+	Logger            *log.Logger
+}
+
+type root struct {
+	fs.Inode
+	p    *thinblock.Pool
+	opts Options
+}
+
+var _ fs.NodeOnAdder = (*root)(nil)
+
+// OnAdd adds one file per volume.
+func (r *root) OnAdd(ctx context.Context) {
+	vols, err := r.p.Volumes()
+	if err != nil {
+		if r.opts.Logger != nil {
+			r.opts.Logger.Printf("list volumes: %v", err)
+		}
+		return
+	}
+	for _, vi := range vols {
+		v, err := r.p.Volume(vi.ID)
+		if err != nil {
+			continue
+		}
+		n := &volumeFile{p: r.p, v: v, size: vi.Size, mtime: uint64(time.Now().Unix()),
+			readOnly: r.opts.ReadOnly || (vi.Snapshot && !r.opts.WritableSnapshots)}
+		child := r.NewPersistentInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: vi.ID + 2})
+		r.AddChild(strconv.FormatUint(vi.ID, 10), child, false)
+	}
+}
+
+// Mount serves pool's volumes in dir until the returned server is
+// unmounted.
+func Mount(dir string, p *thinblock.Pool, opts Options) (*fuse.Server, error) {
+	timeout := time.Second
+	fsopts := &fs.Options{
+		MountOptions: fuse.MountOptions{
+			FsName: "thinblock", Name: "thinblock", Debug: opts.Debug,
+			MaxWrite: 1 << 20, Options: []string{"default_permissions"},
+			AllowOther: true, DirectMount: true, Logger: opts.Logger,
+		},
+		EntryTimeout: &timeout, AttrTimeout: &timeout,
+	}
+	srv, err := fs.Mount(dir, &root{p: p, opts: opts}, fsopts)
+	if err != nil {
+		return nil, fmt.Errorf("mount %s: %w", dir, err)
+	}
+	return srv, nil
+}
+
+// volumeFile is one volume as a file.
+type volumeFile struct {
+	fs.Inode
+	p        *thinblock.Pool
+	v        *thinblock.Volume
+	size     uint64
+	readOnly bool
+	mtime    uint64 // when the export started
+}
+
+var (
+	_ fs.NodeGetattrer = (*volumeFile)(nil)
+	_ fs.NodeSetattrer = (*volumeFile)(nil)
+	_ fs.NodeOpener    = (*volumeFile)(nil)
+	_ fs.NodeReader    = (*volumeFile)(nil)
+	_ fs.NodeWriter    = (*volumeFile)(nil)
+	_ fs.NodeFsyncer   = (*volumeFile)(nil)
+	_ fs.NodeAllocater = (*volumeFile)(nil)
+	_ fs.NodeLseeker   = (*volumeFile)(nil)
+	_ fs.NodeFlusher   = (*volumeFile)(nil)
+)
+
+// errno converts a pool error for the FUSE boundary.
+func errno(err error) syscall.Errno {
+	if err == nil {
+		return 0
+	}
+	var e syscall.Errno
+	if errors.As(err, &e) {
+		return e
+	}
+	return syscall.EIO
+}
+
+func (f *volumeFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	out.Mode = syscall.S_IFREG | 0o644
+	if f.readOnly {
+		out.Mode = syscall.S_IFREG | 0o444
+	}
+	out.Size = f.size
+	out.Nlink = 1
+	out.Blksize = 4096
+	out.Mtime, out.Ctime, out.Atime = f.mtime, f.mtime, f.mtime
+	if info, err := f.p.Volumes(); err == nil {
+		for _, vi := range info {
+			if vi.ID == f.v.ID() {
+				out.Blocks = vi.Mapped * f.p.BlockSize() / 512
+			}
+		}
+	}
+	return 0
+}
+
+// Setattr accepts a same-size truncate and time changes (which losetup
+// and tools make), and refuses resizing: a volume's size is fixed.
+func (f *volumeFile) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	if size, ok := in.GetSize(); ok && size != f.size {
+		return syscall.EPERM
+	}
+	return f.Getattr(ctx, fh, out)
+}
+
+func (f *volumeFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if f.readOnly && flags&syscall.O_ACCMODE != syscall.O_RDONLY {
+		return nil, 0, syscall.EROFS
+	}
+	return nil, 0, 0
+}
+
+func (f *volumeFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if off < 0 || uint64(off) >= f.size {
+		return fuse.ReadResultData(nil), 0
+	}
+	n := min(uint64(len(dest)), f.size-uint64(off))
+	if _, err := f.v.ReadAt(dest[:n], off); err != nil {
+		return nil, errno(err)
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func (f *volumeFile) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
+	if f.readOnly {
+		return 0, syscall.EROFS
+	}
+	if off < 0 || uint64(off)+uint64(len(data)) > f.size {
+		return 0, syscall.EFBIG
+	}
+	if _, err := f.v.WriteAt(data, off); err != nil {
+		return 0, errno(err)
+	}
+	return uint32(len(data)), 0
+}
+
+// Fsync commits the pool: every completed write becomes durable.
+func (f *volumeFile) Fsync(ctx context.Context, fh fs.FileHandle, flags uint32) syscall.Errno {
+	return errno(f.p.Commit())
+}
+
+func (f *volumeFile) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno { return 0 }
+
+// Allocate handles PUNCH_HOLE (discard) and ZERO_RANGE; reserving space
+// in a thin volume is not possible, so plain allocation is refused.
+func (f *volumeFile) Allocate(ctx context.Context, fh fs.FileHandle, off, size uint64, mode uint32) syscall.Errno {
+	if f.readOnly {
+		return syscall.EROFS
+	}
+	if off+size > f.size {
+		size = f.size - min(off, f.size)
+	}
+	switch {
+	case mode&unix.FALLOC_FL_PUNCH_HOLE != 0:
+		return errno(f.v.Discard(int64(off), int64(size)))
+	case mode&unix.FALLOC_FL_ZERO_RANGE != 0:
+		return errno(f.v.WriteZeroes(int64(off), int64(size), false))
+	}
+	return syscall.EOPNOTSUPP
+}
+
+// Lseek answers SEEK_DATA and SEEK_HOLE from the volume's mappings.
+func (f *volumeFile) Lseek(ctx context.Context, fh fs.FileHandle, off uint64, whence uint32) (uint64, syscall.Errno) {
+	if whence != unix.SEEK_DATA && whence != unix.SEEK_HOLE {
+		return 0, syscall.EINVAL
+	}
+	if off >= f.size {
+		return 0, syscall.ENXIO
+	}
+	exts, err := f.v.Extents(int64(off), int64(f.size-off))
+	if err != nil {
+		return 0, errno(err)
+	}
+	pos := off
+	for _, e := range exts {
+		if (whence == unix.SEEK_DATA) == !e.Hole {
+			return pos, 0
+		}
+		pos += e.Length
+	}
+	if whence == unix.SEEK_HOLE {
+		return f.size, 0 // the end of a file counts as a hole
+	}
+	return 0, syscall.ENXIO
+}
