@@ -96,8 +96,11 @@ type Pool struct {
 	// failed is set when a commit failed half-way: the in-memory state
 	// can no longer be trusted, so every later call fails until reopen.
 	failed error
-	stop   chan struct{}
-	done   chan struct{}
+	// noPunch is set once the data device refused to punch holes, so
+	// fresh blocks are zeroed by writing.
+	noPunch bool
+	stop    chan struct{}
+	done    chan struct{}
 }
 
 func checkBlockSize(bs uint64) error {

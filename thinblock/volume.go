@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
+
+	"github.com/unionmount/unionmount/thinblock/blockdev"
 )
 
 // VolumeInfo describes a thin volume, like thin_ls.
@@ -304,12 +306,19 @@ func (p *Pool) writeBlockLocked(d *deviceDetails, vb uint64, in int, chunk []byt
 		return nil
 	}
 	// Shadow the path first: if a node on it was shared, that adds the
-	// references that make the data block's count tell the truth.
-	root, _, err := p.maps.Insert(d.MappingRoot, vb, val)
+	// references that make the data block's count tell the truth. A
+	// path already made in this transaction needs none.
+	exclusive, err := p.maps.PathExclusive(d.MappingRoot, vb)
 	if err != nil {
 		return err
 	}
-	d.MappingRoot = root
+	if !exclusive {
+		root, _, err := p.maps.Insert(d.MappingRoot, vb, val)
+		if err != nil {
+			return err
+		}
+		d.MappingRoot = root
+	}
 	old, _ := unpackMapping(val)
 	count, err := p.data.Get(old)
 	if err != nil {
@@ -327,7 +336,7 @@ func (p *Pool) writeBlockLocked(d *deviceDetails, vb uint64, in int, chunk []byt
 	if err := p.writeData(nb, in, chunk, &old); err != nil {
 		return err
 	}
-	root, _, err = p.maps.Insert(d.MappingRoot, vb, packMapping(nb, p.sb.Time))
+	root, _, err := p.maps.Insert(d.MappingRoot, vb, packMapping(nb, p.sb.Time))
 	if err != nil {
 		return err
 	}
@@ -344,6 +353,17 @@ func (p *Pool) writeData(nb uint64, in int, chunk []byte, from *uint64) error {
 	if in == 0 && len(chunk) == bs {
 		_, err := p.dataDev.WriteAt(chunk, base)
 		return err
+	}
+	if from == nil {
+		// A fresh block: punch it to zeros, then write only the chunk,
+		// where the device can (a sparse data file can).
+		if z, ok := p.dataDev.(blockdev.Zeroer); ok && !p.noPunch {
+			if err := z.ZeroRange(base, int64(bs)); err == nil {
+				_, err := p.dataDev.WriteAt(chunk, base+int64(in))
+				return err
+			}
+			p.noPunch = true
+		}
 	}
 	buf := make([]byte, bs)
 	if from != nil {

@@ -13,6 +13,8 @@ import (
 	"hash/crc32"
 	"io"
 	"os"
+
+	"golang.org/x/sys/unix"
 )
 
 // BlockSize is the size of a metadata block.
@@ -89,6 +91,18 @@ func OpenFile(path string, create bool) (*File, error) {
 		return nil, err
 	}
 	return &File{f}, nil
+}
+
+// Zeroer is a Device that can make a range read as zeros without
+// writing them.
+type Zeroer interface {
+	ZeroRange(off, n int64) error
+}
+
+// ZeroRange punches a hole in a file (it then reads as zeros); block
+// devices and filesystems without hole punching answer EOPNOTSUPP.
+func (f *File) ZeroRange(off, n int64) error {
+	return unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
 }
 
 // Size reports the file's length, or a block device's capacity.

@@ -182,3 +182,10 @@ func (m *Mem) Reopen() *Mem {
 	n.durableSize, n.volatileSize = m.durableSize, m.durableSize
 	return n
 }
+
+// ZeroRange makes [off, off+n) read as zeros (an unsynced change, like a
+// write).
+func (m *Mem) ZeroRange(off, n int64) error {
+	_, err := m.WriteAt(make([]byte, n), off)
+	return err
+}

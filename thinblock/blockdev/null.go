@@ -13,3 +13,5 @@ func (n *Null) Sync() error                              { return nil }
 func (n *Null) Size() (int64, error)                     { return n.size, nil }
 func (n *Null) Truncate(size int64) error                { n.size = size; return nil }
 func (n *Null) Close() error                             { return nil }
+
+func (n *Null) ZeroRange(off, size int64) error { return nil }

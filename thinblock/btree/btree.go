@@ -10,6 +10,7 @@
 package btree
 
 import (
+	"encoding/binary"
 	"fmt"
 	"sort"
 
@@ -47,12 +48,18 @@ func (t *Tree) capacityOf(n *node) int {
 	return capacity(8)
 }
 
+// view returns node b's encoded block, its checksum checked once per
+// cache load.
+func (t *Tree) view(b uint64) ([]byte, error) {
+	return t.tm.View(b, func(buf []byte) error { return checkNode(b, buf) })
+}
+
 func (t *Tree) read(b uint64) (*node, error) {
-	buf, err := t.tm.Read(b)
+	buf, err := t.view(b)
 	if err != nil {
 		return nil, err
 	}
-	return decodeNode(b, buf, t.valueSize)
+	return parseNode(b, buf, t.valueSize)
 }
 
 func (t *Tree) write(n *node) error {
@@ -68,11 +75,11 @@ func (t *Tree) write(n *node) error {
 // shadow makes node b writable: a fresh copy, with references added to
 // what it points to when it was shared.
 func (t *Tree) shadow(b uint64) (*node, error) {
-	nb, buf, shared, err := t.tm.Shadow(b)
+	nb, buf, shared, err := t.tm.Shadow(b, func(buf []byte) error { return checkNode(b, buf) })
 	if err != nil {
 		return nil, err
 	}
-	n, err := decodeNode(b, buf, t.valueSize)
+	n, err := parseNode(b, buf, t.valueSize)
 	if err != nil {
 		return nil, err
 	}
@@ -105,25 +112,61 @@ func (t *Tree) Empty() (uint64, error) {
 // Clone adds a reference to the tree at root: the copy-on-write clone.
 func (t *Tree) Clone(root uint64) { t.tm.Inc(root) }
 
-// Lookup finds key.
+// Lookup finds key, reading the path's blocks in place.
 func (t *Tree) Lookup(root, key uint64) ([]byte, bool, error) {
 	b := root
-	for {
-		n, err := t.read(b)
+	for depth := 0; ; depth++ {
+		if depth > 64 {
+			return nil, false, fmt.Errorf("btree lookup from %d: deeper than 64 levels (a cycle?)", root)
+		}
+		buf, err := t.view(b)
 		if err != nil {
 			return nil, false, err
 		}
-		i := sort.Search(len(n.keys), func(i int) bool { return n.keys[i] > key }) - 1
-		if n.leaf {
-			if i >= 0 && n.keys[i] == key {
-				return n.vals[i], true, nil
-			}
-			return nil, false, nil
+		leaf, count, vs, err := header(b, buf, t.valueSize)
+		if err != nil {
+			return nil, false, err
 		}
+		i := searchRaw(buf, count, key)
 		if i < 0 {
 			return nil, false, nil
 		}
-		b = n.child(i)
+		off := headerSize + 8*capacity(vs) + vs*i
+		if leaf {
+			if binary.LittleEndian.Uint64(buf[headerSize+8*i:]) != key {
+				return nil, false, nil
+			}
+			return append([]byte(nil), buf[off:off+vs]...), true, nil
+		}
+		b = binary.LittleEndian.Uint64(buf[off:])
+	}
+}
+
+// PathExclusive reports whether every node on the path to key was made
+// in this transaction and is referenced once: then a change needs no
+// shadowing, and the counts of what the leaf points to are exact.
+func (t *Tree) PathExclusive(root, key uint64) (bool, error) {
+	b := root
+	for depth := 0; ; depth++ {
+		if !t.tm.IsFresh(b) || t.tm.Ref(b) != 1 || depth > 64 {
+			return false, nil
+		}
+		buf, err := t.view(b)
+		if err != nil {
+			return false, err
+		}
+		leaf, count, vs, err := header(b, buf, t.valueSize)
+		if err != nil || leaf {
+			return err == nil, err
+		}
+		i := searchRaw(buf, count, key)
+		if i < 0 {
+			i = 0
+		}
+		if count == 0 {
+			return true, nil
+		}
+		b = binary.LittleEndian.Uint64(buf[headerSize+8*capacity(vs)+vs*i:])
 	}
 }
 
@@ -352,11 +395,7 @@ func (t *Tree) VisitNodes(root uint64, visit func(b uint64) (bool, error), leaf 
 	if err != nil || !first {
 		return err
 	}
-	buf, err := t.tm.Read(root)
-	if err != nil {
-		return err
-	}
-	n, err := decodeNode(root, buf, t.valueSize)
+	n, err := t.read(root)
 	if err != nil {
 		return err
 	}

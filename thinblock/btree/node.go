@@ -64,47 +64,89 @@ func (n *node) encode(buf []byte, valueSize int) {
 	blockdev.Seal(buf, nodeSalt)
 }
 
-// decodeNode parses block nr; wantValueSize is the tree's leaf value size.
-// Corrupt input gives an error, never a panic.
-func decodeNode(nr uint64, buf []byte, wantValueSize int) (*node, error) {
+// checkNode verifies a node block's magic, checksum and location.
+func checkNode(nr uint64, buf []byte) error {
 	if len(buf) < blockdev.BlockSize {
-		return nil, fmt.Errorf("btree node %d: short block", nr)
+		return fmt.Errorf("btree node %d: short block", nr)
 	}
 	le := binary.LittleEndian
 	if m := le.Uint32(buf[4:]); m != nodeMagic {
-		return nil, fmt.Errorf("btree node %d: wrong magic %#x", nr, m)
+		return fmt.Errorf("btree node %d: wrong magic %#x", nr, m)
 	}
 	if !blockdev.Verify(buf, nodeSalt) {
-		return nil, fmt.Errorf("btree node %d: checksum mismatch", nr)
+		return fmt.Errorf("btree node %d: checksum mismatch", nr)
 	}
 	if got := le.Uint64(buf[8:]); got != nr {
-		return nil, fmt.Errorf("btree node %d: block claims to be %d", nr, got)
+		return fmt.Errorf("btree node %d: block claims to be %d", nr, got)
 	}
-	n := &node{nr: nr, leaf: le.Uint32(buf[16:])&leafFlag != 0}
-	valueSize := int(le.Uint32(buf[24:]))
+	return nil
+}
+
+// header reads a node's shape, checking it against the tree's value
+// size: whether it is a leaf, its entry count and its value size.
+func header(nr uint64, buf []byte, wantValueSize int) (leaf bool, count, valueSize int, err error) {
+	le := binary.LittleEndian
+	leaf = le.Uint32(buf[16:])&leafFlag != 0
+	valueSize = int(le.Uint32(buf[24:]))
 	want := 8
-	if n.leaf {
+	if leaf {
 		want = wantValueSize
 	}
 	if valueSize != want {
-		return nil, fmt.Errorf("btree node %d: value size %d, want %d", nr, valueSize, want)
+		return false, 0, 0, fmt.Errorf("btree node %d: value size %d, want %d", nr, valueSize, want)
 	}
-	count := int(le.Uint32(buf[20:]))
+	count = int(le.Uint32(buf[20:]))
+	if count > capacity(valueSize) {
+		return false, 0, 0, fmt.Errorf("btree node %d: %d entries, capacity %d", nr, count, capacity(valueSize))
+	}
+	return leaf, count, valueSize, nil
+}
+
+// parseNode decodes a node whose checksum was already checked. Values
+// share one allocation.
+func parseNode(nr uint64, buf []byte, wantValueSize int) (*node, error) {
+	leaf, count, valueSize, err := header(nr, buf, wantValueSize)
+	if err != nil {
+		return nil, err
+	}
+	le := binary.LittleEndian
 	capa := capacity(valueSize)
-	if count > capa {
-		return nil, fmt.Errorf("btree node %d: %d entries, capacity %d", nr, count, capa)
-	}
-	n.keys = make([]uint64, count)
-	n.vals = make([][]byte, count)
+	n := &node{nr: nr, leaf: leaf, keys: make([]uint64, count, count+1), vals: make([][]byte, count, count+1)}
+	slab := make([]byte, count*valueSize)
+	copy(slab, buf[headerSize+8*capa:headerSize+8*capa+count*valueSize])
 	for i := 0; i < count; i++ {
 		n.keys[i] = le.Uint64(buf[headerSize+8*i:])
-		off := headerSize + 8*capa + valueSize*i
-		n.vals[i] = append([]byte(nil), buf[off:off+valueSize]...)
+		n.vals[i] = slab[i*valueSize : (i+1)*valueSize : (i+1)*valueSize]
 		if i > 0 && n.keys[i] <= n.keys[i-1] {
 			return nil, fmt.Errorf("btree node %d: keys out of order at %d", nr, i)
 		}
 	}
 	return n, nil
+}
+
+// decodeNode parses block nr; wantValueSize is the tree's leaf value size.
+// Corrupt input gives an error, never a panic.
+func decodeNode(nr uint64, buf []byte, wantValueSize int) (*node, error) {
+	if err := checkNode(nr, buf); err != nil {
+		return nil, err
+	}
+	return parseNode(nr, buf, wantValueSize)
+}
+
+// searchRaw finds, in an encoded node, the index of the last key <= key
+// (-1 if none) without decoding the node.
+func searchRaw(buf []byte, count int, key uint64) int {
+	le := binary.LittleEndian
+	lo, hi := 0, count // keys[lo-1] <= key < keys[hi]
+	for lo < hi {
+		mid := (lo + hi) / 2
+		if le.Uint64(buf[headerSize+8*mid:]) <= key {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	return lo - 1
 }
 
 // Node is a decoded node, for the checker.

@@ -148,16 +148,35 @@ func (m *Map) counts(i uint64) ([]uint32, uint64, error) {
 	return c, b, err
 }
 
+// view returns the encoded refcount block for index i (0 if it has none
+// yet), its checksum and placement checked once per cache load.
+func (m *Map) view(i uint64) ([]byte, uint64, error) {
+	v, found, err := m.index.Lookup(m.root, i)
+	if err != nil || !found {
+		return nil, 0, err
+	}
+	b := binary.LittleEndian.Uint64(v)
+	buf, err := m.tm.View(b, func(buf []byte) error {
+		_, err := DecodeCounts(b, i, buf)
+		return err
+	})
+	return buf, b, err
+}
+
+func countAt(buf []byte, j uint64) uint32 {
+	return binary.LittleEndian.Uint32(buf[countHeader+4*j:])
+}
+
 // Get returns data block d's count.
 func (m *Map) Get(d uint64) (uint32, error) {
 	if d >= m.blocks {
 		return 0, fmt.Errorf("data block %d past the pool's end (%d)", d, m.blocks)
 	}
-	c, _, err := m.counts(d / countsPerBlock)
-	if err != nil {
+	buf, _, err := m.view(d / countsPerBlock)
+	if err != nil || buf == nil {
 		return 0, err
 	}
-	return c[d%countsPerBlock], nil
+	return countAt(buf, d%countsPerBlock), nil
 }
 
 // set changes d's count through fn, shadowing its refcount block.
@@ -165,17 +184,23 @@ func (m *Map) set(d uint64, fn func(uint32) (uint32, error)) (uint32, error) {
 	if d >= m.blocks {
 		return 0, fmt.Errorf("data block %d past the pool's end (%d)", d, m.blocks)
 	}
-	i := d / countsPerBlock
-	counts, b, err := m.counts(i)
+	i, j := d/countsPerBlock, d%countsPerBlock
+	cur, b, err := m.view(i)
 	if err != nil {
 		return 0, err
 	}
-	old := counts[d%countsPerBlock]
+	var old uint32
+	if cur != nil {
+		old = countAt(cur, j)
+	}
 	nc, err := fn(old)
 	if err != nil {
 		return 0, err
 	}
-	counts[d%countsPerBlock] = nc
+	buf := make([]byte, blockdev.BlockSize)
+	if cur != nil {
+		copy(buf, cur)
+	}
 	nb := b
 	if b == 0 || !m.tm.IsFresh(b) {
 		if nb, err = m.tm.Alloc(); err != nil {
@@ -192,7 +217,13 @@ func (m *Map) set(d uint64, fn func(uint32) (uint32, error)) (uint32, error) {
 		}
 		m.root = root
 	}
-	if err := m.tm.Write(nb, encodeCounts(nb, i, counts)); err != nil {
+	le := binary.LittleEndian
+	le.PutUint32(buf[4:], countMagic)
+	le.PutUint64(buf[8:], nb)
+	le.PutUint64(buf[16:], i)
+	le.PutUint32(buf[countHeader+4*j:], nc)
+	blockdev.Seal(buf, countSalt)
+	if err := m.tm.Write(nb, buf); err != nil {
 		return 0, err
 	}
 	switch {

@@ -19,6 +19,9 @@ type cacheEntry struct {
 	b     uint64
 	data  []byte
 	dirty bool
+	// verified is set once the content's checksum was checked (or the
+	// block was written here), so cache hits skip the check.
+	verified bool
 }
 
 func newCache(limit int, writeBack func(uint64, []byte) error) *cache {
@@ -28,13 +31,13 @@ func newCache(limit int, writeBack func(uint64, []byte) error) *cache {
 	return &cache{limit: limit, entries: map[uint64]*list.Element{}, lru: list.New(), writeBack: writeBack}
 }
 
-func (c *cache) get(b uint64) ([]byte, bool) {
+func (c *cache) get(b uint64) (*cacheEntry, bool) {
 	e, ok := c.entries[b]
 	if !ok {
 		return nil, false
 	}
 	c.lru.MoveToFront(e)
-	return e.Value.(*cacheEntry).data, true
+	return e.Value.(*cacheEntry), true
 }
 
 func (c *cache) put(b uint64, data []byte, dirty bool) error {
@@ -42,10 +45,11 @@ func (c *cache) put(b uint64, data []byte, dirty bool) error {
 		ent := e.Value.(*cacheEntry)
 		ent.data = data
 		ent.dirty = ent.dirty || dirty
+		ent.verified = dirty
 		c.lru.MoveToFront(e)
 		return nil
 	}
-	c.entries[b] = c.lru.PushFront(&cacheEntry{b: b, data: data, dirty: dirty})
+	c.entries[b] = c.lru.PushFront(&cacheEntry{b: b, data: data, dirty: dirty, verified: dirty})
 	for c.lru.Len() > c.limit {
 		last := c.lru.Back()
 		ent := last.Value.(*cacheEntry)

@@ -118,20 +118,48 @@ func (m *Manager) RebuildRefs(walk func(visit func(b uint64) (first bool, err er
 
 // Read returns a copy of block b's content.
 func (m *Manager) Read(b uint64) ([]byte, error) {
+	data, err := m.View(b, nil)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte(nil), data...), nil
+}
+
+// View returns block b's cached content, which the caller must not
+// change or keep past its next call into the Manager. verify, if not
+// nil, checks content loaded from the device once; cache hits of a
+// verified block skip it.
+func (m *Manager) View(b uint64, verify func([]byte) error) ([]byte, error) {
 	if b >= uint64(len(m.refs)) || b < FirstFreeBlock {
 		return nil, fmt.Errorf("read of metadata block %d outside 2..%d", b, len(m.refs))
 	}
-	if data, ok := m.cache.get(b); ok {
-		return append([]byte(nil), data...), nil
+	ent, ok := m.cache.get(b)
+	if !ok {
+		buf := make([]byte, blockdev.BlockSize)
+		if err := blockdev.ReadBlock(m.dev, b, buf); err != nil {
+			return nil, err
+		}
+		if err := m.cache.put(b, buf, false); err != nil {
+			return nil, err
+		}
+		if ent, ok = m.cache.get(b); !ok {
+			return buf, verifyBlock(buf, verify)
+		}
 	}
-	buf := make([]byte, blockdev.BlockSize)
-	if err := blockdev.ReadBlock(m.dev, b, buf); err != nil {
-		return nil, err
+	if !ent.verified && verify != nil {
+		if err := verify(ent.data); err != nil {
+			return nil, err
+		}
+		ent.verified = true
 	}
-	if err := m.cache.put(b, buf, false); err != nil {
-		return nil, err
+	return ent.data, nil
+}
+
+func verifyBlock(buf []byte, verify func([]byte) error) error {
+	if verify == nil {
+		return nil
 	}
-	return append([]byte(nil), buf...), nil
+	return verify(buf)
 }
 
 // Write stores new content for block b, which must be fresh (allocated in
@@ -212,8 +240,12 @@ func (m *Manager) take(b uint64) (uint64, error) {
 // Shadow returns a fresh block with b's content for the caller to change,
 // and whether b was shared (then the caller must add a reference to
 // everything b points to). A fresh, unshared block is its own shadow.
-func (m *Manager) Shadow(b uint64) (nb uint64, data []byte, shared bool, err error) {
-	data, err = m.Read(b)
+func (m *Manager) Shadow(b uint64, verify func([]byte) error) (nb uint64, data []byte, shared bool, err error) {
+	view, err := m.View(b, verify)
+	if err != nil {
+		return 0, nil, false, err
+	}
+	data = append([]byte(nil), view...)
 	if err != nil {
 		return 0, nil, false, err
 	}
