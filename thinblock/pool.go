@@ -9,8 +9,12 @@
 // volume and its snapshots node by node; the first write to a shared data
 // block copies it.
 //
-// A Pool serializes its operations with one mutex (Pool.mu); it commits
-// on Commit (a client's flush) and every CommitInterval while dirty.
+// Lock order: Pool.mu, then Pool.ioGate. Pool.mu serializes all metadata
+// work; data I/O runs after it is released, holding ioGate shared. A
+// commit holds ioGate exclusively, so the data of every mapped block is
+// written before the commit syncs, and no freed block is reused while a
+// read of its old content is still running. A pool commits on Commit (a
+// client's flush) and every CommitInterval while dirty.
 package thinblock
 
 import (
@@ -84,6 +88,7 @@ type CreateOptions struct {
 // Pool is an open thin pool.
 type Pool struct {
 	mu      sync.Mutex
+	ioGate  sync.RWMutex
 	metaDev blockdev.Device
 	dataDev blockdev.Device
 	tm      *txn.Manager
@@ -259,6 +264,8 @@ func (p *Pool) commitLocked() error {
 	if p.failed != nil {
 		return p.failed
 	}
+	p.ioGate.Lock()
+	defer p.ioGate.Unlock()
 	if err := p.crash(CrashBeforeDataSync); err != nil {
 		return p.fail(err)
 	}

@@ -234,146 +234,230 @@ func (p *Pool) saveIfChangedLocked(id uint64, before, d deviceDetails, err error
 	return err
 }
 
-// ReadAt reads from the volume; unprovisioned blocks read as zeros.
+// ReadAt reads from the volume; unprovisioned blocks read as zeros. The
+// mappings are resolved under the pool lock, the data read after it,
+// with runs of contiguous data blocks read at once.
 func (v *Volume) ReadAt(b []byte, off int64) (int, error) {
 	p := v.p
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	d, err := p.ioStartLocked(v.id, off, int64(len(b)))
 	if err != nil {
+		p.mu.Unlock()
 		return 0, err
 	}
+	type segment struct {
+		lo, hi int
+		at     int64 // data device offset, -1 for a hole
+	}
+	var segs []segment
 	err = p.span(off, len(b), func(vb uint64, in, lo, hi int) error {
 		val, found, err := p.maps.Lookup(d.MappingRoot, vb)
 		if err != nil {
 			return err
 		}
-		if !found {
-			clear(b[lo:hi])
-			return nil
+		at := int64(-1)
+		if found {
+			db, _ := unpackMapping(val)
+			at = int64(db*p.sb.DataBlockSize) + int64(in)
 		}
-		db, _ := unpackMapping(val)
-		_, err = p.dataDev.ReadAt(b[lo:hi], int64(db*p.sb.DataBlockSize)+int64(in))
-		return err
+		if n := len(segs); n > 0 {
+			last := &segs[n-1]
+			if (at < 0 && last.at < 0) || (at >= 0 && last.at >= 0 && last.at+int64(last.hi-last.lo) == at) {
+				last.hi = hi
+				return nil
+			}
+		}
+		segs = append(segs, segment{lo, hi, at})
+		return nil
 	})
 	if err != nil {
+		p.mu.Unlock()
 		return 0, err
+	}
+	p.ioGate.RLock()
+	p.mu.Unlock()
+	defer p.ioGate.RUnlock()
+	for _, s := range segs {
+		if s.at < 0 {
+			clear(b[s.lo:s.hi])
+			continue
+		}
+		if _, err := p.dataDev.ReadAt(b[s.lo:s.hi], s.at); err != nil {
+			return 0, err
+		}
 	}
 	return len(b), nil
 }
 
 // WriteAt writes to the volume, provisioning blocks on first write and
-// copying blocks still shared with a snapshot.
+// copying blocks still shared with a snapshot. Mapping changes happen
+// under the pool lock; the data is written after it.
 func (v *Volume) WriteAt(b []byte, off int64) (int, error) {
 	p := v.p
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	d, err := p.ioStartLocked(v.id, off, int64(len(b)))
 	if err != nil {
+		p.mu.Unlock()
 		return 0, err
 	}
 	before := d
+	var jobs []dataJob
 	err = p.span(off, len(b), func(vb uint64, in, lo, hi int) error {
-		return p.writeBlockLocked(&d, vb, in, b[lo:hi])
+		job, err := p.writeBlockLocked(&d, vb, in, b[lo:hi])
+		if err == nil && job != nil {
+			jobs = append(jobs, *job)
+		}
+		return err
 	})
-	if err := p.saveIfChangedLocked(v.id, before, d, err); err != nil {
+	err = p.saveIfChangedLocked(v.id, before, d, err)
+	// The jobs planned before any error are mapped: their data is
+	// written whatever happens next.
+	p.ioGate.RLock()
+	p.mu.Unlock()
+	defer p.ioGate.RUnlock()
+	if jerr := p.runJobs(jobs); err == nil {
+		err = jerr
+	}
+	if err != nil {
 		return 0, err
 	}
 	return len(b), nil
 }
 
-// writeBlockLocked writes chunk at offset in of virtual block vb.
-func (p *Pool) writeBlockLocked(d *deviceDetails, vb uint64, in int, chunk []byte) error {
+// dataJob is the data side of a write to one block.
+type dataJob struct {
+	at    int64 // where the chunk goes on the data device
+	chunk []byte
+	// copyFrom, when not negative, is the old block a copy-on-write
+	// copies around the chunk into the new block at blockAt.
+	copyFrom, blockAt int64
+}
+
+// runJobs does the data I/O of a write, merging chunks that follow each
+// other on the data device into one write.
+func (p *Pool) runJobs(jobs []dataJob) error {
+	bs := int64(p.sb.DataBlockSize)
+	for i := 0; i < len(jobs); i++ {
+		j := jobs[i]
+		if j.copyFrom >= 0 {
+			buf := make([]byte, bs)
+			if _, err := p.dataDev.ReadAt(buf, j.copyFrom); err != nil {
+				return err
+			}
+			copy(buf[j.at-j.blockAt:], j.chunk)
+			if _, err := p.dataDev.WriteAt(buf, j.blockAt); err != nil {
+				return err
+			}
+			continue
+		}
+		run := j.chunk
+		for i+1 < len(jobs) && jobs[i+1].copyFrom < 0 && jobs[i+1].at == j.at+int64(len(run)) &&
+			followsInMemory(run, jobs[i+1].chunk) {
+			run = run[:len(run)+len(jobs[i+1].chunk)]
+			i++
+		}
+		if _, err := p.dataDev.WriteAt(run, j.at); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// followsInMemory reports whether next starts right where a ends in the
+// same backing array, so the two can be written as one slice.
+func followsInMemory(a, next []byte) bool {
+	return len(next) > 0 && cap(a) >= len(a)+len(next) && &a[:len(a)+1][len(a)] == &next[0]
+}
+
+// writeBlockLocked maps virtual block vb for a write of chunk at offset
+// in and returns the data I/O still to do (nil when it was done here).
+func (p *Pool) writeBlockLocked(d *deviceDetails, vb uint64, in int, chunk []byte) (*dataJob, error) {
 	bs := p.sb.DataBlockSize
 	val, found, err := p.maps.Lookup(d.MappingRoot, vb)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !found {
 		nb, err := p.data.Alloc()
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if err := p.writeData(nb, in, chunk, nil); err != nil {
-			return err
+		job, err := p.freshBlockLocked(nb, in, chunk)
+		if err != nil {
+			return nil, err
 		}
 		root, _, err := p.maps.Insert(d.MappingRoot, vb, packMapping(nb, p.sb.Time))
 		if err != nil {
-			return err
+			return nil, err
 		}
 		d.MappingRoot = root
 		d.Mapped++
-		return nil
+		return job, nil
 	}
 	// Shadow the path first: if a node on it was shared, that adds the
 	// references that make the data block's count tell the truth. A
 	// path already made in this transaction needs none.
 	exclusive, err := p.maps.PathExclusive(d.MappingRoot, vb)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !exclusive {
 		root, _, err := p.maps.Insert(d.MappingRoot, vb, val)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		d.MappingRoot = root
 	}
 	old, _ := unpackMapping(val)
 	count, err := p.data.Get(old)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if count == 1 {
-		_, err := p.dataDev.WriteAt(chunk, int64(old*bs)+int64(in))
-		return err
+		return &dataJob{at: int64(old*bs) + int64(in), chunk: chunk, copyFrom: -1}, nil
 	}
-	// Shared with a snapshot: copy on write.
+	// Shared with a snapshot: copy on write. The old block stays
+	// reserved until the commit, which waits for this copy.
 	nb, err := p.data.Alloc()
 	if err != nil {
-		return err
-	}
-	if err := p.writeData(nb, in, chunk, &old); err != nil {
-		return err
+		return nil, err
 	}
 	root, _, err := p.maps.Insert(d.MappingRoot, vb, packMapping(nb, p.sb.Time))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	d.MappingRoot = root
-	return p.data.Dec(old)
+	if err := p.data.Dec(old); err != nil {
+		return nil, err
+	}
+	job := &dataJob{at: int64(nb*bs) + int64(in), chunk: chunk, copyFrom: int64(old * bs), blockAt: int64(nb * bs)}
+	if len(chunk) == int(bs) {
+		job.copyFrom = -1 // the write covers the whole block
+	}
+	return job, nil
 }
 
-// writeData fills new data block nb: chunk at in, and around it the old
-// block's content (copy-on-write) or zeros (a new block may hold stale
-// data from an earlier use).
-func (p *Pool) writeData(nb uint64, in int, chunk []byte, from *uint64) error {
+// freshBlockLocked prepares new data block nb for a write of chunk at
+// in: its old content (from an earlier use) must never show, so it is
+// zeroed here, under the lock, by punching a hole where the device can,
+// and the chunk is left to write; otherwise the whole block is written
+// here.
+func (p *Pool) freshBlockLocked(nb uint64, in int, chunk []byte) (*dataJob, error) {
 	bs := int(p.sb.DataBlockSize)
 	base := int64(nb) * int64(bs)
 	if in == 0 && len(chunk) == bs {
-		_, err := p.dataDev.WriteAt(chunk, base)
-		return err
+		return &dataJob{at: base, chunk: chunk, copyFrom: -1}, nil
 	}
-	if from == nil {
-		// A fresh block: punch it to zeros, then write only the chunk,
-		// where the device can (a sparse data file can).
-		if z, ok := p.dataDev.(blockdev.Zeroer); ok && !p.noPunch {
-			if err := z.ZeroRange(base, int64(bs)); err == nil {
-				_, err := p.dataDev.WriteAt(chunk, base+int64(in))
-				return err
-			}
-			p.noPunch = true
+	if z, ok := p.dataDev.(blockdev.Zeroer); ok && !p.noPunch {
+		if err := z.ZeroRange(base, int64(bs)); err == nil {
+			return &dataJob{at: base + int64(in), chunk: chunk, copyFrom: -1}, nil
 		}
+		p.noPunch = true
 	}
 	buf := make([]byte, bs)
-	if from != nil {
-		if _, err := p.dataDev.ReadAt(buf, int64(*from)*int64(bs)); err != nil {
-			return err
-		}
-	}
 	copy(buf[in:], chunk)
 	_, err := p.dataDev.WriteAt(buf, base)
-	return err
+	return nil, err
 }
 
 // Discard unmaps the whole blocks in [off, off+n) and zeroes the partial
@@ -414,7 +498,11 @@ func (v *Volume) zeroRange(off, n int64, unmap bool) error {
 				return
 			}
 			if found || !unmap {
-				errOut = p.writeBlockLocked(&d, uint64(vb), int(in), make([]byte, chunk))
+				var job *dataJob
+				job, errOut = p.writeBlockLocked(&d, uint64(vb), int(in), make([]byte, chunk))
+				if errOut == nil && job != nil {
+					errOut = p.runJobs([]dataJob{*job})
+				}
 			}
 			pos += chunk
 		}

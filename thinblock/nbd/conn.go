@@ -24,7 +24,9 @@ type conn struct {
 	export     Export
 	maxRequest uint32
 
-	replies  chan []byte
+	// replies carries each reply as the pieces to send, so read data is
+	// not copied into a reply buffer.
+	replies  chan [][]byte
 	writeErr chan error
 	workers  sync.WaitGroup
 	stopOnce sync.Once
@@ -261,7 +263,7 @@ func (c *conn) metaContext(o option) error {
 
 // transmit serves requests until the client disconnects.
 func (c *conn) transmit() error {
-	c.replies = make(chan []byte, 64)
+	c.replies = make(chan [][]byte, 64)
 	c.writeErr = make(chan error, 1)
 	go c.writer()
 	workers := c.s.Workers
@@ -331,10 +333,12 @@ func (c *conn) writer() {
 	bw := bufio.NewWriterSize(c.nc, 1<<20)
 	var err error
 	for r := range c.replies {
-		if err != nil {
-			continue
+		for _, piece := range r {
+			if err == nil {
+				_, err = bw.Write(piece)
+			}
 		}
-		if _, err = bw.Write(r); err == nil && len(c.replies) == 0 {
+		if err == nil && len(c.replies) == 0 {
 			err = bw.Flush()
 		}
 	}
@@ -348,17 +352,18 @@ func (c *conn) writer() {
 func (c *conn) reply(req request, errno uint32, data []byte) {
 	switch {
 	case !c.structured:
-		c.replies <- simpleReply(req.cookie, errno, data)
+		c.replies <- [][]byte{simpleReply(req.cookie, errno, nil), data}
 	case errno != 0:
 		payload := make([]byte, 6)
 		be.PutUint32(payload, errno)
-		c.replies <- structuredChunk(req.cookie, chunkFlagDone, chunkError, payload)
+		c.replies <- [][]byte{structuredChunk(req.cookie, chunkFlagDone, chunkError, payload)}
 	case req.typ == cmdRead && len(data) > 0:
-		payload := make([]byte, 8, 8+len(data))
-		be.PutUint64(payload, req.offset)
-		c.replies <- structuredChunk(req.cookie, chunkFlagDone, chunkOffsetData, append(payload, data...))
+		// The chunk header says 8+len(data) bytes follow: the offset,
+		// then the data, sent as it is.
+		hdr := structuredChunkHeader(req.cookie, chunkFlagDone, chunkOffsetData, 8+len(data))
+		c.replies <- [][]byte{be.AppendUint64(hdr, req.offset), data}
 	default:
-		c.replies <- structuredChunk(req.cookie, chunkFlagDone, chunkNone, nil)
+		c.replies <- [][]byte{structuredChunk(req.cookie, chunkFlagDone, chunkNone, nil)}
 	}
 }
 
@@ -464,5 +469,5 @@ func (c *conn) blockStatus(req request) {
 		be.PutUint32(d[4:], state)
 		payload = append(payload, d[:]...)
 	}
-	c.replies <- structuredChunk(req.cookie, chunkFlagDone, chunkBlockStatus, payload)
+	c.replies <- [][]byte{structuredChunk(req.cookie, chunkFlagDone, chunkBlockStatus, payload)}
 }

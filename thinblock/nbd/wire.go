@@ -193,13 +193,18 @@ func simpleReply(cookie uint64, errno uint32, data []byte) []byte {
 }
 
 func structuredChunk(cookie uint64, flags, typ uint16, payload []byte) []byte {
-	buf := make([]byte, 20, 20+len(payload))
+	return append(structuredChunkHeader(cookie, flags, typ, len(payload)), payload...)
+}
+
+// structuredChunkHeader is a chunk's header for a payload of n bytes.
+func structuredChunkHeader(cookie uint64, flags, typ uint16, n int) []byte {
+	buf := make([]byte, 20, 28)
 	be.PutUint32(buf[0:], magicStructured)
 	be.PutUint16(buf[4:], flags)
 	be.PutUint16(buf[6:], typ)
 	be.PutUint64(buf[8:], cookie)
-	be.PutUint32(buf[16:], uint32(len(payload)))
-	return append(buf, payload...)
+	be.PutUint32(buf[16:], uint32(n))
+	return buf
 }
 
 // lengthPrefixed reads a uint32-length-prefixed string at data[off:].
