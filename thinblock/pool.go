@@ -255,6 +255,9 @@ func (p *Pool) startCommitter() {
 // Commit makes every completed write durable: the data device is synced,
 // then the metadata transaction commits.
 func (p *Pool) Commit() error {
+	// Flush most dirty data before taking the locks: the sync inside the
+	// commit, which stops all I/O while it runs, then has little left.
+	p.dataDev.Sync()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.commitLocked()

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -135,6 +136,13 @@ func serveNBD(args []string, stderr io.Writer) error {
 		return err
 	}
 	logger := log.New(stderr, "thinblock serve: ", log.LstdFlags)
+	if path := os.Getenv("THINBLOCK_CPUPROFILE"); path != "" {
+		// For performance work: a CPU profile of the whole serve.
+		if f, err := os.Create(path); err == nil {
+			pprof.StartCPUProfile(f)
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
+	}
 	l, err := listen(*addr)
 	if err != nil {
 		p.Close()
