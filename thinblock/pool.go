@@ -246,7 +246,14 @@ func (p *Pool) startCommitter() {
 			case <-p.stop:
 				return
 			case <-tick.C:
-				p.Commit()
+				// Like dm-thin's periodic commit, this one is for the
+				// metadata: data durability is a flush's job.
+				p.mu.Lock()
+				dirty := p.dirty
+				p.mu.Unlock()
+				if dirty {
+					p.Commit()
+				}
 			}
 		}
 	}()

@@ -394,14 +394,14 @@ func (p *Pool) writeBlockLocked(d *deviceDetails, vb uint64, in int, chunk []byt
 		d.Mapped++
 		return job, nil
 	}
-	// Shadow the path first: if a node on it was shared, that adds the
-	// references that make the data block's count tell the truth. A
-	// path already made in this transaction needs none.
-	exclusive, err := p.maps.PathExclusive(d.MappingRoot, vb)
+	// If a node on the path is shared, shadow the path first: that adds
+	// the references that make the data block's count tell the truth.
+	// Otherwise an overwrite touches no metadata at all.
+	shared, err := p.maps.PathShared(d.MappingRoot, vb)
 	if err != nil {
 		return nil, err
 	}
-	if !exclusive {
+	if shared {
 		root, _, err := p.maps.Insert(d.MappingRoot, vb, val)
 		if err != nil {
 			return nil, err

@@ -142,30 +142,27 @@ func (t *Tree) Lookup(root, key uint64) ([]byte, bool, error) {
 	}
 }
 
-// PathExclusive reports whether every node on the path to key was made
-// in this transaction and is referenced once: then a change needs no
-// shadowing, and the counts of what the leaf points to are exact.
-func (t *Tree) PathExclusive(root, key uint64) (bool, error) {
+// PathShared reports whether some node on the path to key is shared
+// with another tree. When none is, the counts of what the leaf points to
+// are exact without shadowing anything.
+func (t *Tree) PathShared(root, key uint64) (bool, error) {
 	b := root
 	for depth := 0; ; depth++ {
-		if !t.tm.IsFresh(b) || t.tm.Ref(b) != 1 || depth > 64 {
-			return false, nil
+		if depth > 64 {
+			return false, fmt.Errorf("btree path from %d: deeper than 64 levels (a cycle?)", root)
+		}
+		if t.tm.Ref(b) > 1 {
+			return true, nil
 		}
 		buf, err := t.view(b)
 		if err != nil {
 			return false, err
 		}
 		leaf, count, vs, err := header(b, buf, t.valueSize)
-		if err != nil || leaf {
-			return err == nil, err
+		if err != nil || leaf || count == 0 {
+			return false, err
 		}
-		i := searchRaw(buf, count, key)
-		if i < 0 {
-			i = 0
-		}
-		if count == 0 {
-			return true, nil
-		}
+		i := max(searchRaw(buf, count, key), 0)
 		b = binary.LittleEndian.Uint64(buf[headerSize+8*capacity(vs)+vs*i:])
 	}
 }
