@@ -9,8 +9,8 @@ LONG    ?=
 # Commands the targets need, as command:debian-package.
 DEMO_DEPS := fusermount3:fuse3 mount.fuse3:fuse3
 TEST_DEPS := $(DEMO_DEPS) unshare:util-linux thin_check:thin-provisioning-tools \
-	nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils qemu-io:qemu-utils fio:fio \
-	mkfs.ext4:e2fsprogs losetup:mount
+	nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils qemu-io:qemu-utils qemu-nbd:qemu-utils fio:fio \
+	mkfs.ext4:e2fsprogs losetup:mount nbdkit:nbdkit fuse-overlayfs:fuse-overlayfs unionfs-fuse:unionfs-fuse
 # Budget per fuzz target for `make fuzz`.
 FUZZTIME ?= 30s
 FUZZ_TARGETS := ./thinblock/txn:FuzzDecodeSuperblock ./thinblock/btree:FuzzDecodeNode \
@@ -24,6 +24,7 @@ all: build
 build:
 	$(GO) build -o $(BIN)/unionmount ./cmd/unionmount
 	$(GO) build -o $(BIN)/thinblock ./cmd/thinblock
+	$(GO) build -o $(BIN)/unionbench ./cmd/unionbench
 
 deps-demo:
 	@scripts/ensure-deps.sh $(DEMO_DEPS)
@@ -55,8 +56,15 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	done
 
-# Go benchmarks (the benchmark harness comes with unionbench).
-bench:
+# The full comparison against the peers (about 15 minutes), then the Go
+# benchmarks. Results: bench/results/ (table, JSON, charts).
+BENCH_DEPS := fio:fio fuse-overlayfs:fuse-overlayfs unionfs-fuse:unionfs-fuse qemu-img:qemu-utils \
+	qemu-nbd:qemu-utils nbdkit:nbdkit nbdinfo:libnbd-bin fusermount3:fuse3
+BENCHFLAGS ?=
+
+bench: build
+	@scripts/ensure-deps.sh $(BENCH_DEPS)
+	$(BIN)/unionbench --out bench/results $(BENCHFLAGS)
 	$(GO) test -run '^$$' -bench . -benchtime 200x ./thinblock/
 
 clean:

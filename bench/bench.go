@@ -1,0 +1,98 @@
+// Package bench is unionbench's harness: targets (this project's
+// programs and their peers, each with set-up, tear-down and a reason to
+// skip), workloads (fio job files, metadata and copy-up runs, snapshot
+// creation), the runner, and the reports (Markdown, JSON, charts).
+//
+// It drives binaries, never internals, so that this project and its
+// peers are measured the same way.
+package bench
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+)
+
+// Family groups targets measured against one reference.
+type Family string
+
+const (
+	Union Family = "union"
+	Block Family = "block"
+)
+
+// Reference is the target each family's ratios are relative to.
+func (f Family) Reference() string {
+	if f == Union {
+		return "kernel-overlay"
+	}
+	return "raw-file"
+}
+
+// Config sets what a run measures and where.
+type Config struct {
+	Quick         bool
+	Repeat        int
+	Dir           string // scratch space, removed afterwards
+	UnionmountBin string
+	ThinblockBin  string
+	// Progress, if set, gets one line per step.
+	Progress func(line string)
+}
+
+// sizes are the workload sizes of a run.
+type sizes struct {
+	bigFile    int64 // the lower file read, and copied up
+	files      int   // metadata workloads
+	chmodFiles int
+	fioSize    string
+	fioRuntime time.Duration
+	blockSize  string // block targets' volume size
+	blockBytes int64
+	snapSizes  []string // mapped sizes for the snapshot workloads
+}
+
+func (c *Config) sizes() sizes {
+	if c.Quick {
+		return sizes{bigFile: 32 << 20, files: 500, chmodFiles: 200, fioSize: "32M", fioRuntime: time.Second,
+			blockSize: "128M", snapSizes: []string{"64M", "1G"}}
+	}
+	return sizes{bigFile: 1 << 30, files: 20000, chmodFiles: 10000, fioSize: "1G", fioRuntime: 3 * time.Second,
+		blockSize: "1G", snapSizes: []string{"1G", "16G"}}
+}
+
+// runCmd runs a command and returns its combined output, or an error
+// naming it and carrying its output.
+func runCmd(name string, args ...string) (string, error) {
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, strings.TrimSpace(lastLines(string(out), 3)))
+	}
+	return string(out), nil
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
+
+// have reports whether a command is installed.
+func have(name string) bool {
+	_, err := exec.LookPath(name)
+	if err == nil {
+		return true
+	}
+	for _, dir := range []string{"/sbin", "/usr/sbin"} {
+		if st, err := os.Stat(dir + "/" + name); err == nil && !st.IsDir() {
+			return true
+		}
+	}
+	return false
+}
+
+func isRoot() bool { return os.Geteuid() == 0 }

@@ -1,0 +1,179 @@
+package bench
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Instance is a set-up target ready for a workload.
+type Instance struct {
+	// Dir is the merged directory (union targets).
+	Dir string
+	// URI is an NBD URI, or File a file, for block targets.
+	URI, File string
+	// Snapshot, for block targets that have snapshots, snapshots the
+	// volume; later writes go to the origin, which shares its blocks
+	// with the snapshot (or, for qcow2, to an overlay over the image).
+	Snapshot func() error
+	// provisioned is set once a block volume was written whole.
+	provisioned bool
+	thin        bool // served by thinblock
+	teardown    func() error
+}
+
+// Close tears the instance down.
+func (i *Instance) Close() error {
+	if i.teardown == nil {
+		return nil
+	}
+	return i.teardown()
+}
+
+// Target is one thing measured.
+type Target interface {
+	Name() string
+	Family() Family
+	// Skip says why the target cannot run here, or "".
+	Skip(cfg *Config) string
+	Setup(env *Env) (*Instance, error)
+}
+
+// unionTarget mounts a union over the prepared lower layer.
+type unionTarget struct {
+	name  string
+	skip  func(cfg *Config) string
+	mount func(env *Env, lower, upper, work, mnt string) error
+	fuse  bool
+	plain bool // mount copies instead of mounting
+}
+
+func (t *unionTarget) Name() string            { return t.name }
+func (t *unionTarget) Family() Family          { return Union }
+func (t *unionTarget) Skip(cfg *Config) string { return t.skip(cfg) }
+
+func (t *unionTarget) Setup(env *Env) (*Instance, error) {
+	base, err := os.MkdirTemp(env.cfg.Dir, t.name+"-")
+	if err != nil {
+		return nil, err
+	}
+	upper, work, mnt := filepath.Join(base, "upper"), filepath.Join(base, "work"), filepath.Join(base, "merged")
+	for _, d := range []string{upper, work, mnt} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	if err := t.mount(env, env.lower, upper, work, mnt); err != nil {
+		os.RemoveAll(base)
+		return nil, fmt.Errorf("mount %s: %w", t.name, err)
+	}
+	return &Instance{Dir: mnt, teardown: func() error {
+		var err error
+		if !t.plain {
+			err = unmount(mnt, t.fuse)
+		}
+		if rerr := os.RemoveAll(base); err == nil {
+			err = rerr
+		}
+		return err
+	}}, nil
+}
+
+// unmount unmounts dir, retrying while busy.
+func unmount(dir string, fuse bool) error {
+	var err error
+	for i := 0; i < 50; i++ {
+		if fuse && !isRoot() {
+			_, err = runCmd("fusermount3", "-u", dir)
+		} else {
+			err = unix.Unmount(dir, 0)
+		}
+		if err == nil {
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	unix.Unmount(dir, unix.MNT_DETACH)
+	return fmt.Errorf("unmount %s: %w", dir, err)
+}
+
+func needRootAndFuse(cfg *Config) string {
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		return "no /dev/fuse"
+	}
+	return ""
+}
+
+func needBinary(name, pkg string) func(cfg *Config) string {
+	return func(cfg *Config) string {
+		if !have(name) {
+			return fmt.Sprintf("%s not installed (Debian package %s)", name, pkg)
+		}
+		return needRootAndFuse(cfg)
+	}
+}
+
+// UnionTargets are the union filesystems measured, the reference first.
+func UnionTargets() []Target {
+	overlayOpts := func(lower, upper, work string) string {
+		return "lowerdir=" + lower + ",upperdir=" + upper + ",workdir=" + work
+	}
+	unionmount := func(name string, extra ...string) *unionTarget {
+		return &unionTarget{name: name, fuse: true,
+			skip: func(cfg *Config) string {
+				if cfg.UnionmountBin == "" {
+					return "no unionmount binary given"
+				}
+				if name == "unionmount-passthrough" && !isRoot() {
+					return "passthrough needs root"
+				}
+				return needRootAndFuse(cfg)
+			},
+			mount: func(env *Env, lower, upper, work, mnt string) error {
+				opts := append([]string{overlayOpts(lower, upper, work)}, extra...)
+				_, err := runCmd(env.cfg.UnionmountBin, "-o", strings.Join(opts, ","), mnt)
+				return err
+			}}
+	}
+	return []Target{
+		&unionTarget{name: "kernel-overlay",
+			skip: func(cfg *Config) string {
+				if !isRoot() {
+					return "mounting kernel overlay needs root"
+				}
+				if data, _ := os.ReadFile("/proc/filesystems"); !strings.Contains(string(data), "overlay") {
+					return "kernel has no overlay filesystem"
+				}
+				return ""
+			},
+			mount: func(env *Env, lower, upper, work, mnt string) error {
+				return unix.Mount("overlay", mnt, "overlay", 0, overlayOpts(lower, upper, work)+",metacopy=off,redirect_dir=on")
+			}},
+		&unionTarget{name: "plain-dir", plain: true, skip: func(*Config) string { return "" },
+			mount: func(env *Env, lower, upper, work, mnt string) error {
+				// The floor: a private copy of the lower layer, no union.
+				_, err := runCmd("cp", "-a", "--reflink=auto", lower+"/.", mnt)
+				return err
+			}},
+		unionmount("unionmount-passthrough"),
+		unionmount("unionmount", "passthrough=off"),
+		&unionTarget{name: "fuse-overlayfs", fuse: true, skip: needBinary("fuse-overlayfs", "fuse-overlayfs"),
+			mount: func(env *Env, lower, upper, work, mnt string) error {
+				_, err := runCmd("fuse-overlayfs", "-o", overlayOpts(lower, upper, work), mnt)
+				return err
+			}},
+		&unionTarget{name: "unionfs-fuse", fuse: true, skip: needBinary("unionfs-fuse", "unionfs-fuse"),
+			mount: func(env *Env, lower, upper, work, mnt string) error {
+				args := []string{"-o", "cow", upper + "=RW:" + lower + "=RO", mnt}
+				if isRoot() {
+					args = append([]string{"-o", "allow_other"}, args...)
+				}
+				_, err := runCmd("unionfs-fuse", args...)
+				return err
+			}},
+	}
+}

@@ -1,0 +1,241 @@
+// Command unionbench measures this project's union filesystem and block
+// server against their peers (kernel overlay, fuse-overlayfs,
+// unionfs-fuse; qemu-nbd, nbdkit, dm-thin, a raw file) with the same
+// workloads, and reports ratios as a Markdown table, JSON and charts.
+//
+//	unionbench [--quick] [--targets a,b] [--workloads x,y] [--out DIR]
+//	unionbench compare OLD.json NEW.json
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/unionmount/unionmount/bench"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "compare" {
+		return compare(args[1:], stdout, stderr)
+	}
+	fs := pflag.NewFlagSet("unionbench", pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	quick := fs.Bool("quick", false, "small sizes and one repeat: well under a minute")
+	targets := fs.String("targets", "", "comma-separated targets (default: all)")
+	workloads := fs.String("workloads", "", "comma-separated workloads, or prefixes of their names (default: all)")
+	out := fs.String("out", "unionbench-out", "directory for the JSON, Markdown and charts")
+	repeat := fs.Int("repeat", 0, "runs per figure (default 2, 1 with --quick)")
+	unionmount := fs.String("unionmount", "", "unionmount binary (default: beside this one, then PATH)")
+	thinblock := fs.String("thinblock", "", "thinblock binary (default: beside this one, then PATH)")
+	list := fs.Bool("list", false, "list the targets and workloads and exit")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg := &bench.Config{Quick: *quick, Repeat: *repeat,
+		UnionmountBin: findBinary(*unionmount, "unionmount"), ThinblockBin: findBinary(*thinblock, "thinblock")}
+	if cfg.Repeat <= 0 {
+		cfg.Repeat = 2
+		if cfg.Quick {
+			cfg.Repeat = 1
+		}
+	}
+	allTargets := append(bench.UnionTargets(), bench.BlockTargets()...)
+	allWorkloads := append(append(bench.UnionWorkloads(), bench.BlockWorkloads()...), bench.SnapshotWorkloads(cfg)...)
+	if *list {
+		for _, t := range allTargets {
+			fmt.Fprintf(stdout, "target   %-6s %s\n", t.Family(), t.Name())
+		}
+		for _, w := range allWorkloads {
+			fmt.Fprintf(stdout, "workload %-6s %s\n", w.Family, w.Name)
+		}
+		return 0
+	}
+	chosenT := selectTargets(allTargets, *targets, stderr)
+	chosenW := selectWorkloads(allWorkloads, *workloads, stderr)
+	if len(chosenT) == 0 || len(chosenW) == 0 {
+		fmt.Fprintln(stderr, "unionbench: nothing to run (see --list)")
+		return 2
+	}
+	if !haveFio() {
+		fmt.Fprintln(stderr, "unionbench: fio is not installed: its workloads are skipped (apt-get install fio)")
+	}
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(stderr, "unionbench: not root: kernel overlay and the targets that mount as root are skipped")
+	}
+	scratch, err := os.MkdirTemp("", "unionbench-")
+	if err != nil {
+		fmt.Fprintf(stderr, "unionbench: %v\n", err)
+		return 1
+	}
+	os.Chmod(scratch, 0o755)
+	defer os.RemoveAll(scratch)
+	cfg.Dir = scratch
+	if isTerminal(stderr) {
+		cfg.Progress = func(line string) { fmt.Fprintf(stderr, "\r\033[K%s", line) }
+	} else {
+		cfg.Progress = func(line string) { fmt.Fprintln(stderr, line) }
+	}
+	jobs, err := bench.WriteJobFiles(scratch)
+	if err != nil {
+		fmt.Fprintf(stderr, "unionbench: %v\n", err)
+		return 1
+	}
+	fmt.Fprintln(stderr, "unionbench: preparing the lower layer and the source tarball")
+	env, err := bench.NewEnv(cfg, jobs)
+	if err != nil {
+		fmt.Fprintf(stderr, "unionbench: prepare: %v\n", err)
+		return 1
+	}
+	rep := bench.Run(cfg, env, chosenT, chosenW)
+	if isTerminal(stderr) {
+		fmt.Fprint(stderr, "\r\033[K")
+	}
+	if err := os.MkdirAll(*out, 0o755); err != nil {
+		fmt.Fprintf(stderr, "unionbench: %v\n", err)
+		return 1
+	}
+	var md strings.Builder
+	rep.Markdown(&md)
+	fmt.Fprint(stdout, md.String())
+	files := []string{filepath.Join(*out, "unionbench.json"), filepath.Join(*out, "unionbench.md")}
+	if err := rep.WriteJSON(files[0]); err != nil {
+		fmt.Fprintf(stderr, "unionbench: %v\n", err)
+		return 1
+	}
+	if err := os.WriteFile(files[1], []byte(md.String()), 0o644); err != nil {
+		fmt.Fprintf(stderr, "unionbench: %v\n", err)
+		return 1
+	}
+	charts, err := rep.Charts(*out)
+	if err != nil {
+		fmt.Fprintf(stderr, "unionbench: charts: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stderr, "unionbench: wrote %s\n", strings.Join(append(files, charts...), ", "))
+	return 0
+}
+
+func compare(args []string, stdout, stderr io.Writer) int {
+	if len(args) != 2 {
+		fmt.Fprintln(stderr, "usage: unionbench compare OLD.json NEW.json")
+		return 2
+	}
+	old, err := bench.ReadJSON(args[0])
+	if err != nil {
+		fmt.Fprintf(stderr, "unionbench compare: %v\n", err)
+		return 2
+	}
+	cur, err := bench.ReadJSON(args[1])
+	if err != nil {
+		fmt.Fprintf(stderr, "unionbench compare: %v\n", err)
+		return 2
+	}
+	bench.Compare(stdout, old, cur)
+	return 0
+}
+
+func selectTargets(all []bench.Target, list string, stderr io.Writer) []bench.Target {
+	if list == "" {
+		return all
+	}
+	var out []bench.Target
+	for _, name := range strings.Split(list, ",") {
+		found := false
+		for _, t := range all {
+			if t.Name() == strings.TrimSpace(name) {
+				out, found = append(out, t), true
+			}
+		}
+		if !found {
+			fmt.Fprintf(stderr, "unionbench: unknown target %q (see --list); running the others\n", name)
+		}
+	}
+	return withReferences(all, out)
+}
+
+// withReferences adds each chosen family's reference target, without
+// which no ratio can be given.
+func withReferences(all, chosen []bench.Target) []bench.Target {
+	for _, f := range []bench.Family{bench.Union, bench.Block} {
+		used, hasRef := false, false
+		for _, t := range chosen {
+			if t.Family() == f {
+				used = true
+				hasRef = hasRef || t.Name() == f.Reference()
+			}
+		}
+		if used && !hasRef {
+			for _, t := range all {
+				if t.Name() == f.Reference() {
+					chosen = append([]bench.Target{t}, chosen...)
+				}
+			}
+		}
+	}
+	return chosen
+}
+
+func selectWorkloads(all []bench.Workload, list string, stderr io.Writer) []bench.Workload {
+	if list == "" {
+		return all
+	}
+	var out []bench.Workload
+	for _, name := range strings.Split(list, ",") {
+		name = strings.TrimSpace(name)
+		found := false
+		for _, w := range all {
+			if w.Name == name || strings.HasPrefix(w.Name, name) {
+				out, found = append(out, w), true
+			}
+		}
+		if !found {
+			fmt.Fprintf(stderr, "unionbench: unknown workload %q (see --list); running the others\n", name)
+		}
+	}
+	return out
+}
+
+// findBinary picks a binary: as given, beside this executable, or on
+// the PATH; "" if none.
+func findBinary(given, name string) string {
+	if given != "" {
+		if abs, err := filepath.Abs(given); err == nil {
+			return abs
+		}
+		return given
+	}
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), name)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	return ""
+}
+
+func haveFio() bool {
+	_, err := exec.LookPath("fio")
+	return err == nil
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"bytes"
+	"encoding/xml"
+	"image/png"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/unionmount/unionmount/bench"
+)
+
+// ourBinary is $ENV (make test sets it) or a fresh build of pkg.
+func ourBinary(t *testing.T, env, pkg string) string {
+	t.Helper()
+	if b := os.Getenv(env); b != "" {
+		return b
+	}
+	out := filepath.Join(t.TempDir(), filepath.Base(pkg))
+	msg, err := exec.Command("go", "build", "-o", out, "github.com/unionmount/unionmount/"+pkg).CombinedOutput()
+	require.NoError(t, err, "%s", msg)
+	return out
+}
+
+// TestQuickRunReportsEveryRow runs the quick harness and checks its
+// output: every row has a positive figure or says why not, our own
+// targets never fail, and the JSON and chart files are valid.
+func TestQuickRunReportsEveryRow(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the quick benchmark (about a minute)")
+	}
+	out := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"--quick", "--out", out,
+		"--unionmount", ourBinary(t, "UNIONMOUNT_BIN", "cmd/unionmount"),
+		"--thinblock", ourBinary(t, "THINBLOCK_BIN", "cmd/thinblock")}, &stdout, &stderr)
+	require.Equal(t, 0, code, "stderr:\n%s", stderr.String())
+
+	rep, err := bench.ReadJSON(filepath.Join(out, "unionbench.json"))
+	require.NoError(t, err)
+	cfg := &bench.Config{Quick: true}
+	targets := append(bench.UnionTargets(), bench.BlockTargets()...)
+	workloads := append(append(bench.UnionWorkloads(), bench.BlockWorkloads()...), bench.SnapshotWorkloads(cfg)...)
+	rows := map[string]bench.Row{}
+	for _, r := range rep.Rows {
+		rows[r.Target+"/"+r.Workload] = r
+	}
+	figures := 0
+	for _, tg := range targets {
+		for _, w := range workloads {
+			if w.Family != tg.Family() {
+				continue
+			}
+			key := tg.Name() + "/" + w.Name
+			r, ok := rows[key]
+			if !assert.True(t, ok, "row %s missing", key) {
+				continue
+			}
+			switch {
+			case r.Skipped != "":
+			case r.Error != "":
+				assert.False(t, strings.HasPrefix(tg.Name(), "unionmount") || tg.Name() == "thinblock",
+					"our own target failed: %s: %s", key, r.Error)
+			default:
+				figures++
+				require.NotEmpty(t, r.Values, key)
+				for _, v := range r.Values {
+					assert.Greater(t, v, 0.0, key)
+				}
+				assert.NotEmpty(t, r.Unit, key)
+			}
+		}
+	}
+	assert.Greater(t, figures, 10, "most rows have figures")
+	for _, name := range []string{"unionmount", "thinblock"} {
+		for _, r := range rep.Rows {
+			if r.Target == name && r.Skipped == "" {
+				assert.NotEmpty(t, r.Values, "%s/%s has a figure", name, r.Workload)
+			}
+		}
+	}
+	md := stdout.String()
+	assert.Contains(t, md, "### union (reference: kernel-overlay)")
+	assert.Contains(t, md, "### block (reference: raw-file)")
+	assert.Contains(t, md, "dm-thin: skipped", "a skipped target says why")
+
+	charts, _ := filepath.Glob(filepath.Join(out, "*.png"))
+	assert.Len(t, charts, 2)
+	for _, c := range charts {
+		f, err := os.Open(c)
+		require.NoError(t, err)
+		img, err := png.Decode(f)
+		f.Close()
+		require.NoError(t, err, c)
+		assert.Greater(t, img.Bounds().Dx(), 200)
+	}
+	svgs, _ := filepath.Glob(filepath.Join(out, "*.svg"))
+	assert.Len(t, svgs, 2)
+	for _, s := range svgs {
+		data, err := os.ReadFile(s)
+		require.NoError(t, err)
+		dec := xml.NewDecoder(bytes.NewReader(data))
+		for {
+			if _, err := dec.Token(); err != nil {
+				assert.ErrorIs(t, err, io.EOF, "%s is well-formed XML", s)
+				break
+			}
+		}
+	}
+
+	// compare: the same run against itself moves nothing.
+	var cmp bytes.Buffer
+	assert.Equal(t, 0, run([]string{"compare", filepath.Join(out, "unionbench.json"), filepath.Join(out, "unionbench.json")}, &cmp, &stderr))
+	assert.Contains(t, cmp.String(), "no figure moved")
+}
+
+func TestBadInputStillRunsWhatItCan(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := run([]string{"--quick", "--targets", "no-such-target,plain-dir", "--workloads", "create",
+		"--out", t.TempDir()}, &stdout, &stderr)
+	assert.Equal(t, 0, code, stderr.String())
+	assert.Contains(t, stderr.String(), `unknown target "no-such-target"`)
+	assert.Contains(t, stdout.String(), "| create | files/s |")
+
+	assert.Equal(t, 2, run([]string{"--quick", "--targets", "nothing"}, &stdout, &stderr))
+	assert.Equal(t, 2, run([]string{"compare", "only-one.json"}, &stdout, &stderr))
+	assert.Equal(t, 2, run([]string{"--frobnicate"}, &stdout, &stderr))
+}
