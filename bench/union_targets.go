@@ -128,8 +128,13 @@ func UnionTargets() []Target {
 				if cfg.UnionmountBin == "" {
 					return "no unionmount binary given"
 				}
-				if name == "unionmount-passthrough" && !isRoot() {
-					return "passthrough needs root"
+				if name == "unionmount-passthrough" {
+					if !isRoot() {
+						return "passthrough needs root"
+					}
+					if !kernelAtLeast(6, 9) {
+						return "kernel lacks FUSE passthrough (Linux 6.9 or later)"
+					}
 				}
 				return needRootAndFuse(cfg)
 			},
@@ -176,4 +181,16 @@ func UnionTargets() []Target {
 				return err
 			}},
 	}
+}
+
+// kernelAtLeast reports whether the running kernel is at least
+// major.minor.
+func kernelAtLeast(major, minor int) bool {
+	var uts unix.Utsname
+	if unix.Uname(&uts) != nil {
+		return false
+	}
+	var ma, mi int
+	fmt.Sscanf(unix.ByteSliceToString(uts.Release[:]), "%d.%d", &ma, &mi)
+	return ma > major || (ma == major && mi >= minor)
 }

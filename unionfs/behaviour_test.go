@@ -51,12 +51,18 @@ var targets = []target{
 		fstest.MountKernelOverlay(t, l, kernelOverlayOptions...)
 		return l.Mount
 	}},
-	{"unionmount", true, func(t *testing.T, lower fstest.Spec) string {
+	{"unionmount", true, mountUnionWith()},
+	{"unionmount whiteout=xattr", true, mountUnionWith("whiteout=xattr")},
+	{"unionmount whiteout=aufs", true, mountUnionWith("whiteout=aufs")},
+}
+
+func mountUnionWith(opts ...string) func(t *testing.T, lower fstest.Spec) string {
+	return func(t *testing.T, lower fstest.Spec) string {
 		l := fstest.NewLayers(t, 1)
 		fstest.WriteTree(t, l.Lowers[0], lower)
-		fstest.MountUnion(t, l)
+		fstest.MountUnion(t, l, opts...)
 		return l.Mount
-	}},
+	}
 }
 
 func TestBehaviourTable(t *testing.T) {

@@ -41,6 +41,9 @@ func (n *node) create(ctx context.Context, obj newObject) (*found, error) {
 	if !u.writable() {
 		return nil, unix.EROFS
 	}
+	if whiteout.IsAufsName(obj.name) {
+		return nil, unix.EPERM // reserved for whiteouts
+	}
 	parentPath := n.path()
 	if _, err := u.lookup(parentPath, n.state(), obj.name); err == nil {
 		return nil, unix.EEXIST
@@ -61,6 +64,7 @@ func (n *node) create(ctx context.Context, obj newObject) (*found, error) {
 	} else if !isNotFound(err) {
 		return nil, err
 	}
+	aufsWhiteout := whiteout.HasAufsWhiteout(u.upper.fd, parentPath, obj.name)
 	tmp := tempName()
 	if err := obj.make(tmp); err != nil {
 		return nil, err
@@ -78,15 +82,20 @@ func (n *node) create(ctx context.Context, obj newObject) (*found, error) {
 			return nil, err
 		}
 	}
-	if obj.isDir && overWhiteout {
-		if err := u.markers.SetOpaque(u.work, tmp); err != nil {
-			removeTmp()
+	if obj.isDir && (overWhiteout || aufsWhiteout) {
+		if err := u.markers.SetOpaqueFormat(u.work, tmp, u.wformat); err != nil {
+			removeAllAt(u.work, tmp)
 			return nil, err
 		}
 	}
 	if err := u.installOver(tmp, path, obj.isDir, overWhiteout); err != nil {
-		removeTmp()
+		removeAllAt(u.work, tmp)
 		return nil, err
+	}
+	if aufsWhiteout {
+		if err := u.dropAufsWhiteout(path); err != nil {
+			return nil, err
+		}
 	}
 	var f found
 	if err := u.upper.lstat(path, &f.stat); err != nil {
@@ -245,16 +254,50 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	return src.EmbeddedInode(), 0
 }
 
-// makeWhiteout replaces whatever is at path in the upper (nothing, or a
-// non-directory) with a whiteout, atomically.
+// makeWhiteout hides path from the layers below: a device node or xattr
+// whiteout atomically replaces whatever non-directory the upper has
+// there; an aufs ".wh." file goes beside it first, and the upper object
+// is removed after. The caller holds ns for writing.
 func (u *FS) makeWhiteout(path string) error {
 	tmp := tempName()
-	if err := whiteout.MakeWhiteout(u.work, tmp); err != nil {
+	err := u.markers.PrepareWhiteout(u.work, tmp, u.wformat)
+	if err != nil && u.wauto && u.wformat == whiteout.Chardev && whiteout.IsPermissionError(err) {
+		u.logger.Printf("device nodes refused (%v): writing xattr whiteouts from now on", err)
+		u.wformat = whiteout.Xattr
+		err = u.markers.PrepareWhiteout(u.work, tmp, u.wformat)
+	}
+	if err != nil {
 		return err
 	}
-	if err := sysx.Rename(u.work, tmp, u.upper.fd, path, 0); err != nil {
+	parent, name := dirOf(path), baseOf(path)
+	target := path
+	switch u.wformat {
+	case whiteout.Aufs:
+		target = join(parent, whiteout.AufsWhiteoutOf(name))
+	case whiteout.Xattr:
+		if err := u.markers.MarkHoldsXattrWhiteouts(u.upper.fd, rel(parent)); err != nil {
+			unix.Unlinkat(u.work, tmp, 0)
+			return err
+		}
+	}
+	if err := sysx.Rename(u.work, tmp, u.upper.fd, target, 0); err != nil {
 		unix.Unlinkat(u.work, tmp, 0)
 		return fmt.Errorf("install whiteout %s: %w", path, err)
+	}
+	if u.wformat == whiteout.Aufs {
+		if err := unix.Unlinkat(u.upper.fd, path, 0); err != nil && !isNotFound(err) {
+			return fmt.Errorf("remove %s behind its whiteout: %w", path, err)
+		}
+	}
+	return nil
+}
+
+// dropAufsWhiteout removes the aufs whiteout of path once something new
+// stands there.
+func (u *FS) dropAufsWhiteout(path string) error {
+	err := unix.Unlinkat(u.upper.fd, join(dirOf(path), whiteout.AufsWhiteoutOf(baseOf(path))), 0)
+	if err != nil && !isNotFound(err) {
+		return fmt.Errorf("remove the whiteout of %s: %w", path, err)
 	}
 	return nil
 }

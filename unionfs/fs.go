@@ -33,6 +33,11 @@ type FS struct {
 	// are prepared before they are renamed into place.
 	work    int
 	markers whiteout.Markers
+	// wformat is the format new whiteouts are written in; with wauto a
+	// refused device node switches it to Xattr. Guarded by ns: only
+	// changes of names (ns held for writing) write whiteouts.
+	wformat whiteout.Format
+	wauto   bool
 	// idXattr records a copied-up object's identity so that its inode
 	// number survives copy-up and remounts.
 	idXattr string
@@ -62,6 +67,10 @@ func New(opts Options, logger *log.Logger) (*FS, error) {
 		logger = log.New(os.Stderr, "unionmount: ", log.LstdFlags)
 	}
 	u := &FS{opts: opts, work: -1, logger: logger}
+	var err error
+	if u.wformat, u.wauto, err = whiteout.ParseFormat(opts.Whiteout); err != nil {
+		return nil, badOption("%v", err)
+	}
 	u.markers = whiteout.Markers{Prefix: whiteout.TrustedPrefix}
 	u.idXattr = "trusted.unionmount.id"
 	if opts.UserXattr {
@@ -97,6 +106,7 @@ func New(opts Options, logger *log.Logger) (*FS, error) {
 			u.markers.Prefix = whiteout.UserPrefix
 			u.idXattr = "user.unionmount.id"
 		}
+		u.chooseWhiteoutFormat()
 	}
 	return u, nil
 }
@@ -190,4 +200,27 @@ func pathGen(path string) uint64 {
 	h := fnv.New64a()
 	h.Write([]byte(path))
 	return h.Sum64() | 1
+}
+
+// chooseWhiteoutFormat settles whiteout=auto: device nodes where they can
+// be made, else xattr whiteouts, else aufs files (which need nothing but
+// plain files).
+func (u *FS) chooseWhiteoutFormat() {
+	if !u.wauto {
+		return
+	}
+	for _, f := range []whiteout.Format{whiteout.Chardev, whiteout.Xattr} {
+		tmp := tempName()
+		err := u.markers.PrepareWhiteout(u.work, tmp, f)
+		unix.Unlinkat(u.work, tmp, 0)
+		if err == nil {
+			u.wformat = f
+			if f != whiteout.Chardev {
+				u.logger.Printf("device nodes cannot be made here: writing %s whiteouts", f)
+			}
+			return
+		}
+	}
+	u.wformat = whiteout.Aufs
+	u.logger.Printf("neither device nodes nor overlay xattrs can be written here: writing aufs whiteouts")
 }

@@ -85,3 +85,13 @@ func dirOf(p string) string {
 	}
 	return ""
 }
+
+// baseOf returns the last component of a union-relative path.
+func baseOf(p string) string {
+	for i := len(p) - 1; i >= 0; i-- {
+		if p[i] == '/' {
+			return p[i+1:]
+		}
+	}
+	return p
+}

@@ -9,6 +9,8 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/unionmount/unionmount/whiteout"
 )
 
 var _ fs.NodeLookuper = (*node)(nil)
@@ -54,6 +56,9 @@ func (n *node) lookupNode(ctx context.Context, name string) (*node, *found, erro
 // the top down. A whiteout hides the name in every layer below it; a
 // non-directory ends the search; an opaque directory stops the merge.
 func (u *FS) lookup(parentPath string, ps nodeState, name string) (*found, error) {
+	if whiteout.IsAufsName(name) {
+		return nil, errNotFound // aufs markers never show
+	}
 	path := join(parentPath, name)
 	var f found
 	have := false
@@ -71,7 +76,7 @@ func (u *FS) lookup(parentPath string, ps nodeState, name string) (*found, error
 			have = true
 			f.state.upper = true
 			f.id = u.identity(layerRef{u.upper, path}, &f.stat)
-			if !f.isDir() || u.markers.IsOpaque(u.upper.fd, path) {
+			if !f.isDir() || u.markers.IsOpaque(u.upper.fd, path) || whiteout.HasAufsWhiteout(u.upper.fd, parentPath, name) {
 				return &f, nil
 			}
 			if r, ok := u.redirect(u.upper.fd, path); ok {
@@ -79,6 +84,8 @@ func (u *FS) lookup(parentPath string, ps nodeState, name string) (*found, error
 			}
 		case !isNotFound(err):
 			return nil, err
+		case whiteout.HasAufsWhiteout(u.upper.fd, parentPath, name):
+			return nil, errNotFound
 		}
 	}
 	for i := 0; i < len(plan); i++ {
@@ -86,6 +93,9 @@ func (u *FS) lookup(parentPath string, ps nodeState, name string) (*found, error
 		var st unix.Stat_t
 		err := ref.l.lstat(ref.path, &st)
 		if isNotFound(err) {
+			if whiteout.HasAufsWhiteout(ref.l.fd, dirOf(ref.path), baseOf(ref.path)) {
+				break
+			}
 			continue
 		}
 		if err != nil {
@@ -109,7 +119,7 @@ func (u *FS) lookup(parentPath string, ps nodeState, name string) (*found, error
 			}
 			f.state.lowers = append(f.state.lowers, ref)
 		}
-		if u.markers.IsOpaque(ref.l.fd, ref.path) {
+		if u.markers.IsOpaque(ref.l.fd, ref.path) || whiteout.HasAufsWhiteout(ref.l.fd, dirOf(ref.path), baseOf(ref.path)) {
 			break
 		}
 		if r, ok := u.redirect(ref.l.fd, ref.path); ok {

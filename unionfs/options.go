@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/unionmount/unionmount/whiteout"
 )
 
 // RedirectMode is kernel overlayfs's redirect_dir setting: whether a
@@ -54,6 +56,10 @@ type Options struct {
 	Debug bool
 	// FsName is the source shown in /proc/mounts.
 	FsName string
+	// Whiteout is the format new whiteouts are written in: auto (a
+	// character device, falling back to xattr where device nodes cannot
+	// be made), chardev, xattr or aufs. All three are read regardless.
+	Whiteout string
 	// CrashAt names a crash point (see crashPoints) where the process
 	// exits at once, as a crash would stop it; for crash tests only.
 	CrashAt string
@@ -119,6 +125,11 @@ func ParseOptions(optionLists []string) (Options, error) {
 				}
 			case "userxattr":
 				o.UserXattr = true
+			case "whiteout":
+				if _, _, err := whiteout.ParseFormat(value); err != nil {
+					return o, badOption("%v", err)
+				}
+				o.Whiteout = value
 			case "ro":
 				o.ReadOnly = true
 			case "nonempty":

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/unionmount/unionmount/internal/sysx"
+	"github.com/unionmount/unionmount/whiteout"
 )
 
 var _ fs.NodeOpendirHandler = (*node)(nil)
@@ -40,8 +41,15 @@ func (u *FS) readMerged(path string, st nodeState, withIno bool) ([]mergedEntry,
 		if err != nil {
 			return nil, fmt.Errorf("list %s in layer %s: %w", rel(ref.path), ref.l.path, err)
 		}
+		// aufs whiteouts hide names in the layers below this one only.
+		var hideBelow []string
 		for _, e := range names {
-			if seen[e.name] {
+			if hidden, ok := whiteout.HiddenByAufs(e.name); ok {
+				hideBelow = append(hideBelow, hidden)
+			}
+		}
+		for _, e := range names {
+			if seen[e.name] || whiteout.IsAufsName(e.name) {
 				continue
 			}
 			seen[e.name] = true
@@ -66,6 +74,9 @@ func (u *FS) readMerged(path string, st nodeState, withIno bool) ([]mergedEntry,
 				e.ino = u.identity(child, &cst).Ino
 			}
 			out = append(out, e)
+		}
+		for _, h := range hideBelow {
+			seen[h] = true
 		}
 	}
 	return out, nil

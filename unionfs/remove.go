@@ -95,6 +95,17 @@ func (n *node) removeName(name string, f *found) error {
 // whiteout), so the change is atomic in the merged view.
 func (u *FS) removeUpperDir(path string, needWhiteout bool) error {
 	tmp := tempName()
+	if needWhiteout && u.wformat != whiteout.Chardev {
+		// Only a device node can be swapped in atomically: move the
+		// directory out, then leave the whiteout.
+		if err := sysx.Rename(u.upper.fd, path, u.work, tmp, unix.RENAME_NOREPLACE); err != nil {
+			return fmt.Errorf("move %s to the work dir: %w", path, err)
+		}
+		if err := u.makeWhiteout(path); err != nil {
+			return err
+		}
+		return removeAllAt(u.work, tmp)
+	}
 	if needWhiteout {
 		if err := whiteout.MakeWhiteout(u.work, tmp); err != nil {
 			return err

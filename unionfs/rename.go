@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/unionmount/unionmount/internal/sysx"
+	"github.com/unionmount/unionmount/whiteout"
 )
 
 var _ fs.NodeRenamer = (*node)(nil)
@@ -58,6 +59,9 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 	}
 	if flags&^(unix.RENAME_NOREPLACE|unix.RENAME_EXCHANGE) != 0 {
 		return syscall.EINVAL
+	}
+	if whiteout.IsAufsName(newName) {
+		return syscall.EPERM // reserved for whiteouts
 	}
 	src, err := n.renameSide(name)
 	if err != nil {
@@ -123,6 +127,7 @@ func (u *FS) move(src, dst *renameSide) error {
 	if err := u.markMovedDir(src, dst); err != nil {
 		return err
 	}
+	dstAufsWhiteout := whiteout.HasAufsWhiteout(u.upper.fd, dst.dir.path(), dst.name)
 	var cur unix.Stat_t
 	dstWhiteout := false
 	if err := u.upper.lstat(dst.path, &cur); err == nil {
@@ -134,9 +139,21 @@ func (u *FS) move(src, dst *renameSide) error {
 			}
 		}
 	}
-	if srcDir && dstWhiteout {
-		// A directory cannot replace a device node: swap the two, so
-		// the whiteout lands where the directory was.
+	if err := u.renameInUpper(src, dst, srcDir && dstWhiteout); err != nil {
+		return err
+	}
+	if dstAufsWhiteout {
+		return u.dropAufsWhiteout(dst.path)
+	}
+	return nil
+}
+
+// renameInUpper moves src to dst in the upper, leaving a whiteout at src
+// when a lower layer shows that name. overWhiteout says dst holds a
+// device or xattr whiteout that a directory cannot replace.
+func (u *FS) renameInUpper(src, dst *renameSide, overWhiteout bool) error {
+	if overWhiteout {
+		// Swap the two, so the whiteout lands where the directory was.
 		if err := sysx.Rename(u.upper.fd, src.path, u.upper.fd, dst.path, unix.RENAME_EXCHANGE); err != nil {
 			return err
 		}
@@ -145,18 +162,20 @@ func (u *FS) move(src, dst *renameSide) error {
 		}
 		return nil
 	}
-	var rflags uint
-	if src.lowerHas {
-		rflags = unix.RENAME_WHITEOUT
-	}
-	err = sysx.Rename(u.upper.fd, src.path, u.upper.fd, dst.path, rflags)
-	if err != nil && rflags != 0 && (errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM)) {
-		// No RENAME_WHITEOUT here: rename, then whiteout.
-		if err = sysx.Rename(u.upper.fd, src.path, u.upper.fd, dst.path, 0); err == nil {
-			err = u.makeWhiteout(src.path)
+	if src.lowerHas && u.wformat == whiteout.Chardev {
+		err := sysx.Rename(u.upper.fd, src.path, u.upper.fd, dst.path, unix.RENAME_WHITEOUT)
+		if err == nil || !(errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM)) {
+			return err
 		}
+		// No RENAME_WHITEOUT here: rename, then whiteout.
 	}
-	return err
+	if err := sysx.Rename(u.upper.fd, src.path, u.upper.fd, dst.path, 0); err != nil {
+		return err
+	}
+	if src.lowerHas {
+		return u.makeWhiteout(src.path)
+	}
+	return nil
 }
 
 // node returns the go-fuse node of the side's object; the kernel looked
@@ -194,7 +213,7 @@ func (u *FS) markMovedDir(src, dst *renameSide) error {
 		return u.markers.SetRedirect(u.upper.fd, src.path, "/"+f.state.lowers[0].path)
 	}
 	if dst.lowerHas {
-		return u.markers.SetOpaque(u.upper.fd, src.path)
+		return u.markers.SetOpaqueFormat(u.upper.fd, src.path, u.wformat)
 	}
 	return nil
 }

@@ -77,16 +77,17 @@ func (m Markers) IsWhiteout(root int, path string, st *unix.Stat_t) bool {
 }
 
 // IsOpaque reports whether the directory at path hides the directories
-// below it. The value "x" marks a directory that only holds xattr
-// whiteouts, which is not opaque.
+// below it: the overlay opaque xattr set to "y" ("x" marks a directory
+// that only holds xattr whiteouts, which is not opaque), or the aufs
+// marker file.
 func (m Markers) IsOpaque(root int, path string) bool {
 	for _, p := range m.readPrefixes() {
 		v, err := sysx.Getxattr(root, path, p+opaqueSuffix)
-		if err == nil {
-			return string(v) == "y"
+		if err == nil && string(v) == "y" {
+			return true
 		}
 	}
-	return false
+	return hasAufsOpaque(root, path)
 }
 
 // Redirect returns the redirect of the directory at path, if it has one:
