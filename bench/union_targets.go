@@ -23,7 +23,10 @@ type Instance struct {
 	// provisioned is set once a block volume was written whole.
 	provisioned bool
 	thin        bool // served by thinblock
-	teardown    func() error
+	// metaDirs are directories of files the create workload made, for
+	// stat, readdir and unlink to use.
+	metaDirs []string
+	teardown func() error
 }
 
 // Close tears the instance down.

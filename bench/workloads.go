@@ -80,6 +80,28 @@ func filesIn(dir string, n int) (string, error) {
 	return d, nil
 }
 
+// metaDir returns a directory of the run's files made by "create" (the
+// oldest one, taking it, when take is set), or makes one untimed.
+func metaDir(e *Env, inst *Instance, take bool) (string, error) {
+	if len(inst.metaDirs) == 0 {
+		return filesIn(inst.Dir, e.size.files)
+	}
+	if take {
+		d := inst.metaDirs[0]
+		inst.metaDirs = inst.metaDirs[1:]
+		return d, nil
+	}
+	return inst.metaDirs[len(inst.metaDirs)-1], nil
+}
+
+// needsLayers leaves copy-up out where there are no layers.
+func needsLayers(t Target, _ *Instance) string {
+	if t.Name() == "plain-dir" {
+		return "no layers: nothing to copy up"
+	}
+	return ""
+}
+
 // UnionWorkloads are the union family's workloads.
 func UnionWorkloads() []Workload {
 	return []Workload{
@@ -90,12 +112,13 @@ func UnionWorkloads() []Workload {
 		{Name: "randwrite-4k", Family: Union, Needs: fioNeeds, Run: fioIOPS("union-randwrite.fio")},
 		{Name: "create", Family: Union, Run: func(e *Env, inst *Instance) (Result, error) {
 			return rate(e.size.files, "files/s", func() error {
-				_, err := filesIn(inst.Dir, e.size.files)
+				d, err := filesIn(inst.Dir, e.size.files)
+				inst.metaDirs = append(inst.metaDirs, d)
 				return err
 			})
 		}},
 		{Name: "stat", Family: Union, Run: func(e *Env, inst *Instance) (Result, error) {
-			d, err := filesIn(inst.Dir, e.size.files)
+			d, err := metaDir(e, inst, false)
 			if err != nil {
 				return Result{}, err
 			}
@@ -109,7 +132,7 @@ func UnionWorkloads() []Workload {
 			})
 		}},
 		{Name: "readdir", Family: Union, Run: func(e *Env, inst *Instance) (Result, error) {
-			d, err := filesIn(inst.Dir, e.size.files)
+			d, err := metaDir(e, inst, false)
 			if err != nil {
 				return Result{}, err
 			}
@@ -128,7 +151,7 @@ func UnionWorkloads() []Workload {
 			})
 		}},
 		{Name: "unlink", Family: Union, Run: func(e *Env, inst *Instance) (Result, error) {
-			d, err := filesIn(inst.Dir, e.size.files)
+			d, err := metaDir(e, inst, true)
 			if err != nil {
 				return Result{}, err
 			}
@@ -170,7 +193,7 @@ func UnionWorkloads() []Workload {
 				return err
 			})
 		}},
-		{Name: "copyup-first-write", Family: Union, Fresh: true, Run: func(e *Env, inst *Instance) (Result, error) {
+		{Name: "copyup-first-write", Family: Union, Fresh: true, NotFor: needsLayers, Run: func(e *Env, inst *Instance) (Result, error) {
 			return timed(func() error {
 				f, err := os.OpenFile(filepath.Join(inst.Dir, "big"), os.O_WRONLY|os.O_APPEND, 0)
 				if err != nil {
@@ -183,7 +206,7 @@ func UnionWorkloads() []Workload {
 				return f.Close()
 			})
 		}},
-		{Name: "copyup-chmod", Family: Union, Fresh: true, Run: func(e *Env, inst *Instance) (Result, error) {
+		{Name: "copyup-chmod", Family: Union, Fresh: true, NotFor: needsLayers, Run: func(e *Env, inst *Instance) (Result, error) {
 			return rate(e.size.chmodFiles, "chmods/s", func() error {
 				for i := 0; i < e.size.chmodFiles; i++ {
 					if err := os.Chmod(filepath.Join(inst.Dir, "chmod", fmt.Sprintf("f%05d", i)), 0o600); err != nil {

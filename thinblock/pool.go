@@ -204,7 +204,12 @@ func Open(meta, data blockdev.Device, opts Options) (*Pool, error) {
 	if err := tm.RebuildRefs(p.visitMetadata); err != nil {
 		return nil, fmt.Errorf("metadata: %w", err)
 	}
-	if p.data, err = spacemap.Open(tm, p.sb.DataSMRoot, p.sb.DataBlocks); err != nil {
+	if p.sb.Flags&txn.FlagDataFree != 0 {
+		p.data, err = spacemap.OpenCounted(tm, p.sb.DataSMRoot, p.sb.DataBlocks, p.sb.DataFree)
+	} else {
+		p.data, err = spacemap.Open(tm, p.sb.DataSMRoot, p.sb.DataBlocks)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("data space map: %w", err)
 	}
 	p.startCommitter()
@@ -291,6 +296,8 @@ func (p *Pool) commitLocked() error {
 	sb := p.sb
 	sb.DataSMRoot = p.data.Root()
 	sb.DataBlocks = p.data.Blocks()
+	// Blocks freed in this transaction are free once it commits.
+	sb.DataFree, sb.Flags = p.data.Free(), sb.Flags|txn.FlagDataFree
 	if err := p.tm.Commit(sb); err != nil {
 		return p.fail(err)
 	}

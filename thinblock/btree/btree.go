@@ -386,20 +386,51 @@ func (t *Tree) walk(b, from, to uint64, fn func(uint64, []byte) (bool, error)) (
 // VisitNodes walks the blocks of the tree at root for a reference
 // recount: visit is called for each reference to a node and says whether
 // it was the node's first; shared subtrees are entered once. Leaves are
-// read only when leaf is non-nil, which then sees every leaf value.
+// read only when leaf is non-nil, which then sees every leaf value;
+// otherwise only internal nodes are read (all leaves sit at one depth,
+// found down the leftmost path), so a recount costs about one read per
+// 250 leaves.
 func (t *Tree) VisitNodes(root uint64, visit func(b uint64) (bool, error), leaf func(key uint64, v []byte) error) error {
-	first, err := visit(root)
-	if err != nil || !first {
+	leafDepth := -1
+	if leaf == nil {
+		d, err := t.depth(root)
+		if err != nil {
+			return err
+		}
+		leafDepth = d
+	}
+	return t.visitNodes(root, 0, leafDepth, visit, leaf)
+}
+
+// depth is the depth of the tree's leaves (0 for a root leaf).
+func (t *Tree) depth(root uint64) (int, error) {
+	b := root
+	for d := 0; d <= 64; d++ {
+		n, err := t.read(b)
+		if err != nil {
+			return 0, err
+		}
+		if n.leaf || len(n.keys) == 0 {
+			return d, nil
+		}
+		b = n.child(0)
+	}
+	return 0, fmt.Errorf("btree %d: deeper than 64 levels (a cycle?)", root)
+}
+
+func (t *Tree) visitNodes(b uint64, depth, leafDepth int, visit func(b uint64) (bool, error), leaf func(uint64, []byte) error) error {
+	first, err := visit(b)
+	if err != nil || !first || depth == leafDepth {
 		return err
 	}
-	n, err := t.read(root)
+	n, err := t.read(b)
 	if err != nil {
 		return err
 	}
 	for i := range n.keys {
 		switch {
 		case !n.leaf:
-			if err := t.VisitNodes(n.child(i), visit, leaf); err != nil {
+			if err := t.visitNodes(n.child(i), depth+1, leafDepth, visit, leaf); err != nil {
 				return err
 			}
 		case leaf != nil:

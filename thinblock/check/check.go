@@ -262,4 +262,9 @@ func (c *checker) spaceMap(root uint64) {
 		}
 	}
 	c.r.DataUsed = uint64(len(c.dataRefs))
+	sb := c.r.Superblock
+	if sb.Flags&txn.FlagDataFree != 0 && sb.DataFree != sb.DataBlocks-c.r.DataUsed {
+		c.r.errorf("superblock: records %d free data blocks, the mappings leave %d", sb.DataFree, sb.DataBlocks-c.r.DataUsed)
+		c.r.SpaceMapWrong++
+	}
 }

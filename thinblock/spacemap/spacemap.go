@@ -51,6 +51,16 @@ func Create(tm *txn.Manager, blocks uint64) (*Map, error) {
 		fresh: map[uint64]bool{}, pending: map[uint64]bool{}}, nil
 }
 
+// OpenCounted loads the space map at root whose free block count is
+// known (recorded at the commit), without reading its counts.
+func OpenCounted(tm *txn.Manager, root, blocks, free uint64) (*Map, error) {
+	if free > blocks {
+		return nil, fmt.Errorf("space map: %d free blocks recorded of %d", free, blocks)
+	}
+	return &Map{tm: tm, index: btree.New(tm, 8, nil), root: root, blocks: blocks, free: free,
+		fresh: map[uint64]bool{}, pending: map[uint64]bool{}}, nil
+}
+
 // Open loads the space map at root and counts its free blocks.
 func Open(tm *txn.Manager, root, blocks uint64) (*Map, error) {
 	m := &Map{tm: tm, index: btree.New(tm, 8, nil), root: root, blocks: blocks,

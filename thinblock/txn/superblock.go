@@ -34,7 +34,13 @@ type Superblock struct {
 	Flags         uint32
 	LowWater      uint64 // free data blocks below which status warns
 	UUID          [16]byte
+	// DataFree is the number of free data blocks at the commit, valid
+	// when Flags has FlagDataFree (so opening needs no space map scan).
+	DataFree uint64
 }
+
+// FlagDataFree marks a superblock that records DataFree.
+const FlagDataFree = 1
 
 func (s *Superblock) encode(buf []byte) {
 	clear(buf[:blockdev.BlockSize])
@@ -50,6 +56,7 @@ func (s *Superblock) encode(buf []byte) {
 	le.PutUint32(buf[56:], s.Time)
 	le.PutUint64(buf[64:], s.LowWater)
 	copy(buf[72:88], s.UUID[:])
+	le.PutUint64(buf[88:], s.DataFree)
 	blockdev.Seal(buf, superSalt)
 }
 
@@ -78,6 +85,7 @@ func DecodeSuperblock(buf []byte) (Superblock, error) {
 	s.Time = le.Uint32(buf[56:])
 	s.LowWater = le.Uint64(buf[64:])
 	copy(s.UUID[:], buf[72:88])
+	s.DataFree = le.Uint64(buf[88:])
 	return s, nil
 }
 
