@@ -2,6 +2,7 @@ package unionfs
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"golang.org/x/sys/unix"
@@ -129,7 +130,7 @@ func (u *FS) copyFile(src layerRef, tmp string, st *unix.Stat_t, withData bool) 
 // order: chown clears set-id bits and security.capability, so those come
 // after it.
 func (u *FS) copyMetadata(src layerRef, tmp string, st *unix.Stat_t, id fs.StableAttr) error {
-	if err := unix.Fchownat(u.work, tmp, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	if err := u.chown(u.work, tmp, int(st.Uid), int(st.Gid)); err != nil {
 		return fmt.Errorf("chown: %w", err)
 	}
 	isLink := st.Mode&unix.S_IFMT == unix.S_IFLNK
@@ -148,6 +149,10 @@ func (u *FS) copyMetadata(src layerRef, tmp string, st *unix.Stat_t, id fs.Stabl
 		if err := sysx.Setxattr(u.work, tmp, name, v, 0); err != nil {
 			if isLink || err == unix.EOPNOTSUPP {
 				continue // the upper cannot hold it; kernel overlay skips too
+			}
+			if (err == unix.EPERM || err == unix.EACCES) && !strings.HasPrefix(name, "user.") {
+				u.refusedOnce("copying "+name, err)
+				continue // a privileged namespace this mounter lacks
 			}
 			return fmt.Errorf("copy xattr %s: %w", name, err)
 		}
@@ -181,4 +186,29 @@ func (u *FS) installFromWork(tmp, path string) error {
 		unix.UtimesNanoAt(u.upper.fd, rel(parent), []unix.Timespec{pst.Atim, pst.Mtim}, unix.AT_SYMLINK_NOFOLLOW)
 	}
 	return nil
+}
+
+// chown sets an object's ids. Without the privilege to give away files
+// (an ordinary user, or ids a user namespace does not map) the object
+// keeps the mounter's ids, as fuse-overlayfs does; that is logged once.
+func (u *FS) chown(dirfd int, path string, uid, gid int) error {
+	err := unix.Fchownat(dirfd, path, uid, gid, unix.AT_SYMLINK_NOFOLLOW)
+	if err == unix.EPERM || err == unix.EINVAL {
+		u.refusedOnce("chown", err)
+		return nil
+	}
+	return err
+}
+
+// refusedOnce logs the first refusal of each kind of privileged change.
+func (u *FS) refusedOnce(what string, err error) {
+	u.refusedMu.Lock()
+	defer u.refusedMu.Unlock()
+	if u.refused == nil {
+		u.refused = map[string]bool{}
+	}
+	if !u.refused[what] {
+		u.refused[what] = true
+		u.logger.Printf("%s refused (%v): copies keep the mounter's ids and privileged xattrs are dropped", what, err)
+	}
 }

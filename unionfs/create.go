@@ -145,7 +145,7 @@ func (u *FS) chownToCaller(ctx context.Context, parent *node, tmp string, isDir 
 			}
 		}
 	}
-	if err := unix.Fchownat(u.work, tmp, uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	if err := u.chown(u.work, tmp, uid, gid); err != nil {
 		return fmt.Errorf("chown new object: %w", err)
 	}
 	return nil

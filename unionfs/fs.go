@@ -51,6 +51,9 @@ type FS struct {
 	// daemonReads counts reads served by the daemon rather than by
 	// passthrough.
 	daemonReads atomic.Uint64
+
+	refusedMu sync.Mutex
+	refused   map[string]bool // guarded by refusedMu
 }
 
 // Passthrough reports whether open upper files use FUSE passthrough.
