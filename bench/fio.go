@@ -33,7 +33,7 @@ func (e *Env) runFio(inst *Instance, job string, vars map[string]string) (fioRes
 	}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return fioResult{}, fmt.Errorf("fio %s: %v: %s", job, err, lastLines(string(out), 3))
+		return fioResult{}, fmt.Errorf("fio %s: %v: %s", job, err, fioError(string(out)))
 	}
 	s := string(out)
 	i := strings.Index(s, "{")
@@ -66,4 +66,18 @@ func (e *Env) runFio(inst *Instance, job string, vars map[string]string) (fioRes
 		return fioResult{IOPS: j.Write.IOPS, MiBps: j.Write.BW / 1024}, nil
 	}
 	return fioResult{IOPS: j.Read.IOPS, MiBps: j.Read.BW / 1024}, nil
+}
+
+// fioError picks fio's first error line out of its output (which is
+// mostly JSON).
+func fioError(out string) string {
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "fio:") && !strings.Contains(l, "connected to") {
+			if len(l) > 200 {
+				l = l[:200] + "..."
+			}
+			return strings.TrimSpace(l)
+		}
+	}
+	return lastLines(out, 3)
 }

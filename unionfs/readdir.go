@@ -236,7 +236,7 @@ func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
 		return u.errno(err)
 	}
 	defer unix.Close(fd)
-	return errnoOf(unix.Fsync(fd))
+	return sysx.Errno(unix.Fsync(fd))
 }
 
 func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {
@@ -244,14 +244,4 @@ func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {
 		unix.Close(d.fd)
 		d.fd = -1
 	}
-}
-
-func errnoOf(err error) syscall.Errno {
-	if err == nil {
-		return 0
-	}
-	if e, ok := err.(unix.Errno); ok {
-		return syscall.Errno(e)
-	}
-	return syscall.EIO
 }

@@ -7,7 +7,6 @@ package fuseexport
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log"
 	"strconv"
@@ -18,6 +17,7 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
+	"github.com/unionmount/unionmount/internal/sysx"
 	"github.com/unionmount/unionmount/thinblock"
 )
 
@@ -103,16 +103,7 @@ var (
 )
 
 // errno converts a pool error for the FUSE boundary.
-func errno(err error) syscall.Errno {
-	if err == nil {
-		return 0
-	}
-	var e syscall.Errno
-	if errors.As(err, &e) {
-		return e
-	}
-	return syscall.EIO
-}
+func errno(err error) syscall.Errno { return sysx.Errno(err) }
 
 func (f *volumeFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	out.Mode = syscall.S_IFREG | 0o644
