@@ -152,7 +152,7 @@ func (u *FS) chownToCaller(ctx context.Context, parent *node, tmp string, isDir 
 }
 
 func (n *node) entry(ctx context.Context, f *found, out *fuse.EntryOut) *fs.Inode {
-	out.Attr.FromStat(toSyscallStat(&f.stat))
+	n.ufs.fillAttr(&out.Attr, &f.stat)
 	return n.newChild(ctx, f.state, f.id)
 }
 
@@ -250,7 +250,7 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	if err != nil {
 		return nil, u.errno(err)
 	}
-	out.Attr.FromStat(toSyscallStat(&f.stat))
+	n.ufs.fillAttr(&out.Attr, &f.stat)
 	return src.EmbeddedInode(), 0
 }
 

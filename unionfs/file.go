@@ -94,6 +94,7 @@ func (f *file) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
 	errno := f.current().(fs.FileGetattrer).Getattr(ctx, out)
 	if errno == 0 {
 		out.Ino = f.n.StableAttr().Ino
+		f.n.ufs.adjustAttr(&out.Attr)
 	}
 	return errno
 }

@@ -36,7 +36,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	if err != nil {
 		return nil, n.ufs.errno(err)
 	}
-	out.Attr.FromStat(toSyscallStat(&f.stat))
+	n.ufs.fillAttr(&out.Attr, &f.stat)
 	return n.newChild(ctx, f.state, f.id), 0
 }
 

@@ -168,7 +168,7 @@ func (n *node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut)
 	if err != nil {
 		return sysx.Errno(err)
 	}
-	out.FromStat(toSyscallStat(&s))
+	n.ufs.fillAttr(&out.Attr, &s)
 	return 0
 }
 
@@ -204,6 +204,26 @@ func (n *node) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
 		return nil, sysx.Errno(err)
 	}
 	return buf[:got], 0
+}
+
+// fillAttr gives the kernel an object's attributes, as the options
+// present them (squashed owners, static directory link counts).
+func (u *FS) fillAttr(a *fuse.Attr, st *unix.Stat_t) {
+	a.FromStat(toSyscallStat(st))
+	u.adjustAttr(a)
+}
+
+// adjustAttr applies the presentation options to attributes.
+func (u *FS) adjustAttr(a *fuse.Attr) {
+	if u.opts.SquashUID >= 0 {
+		a.Uid = uint32(u.opts.SquashUID)
+	}
+	if u.opts.SquashGID >= 0 {
+		a.Gid = uint32(u.opts.SquashGID)
+	}
+	if u.opts.StaticNlink && a.Mode&unix.S_IFMT == unix.S_IFDIR {
+		a.Nlink = 1
+	}
 }
 
 // toSyscallStat converts x/sys's Stat_t to the syscall one go-fuse takes;

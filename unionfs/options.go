@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -56,6 +57,13 @@ type Options struct {
 	Debug bool
 	// FsName is the source shown in /proc/mounts.
 	FsName string
+	// SquashUID and SquashGID, when not negative, are the owner every
+	// object shows (squash_to_root, squash_to_uid=, squash_to_gid=).
+	SquashUID, SquashGID int64
+	// StaticNlink shows every directory with one link (static_nlink).
+	StaticNlink bool
+	// NoACL refuses POSIX ACLs (noacl).
+	NoACL bool
 	// Whiteout is the format new whiteouts are written in: auto (a
 	// character device, falling back to xattr where device nodes cannot
 	// be made), chardev, xattr or aufs. All three are read regardless.
@@ -92,7 +100,8 @@ var genericMountOptions = map[string]bool{
 // into Options. Commas and colons inside values can be escaped with a
 // backslash.
 func ParseOptions(optionLists []string) (Options, error) {
-	o := Options{Passthrough: true, AllowOther: os.Geteuid() == 0}
+	o := Options{Passthrough: true, AllowOther: os.Geteuid() == 0, SquashUID: -1, SquashGID: -1}
+	squashRoot := false
 	var lowers []string
 	for _, list := range optionLists {
 		for _, opt := range splitEscaped(list, ',') {
@@ -125,6 +134,22 @@ func ParseOptions(optionLists []string) (Options, error) {
 				}
 			case "userxattr":
 				o.UserXattr = true
+			case "squash_to_root":
+				squashRoot = true
+			case "squash_to_uid", "squash_to_gid":
+				id, err := strconv.ParseUint(value, 10, 32)
+				if err != nil {
+					return o, badOption("%s=%q: want a numeric id", key, value)
+				}
+				if key == "squash_to_uid" {
+					o.SquashUID = int64(id)
+				} else {
+					o.SquashGID = int64(id)
+				}
+			case "static_nlink":
+				o.StaticNlink = true
+			case "noacl":
+				o.NoACL = true
 			case "whiteout":
 				if _, _, err := whiteout.ParseFormat(value); err != nil {
 					return o, badOption("%v", err)
@@ -175,6 +200,15 @@ func ParseOptions(optionLists []string) (Options, error) {
 				}
 				return o, badOption("unknown option %q", opt)
 			}
+		}
+	}
+	// squash_to_uid and squash_to_gid take precedence over squash_to_root.
+	if squashRoot {
+		if o.SquashUID < 0 {
+			o.SquashUID = 0
+		}
+		if o.SquashGID < 0 {
+			o.SquashGID = 0
 		}
 	}
 	o.Lowers = lowers

@@ -77,7 +77,7 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 	if err := u.upper.lstat(path, &s); err != nil {
 		return u.errno(err)
 	}
-	out.FromStat(toSyscallStat(&s))
+	u.fillAttr(&out.Attr, &s)
 	return 0
 }
 

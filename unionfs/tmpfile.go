@@ -53,7 +53,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	child := &node{ufs: u, st: nodeState{upper: true}, anonFd: anon}
 	child.copiedUp.Store(true)
 	ino := n.NewInode(ctx, child, fs.StableAttr{Mode: unix.S_IFREG, Ino: u.inoFor(u.upper, st.Ino)})
-	out.Attr.FromStat(toSyscallStat(&st))
+	n.ufs.fillAttr(&out.Attr, &st)
 	return ino, child.openedFile(fd, openFlags, false), 0, 0
 }
 

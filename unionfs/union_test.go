@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -13,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/unionmount/unionmount/internal/fstest"
+	"github.com/unionmount/unionmount/unionfs"
 )
 
 func TestCopyUpKeepsModeOwnerTimesXattrsAndHoles(t *testing.T) {
@@ -264,4 +266,51 @@ func TestUpperFilesUsePassthroughWhenTheKernelOffersIt(t *testing.T) {
 	// Lower files are served by the daemon (see openedFile).
 	assert.Equal(t, "from the lower layer", readFile(t, l.Mount+"/lower"))
 	assert.Greater(t, m.FS.DaemonReads(), before)
+}
+
+func TestContainerEngineOptionsChangeWhatIsShown(t *testing.T) {
+	cases := []struct {
+		opts  []string
+		check func(t *testing.T, m string)
+	}{
+		{[]string{"squash_to_root"}, func(t *testing.T, m string) {
+			st := lstat(t, m+"/d/f")
+			assert.Equal(t, [2]uint32{0, 0}, [2]uint32{st.Uid, st.Gid})
+		}},
+		{[]string{"squash_to_root", "squash_to_uid=42"}, func(t *testing.T, m string) {
+			st := lstat(t, m+"/d/f")
+			assert.Equal(t, [2]uint32{42, 0}, [2]uint32{st.Uid, st.Gid}, "squash_to_uid wins over squash_to_root")
+			f, err := os.Open(m + "/d/f")
+			require.NoError(t, err)
+			defer f.Close()
+			var fst unix.Stat_t
+			require.NoError(t, unix.Fstat(int(f.Fd()), &fst))
+			assert.Equal(t, uint32(42), fst.Uid, "through an open file too")
+		}},
+		{[]string{"squash_to_gid=7"}, func(t *testing.T, m string) {
+			st := lstat(t, m+"/d/f")
+			assert.Equal(t, [2]uint32{1234, 7}, [2]uint32{st.Uid, st.Gid})
+		}},
+		{[]string{"static_nlink"}, func(t *testing.T, m string) {
+			require.NoError(t, os.Mkdir(m+"/d/sub", 0o755))
+			assert.Equal(t, uint64(1), uint64(lstat(t, m+"/d").Nlink))
+			assert.Equal(t, uint64(1), uint64(lstat(t, m+"/d/f").Nlink), "files keep their real count")
+		}},
+		{[]string{"noacl"}, func(t *testing.T, m string) {
+			acl := []byte{2, 0, 0, 0, 1, 0, 6, 0, 0xff, 0xff, 0xff, 0xff, 4, 0, 4, 0, 0xff, 0xff, 0xff, 0xff, 0x20, 0, 4, 0, 0xff, 0xff, 0xff, 0xff}
+			err := unix.Setxattr(m+"/d/f", "system.posix_acl_access", acl, 0)
+			assert.Equal(t, unix.EOPNOTSUPP, errnoOf(err))
+		}},
+	}
+	for _, c := range cases {
+		t.Run(strings.Join(c.opts, ","), func(t *testing.T) {
+			l := fstest.NewLayers(t, 1)
+			fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"d/f": "x"})
+			require.NoError(t, os.Lchown(filepath.Join(l.Lowers[0], "d/f"), 1234, 5678))
+			fstest.MountUnion(t, l, c.opts...)
+			c.check(t, l.Mount)
+		})
+	}
+	_, err := unionfs.ParseOptions([]string{"lower=/a,squash_to_uid=root"})
+	assert.ErrorIs(t, err, unionfs.ErrBadOption)
 }

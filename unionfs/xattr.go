@@ -25,6 +25,9 @@ func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, 
 	if u.markers.IsPrivateXattrIn(attr) {
 		return 0, syscall.ENODATA
 	}
+	if u.refusesACL(attr) {
+		return 0, syscall.EOPNOTSUPP
+	}
 	u.ns.RLock()
 	defer u.ns.RUnlock()
 	ref, ok := u.top(n.state(), n.path())
@@ -53,7 +56,7 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 	}
 	var b strings.Builder
 	for _, name := range names {
-		if u.markers.IsPrivateXattrIn(name) {
+		if u.markers.IsPrivateXattrIn(name) || u.refusesACL(name) {
 			continue
 		}
 		b.WriteString(name)
@@ -87,6 +90,9 @@ func (n *node) changeXattr(attr string, removal bool, change func(path string) e
 	if u.markers.IsPrivateXattrIn(attr) {
 		return syscall.EPERM
 	}
+	if u.refusesACL(attr) {
+		return syscall.EOPNOTSUPP
+	}
 	u.ns.RLock()
 	defer u.ns.RUnlock()
 	if !u.writable() {
@@ -107,4 +113,10 @@ func (n *node) changeXattr(attr string, removal bool, change func(path string) e
 		return u.errno(err)
 	}
 	return sysx.Errno(change(rel(n.path())))
+}
+
+// refusesACL reports whether attr is a POSIX ACL the noacl option turns
+// away.
+func (u *FS) refusesACL(attr string) bool {
+	return u.opts.NoACL && strings.HasPrefix(attr, "system.posix_acl_")
 }

@@ -77,6 +77,17 @@ func (l *Layers) OverlayOptions() string {
 	return "lowerdir=" + strings.Join(l.Lowers, ":") + ",upperdir=" + l.Upper + ",workdir=" + l.Work
 }
 
+// escapedOptions is OverlayOptions with commas and colons inside paths
+// escaped, as unionmount reads them (kernel overlay cannot).
+func (l *Layers) escapedOptions() string {
+	esc := strings.NewReplacer(`\`, `\\`, ",", `\,`, ":", `\:`)
+	lowers := make([]string, len(l.Lowers))
+	for i, p := range l.Lowers {
+		lowers[i] = esc.Replace(p)
+	}
+	return "lowerdir=" + strings.Join(lowers, ":") + ",upperdir=" + esc.Replace(l.Upper) + ",workdir=" + esc.Replace(l.Work)
+}
+
 // MountKernelOverlay mounts kernel overlayfs over l with the given extra
 // options and unmounts it at cleanup.
 func MountKernelOverlay(t testing.TB, l *Layers, extra ...string) {

@@ -25,7 +25,7 @@ type Mounted struct {
 
 // StartUnion mounts unionmount over l with extra -o options.
 func StartUnion(l *Layers, extra ...string) (*Mounted, error) {
-	opts, err := unionfs.ParseOptions(append([]string{l.OverlayOptions()}, extra...))
+	opts, err := unionfs.ParseOptions(append([]string{l.escapedOptions()}, extra...))
 	if err != nil {
 		return nil, err
 	}
