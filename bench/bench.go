@@ -56,8 +56,8 @@ type sizes struct {
 
 func (c *Config) sizes() sizes {
 	if c.Quick {
-		return sizes{bigFile: 32 << 20, files: 500, chmodFiles: 200, fioSize: "32M", fioRuntime: time.Second,
-			blockSize: "128M", snapSizes: []string{"64M", "1G"}}
+		return sizes{bigFile: 16 << 20, files: 500, chmodFiles: 200, fioSize: "16M", fioRuntime: time.Second,
+			blockSize: "64M", snapSizes: []string{"64M", "1G"}}
 	}
 	return sizes{bigFile: 1 << 30, files: 20000, chmodFiles: 10000, fioSize: "1G", fioRuntime: 2 * time.Second,
 		blockSize: "1G", snapSizes: []string{"1G", "16G"}}
