@@ -203,11 +203,9 @@ func (p *Pool) writeBlockLocked(d *deviceDetails, vb uint64, in int, chunk []byt
 		if err != nil {
 			return nil, err
 		}
-		root, _, err := p.maps.Insert(d.MappingRoot, vb, packMapping(nb, p.sb.Time))
-		if err != nil {
+		if err := p.mapLocked(d, vb, packMapping(nb, p.sb.Time)); err != nil {
 			return nil, err
 		}
-		d.MappingRoot = root
 		d.Mapped++
 		return job, nil
 	}
@@ -219,11 +217,9 @@ func (p *Pool) writeBlockLocked(d *deviceDetails, vb uint64, in int, chunk []byt
 		return nil, err
 	}
 	if shared {
-		root, _, err := p.maps.Insert(d.MappingRoot, vb, val)
-		if err != nil {
+		if err := p.mapLocked(d, vb, val); err != nil {
 			return nil, err
 		}
-		d.MappingRoot = root
 	}
 	old, _ := unpackMapping(val)
 	count, err := p.data.Get(old)
@@ -239,11 +235,9 @@ func (p *Pool) writeBlockLocked(d *deviceDetails, vb uint64, in int, chunk []byt
 	if err != nil {
 		return nil, err
 	}
-	root, _, err := p.maps.Insert(d.MappingRoot, vb, packMapping(nb, p.sb.Time))
-	if err != nil {
+	if err := p.mapLocked(d, vb, packMapping(nb, p.sb.Time)); err != nil {
 		return nil, err
 	}
-	d.MappingRoot = root
 	if err := p.data.Dec(old); err != nil {
 		return nil, err
 	}
@@ -252,6 +246,17 @@ func (p *Pool) writeBlockLocked(d *deviceDetails, vb uint64, in int, chunk []byt
 		job.copyFrom = -1 // the write covers the whole block
 	}
 	return job, nil
+}
+
+// mapLocked sets vb's mapping in d's tree (shadowing the path) and
+// records the new root in d.
+func (p *Pool) mapLocked(d *deviceDetails, vb uint64, val []byte) error {
+	root, _, err := p.maps.Insert(d.MappingRoot, vb, val)
+	if err != nil {
+		return err
+	}
+	d.MappingRoot = root
+	return nil
 }
 
 // freshBlockLocked prepares new data block nb for a write of chunk at

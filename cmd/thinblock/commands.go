@@ -228,14 +228,11 @@ func cmdCheck(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	meta, err := blockdev.OpenFile(metaPath, false)
+	meta, err := openMetadata(metaPath, *repair)
 	if err != nil {
-		return fmt.Errorf("metadata: %w", err)
-	}
-	defer meta.Close()
-	if err := lock(meta, *repair); err != nil {
 		return err
 	}
+	defer meta.Close()
 	progress, done := progressPrinter("checking metadata")
 	r, err := check.Run(meta, progress)
 	done()
@@ -312,14 +309,11 @@ func cmdDump(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	meta, err := blockdev.OpenFile(metaPath, false)
+	meta, err := openMetadata(metaPath, true)
 	if err != nil {
-		return fmt.Errorf("metadata: %w", err)
-	}
-	defer meta.Close()
-	if err := lock(meta, true); err != nil {
 		return err
 	}
+	defer meta.Close()
 	// Dumping reads only metadata: without a data file, stand in one
 	// that holds nothing.
 	var data blockdev.Device = blockdev.NewNull(1 << 62)

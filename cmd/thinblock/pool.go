@@ -73,6 +73,20 @@ func lock(f *blockdev.File, exclusive bool) error {
 	return nil
 }
 
+// openMetadata opens a pool's metadata file alone (for check and dump),
+// locked shared or exclusive.
+func openMetadata(path string, exclusive bool) (*blockdev.File, error) {
+	meta, err := blockdev.OpenFile(path, false)
+	if err != nil {
+		return nil, fmt.Errorf("metadata: %w", err)
+	}
+	if err := lock(meta, exclusive); err != nil {
+		meta.Close()
+		return nil, err
+	}
+	return meta, nil
+}
+
 func openFiles(f *poolFlags, create bool) (*blockdev.File, *blockdev.File, error) {
 	metaPath, dataPath, err := f.paths()
 	if err != nil {

@@ -114,12 +114,9 @@ func (f *volumeFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.At
 	out.Nlink = 1
 	out.Blksize = 4096
 	out.Mtime, out.Ctime, out.Atime = f.mtime, f.mtime, f.mtime
-	if info, err := f.p.Volumes(); err == nil {
-		for _, vi := range info {
-			if vi.ID == f.v.ID() {
-				out.Blocks = vi.Mapped * f.p.BlockSize() / 512
-			}
-		}
+	// One device-tree lookup, not a walk of every volume's mappings.
+	if d, err := f.p.Details(f.v.ID()); err == nil {
+		out.Blocks = d.Mapped * f.p.BlockSize() / 512
 	}
 	return 0
 }
