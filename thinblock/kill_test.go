@@ -77,6 +77,9 @@ func TestKillChildHelper(t *testing.T) {
 		fmt.Println("error", err)
 		os.Exit(3)
 	}
+	// The parent times its kill from here, not from the process start,
+	// which a loaded machine delays.
+	fmt.Println("opened")
 	rng := rand.New(rand.NewSource(seed))
 	for seq := start + 1; ; seq++ {
 		if _, err := v.WriteAt(stamp(seq), killWrite(rng)); err != nil {
@@ -129,7 +132,9 @@ func TestSIGKILLKeepsFlushedWrites(t *testing.T) {
 			}
 			close(lines)
 		}()
-		deadline := time.After(time.Duration(5+rng.Intn(60)) * time.Millisecond)
+		killAfter := time.Duration(5+rng.Intn(60)) * time.Millisecond
+		// Until the child has opened the pool, wait for it (up to 10 s).
+		deadline := time.After(10 * time.Second)
 	wait:
 		for {
 			select {
@@ -139,6 +144,9 @@ func TestSIGKILLKeepsFlushedWrites(t *testing.T) {
 				}
 				if strings.HasPrefix(l, "error") {
 					t.Fatalf("child: %s", l)
+				}
+				if l == "opened" {
+					deadline = time.After(killAfter)
 				}
 				if f, ok := strings.CutPrefix(l, "flushed "); ok {
 					acked, _ = strconv.ParseUint(f, 10, 64)

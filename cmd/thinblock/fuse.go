@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/unionmount/unionmount/thinblock/fuseexport"
 )
@@ -44,11 +45,24 @@ func serveFUSE(args []string, stderr io.Writer) error {
 	defer signal.Stop(signals)
 	go func() {
 		for sig := range signals {
-			if err := srv.Unmount(); err != nil {
-				o.Logger.Printf("%v: unmount %s: %v (still serving)", sig, rest[0], err)
+			if err := unmountWhenIdle(srv.Unmount); err != nil {
+				o.Logger.Printf("%v: unmount %s: %v (still serving; signal again to retry)", sig, rest[0], err)
 			}
 		}
 	}()
 	srv.Wait()
 	return p.Close()
+}
+
+// unmountWhenIdle retries an unmount refused as busy for a few seconds:
+// a loop device just detached lets go of its file a moment later.
+func unmountWhenIdle(unmount func() error) error {
+	var err error
+	for i := 0; i < 50; i++ {
+		if err = unmount(); err == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return err
 }

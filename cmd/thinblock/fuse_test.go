@@ -48,7 +48,17 @@ func serveFuse(t *testing.T, bin, dir string, extra ...string) *fuseServer {
 func (s *fuseServer) stop(t *testing.T) {
 	t.Helper()
 	require.NoError(t, s.cmd.Process.Signal(syscall.SIGTERM))
-	require.NoError(t, s.cmd.Wait(), "%s", s.stderr.String())
+	done := make(chan error, 1)
+	go func() { done <- s.cmd.Wait() }()
+	select {
+	case err := <-done:
+		require.NoError(t, err, "%s", s.stderr.String())
+	case <-time.After(30 * time.Second):
+		syscall.Unmount(s.mnt, unix.MNT_DETACH)
+		s.cmd.Process.Kill()
+		<-done
+		t.Fatalf("the server did not stop within 30 s of SIGTERM:\n%s", s.stderr.String())
+	}
 }
 
 // attach makes a loop device of file and returns it, detached at cleanup.
@@ -69,6 +79,13 @@ func detach(t *testing.T, dev string) {
 	t.Helper()
 	out, err := exec.Command("losetup", "-d", dev).CombinedOutput()
 	require.NoError(t, err, "%s", out)
+	// The kernel lets go of the backing file a little after -d returns.
+	for i := 0; i < 100; i++ {
+		if _, err := os.Stat("/sys/block/" + filepath.Base(dev) + "/loop"); err != nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func mountDev(t *testing.T, dev string, opts ...string) string {
