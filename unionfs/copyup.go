@@ -192,7 +192,7 @@ func (u *FS) installFromWork(tmp, path string) error {
 // (an ordinary user, or ids a user namespace does not map) the object
 // keeps the mounter's ids, as fuse-overlayfs does; that is logged once.
 func (u *FS) chown(dirfd int, path string, uid, gid int) error {
-	err := unix.Fchownat(dirfd, path, uid, gid, unix.AT_SYMLINK_NOFOLLOW)
+	err := unix.Fchownat(dirfd, path, uid, gid, unix.AT_SYMLINK_NOFOLLOW|unix.AT_EMPTY_PATH)
 	if err == unix.EPERM || err == unix.EINVAL {
 		u.refusedOnce("chown", err)
 		return nil

@@ -102,7 +102,8 @@ func (n *node) create(ctx context.Context, obj newObject) (*found, error) {
 		return nil, err
 	}
 	f.state.upper = true
-	f.id = u.identity(layerRef{u.upper, path}, &f.stat)
+	f.top = layerRef{u.upper, path}
+	f.id = u.identity(f.top, &f.stat)
 	return &f, nil
 }
 
@@ -130,11 +131,10 @@ func (u *FS) installOver(tmp, path string, isDir, overWhiteout bool) error {
 // chownToCaller gives tmp the calling process's ids, with the group of a
 // set-group-ID parent directory, as the kernel does for new files.
 func (u *FS) chownToCaller(ctx context.Context, parent *node, tmp string, isDir bool) error {
-	caller, ok := fuse.FromContext(ctx)
+	uid, gid, ok := u.callerIDs(ctx)
 	if !ok {
 		return nil
 	}
-	uid, gid := int(caller.Uid), int(caller.Gid)
 	var pst unix.Stat_t
 	if err := u.upper.lstat(parent.path(), &pst); err == nil && pst.Mode&unix.S_ISGID != 0 {
 		gid = int(pst.Gid)
@@ -145,14 +145,37 @@ func (u *FS) chownToCaller(ctx context.Context, parent *node, tmp string, isDir 
 			}
 		}
 	}
-	if err := u.chown(u.work, tmp, uid, gid); err != nil {
+	if err := u.setOwner(u.work, tmp, uid, gid); err != nil {
 		return fmt.Errorf("chown new object: %w", err)
 	}
 	return nil
 }
 
+// callerIDs returns the calling process's ids as the layers keep them.
+// An id the mount's mapping does not cover is kept as the overflow id,
+// as fuse-overlayfs does.
+func (u *FS) callerIDs(ctx context.Context) (uid, gid int, ok bool) {
+	caller, ok := fuse.FromContext(ctx)
+	if !ok {
+		return 0, 0, false
+	}
+	su, _ := u.opts.UIDMap.Stored(caller.Uid)
+	sg, _ := u.opts.GIDMap.Stored(caller.Gid)
+	return int(su), int(sg), true
+}
+
+// setOwner gives the object at path (relative to dirfd) stored ids uid
+// and gid (-1 keeps one): for real, or in the override xattr with
+// xattr_permissions.
+func (u *FS) setOwner(dirfd int, path string, uid, gid int) error {
+	if u.opts.XattrPermissions != 0 {
+		return u.setOverride(dirfd, path, uid, gid, ^uint32(0))
+	}
+	return u.chown(dirfd, path, uid, gid)
+}
+
 func (n *node) entry(ctx context.Context, f *found, out *fuse.EntryOut) *fs.Inode {
-	n.ufs.fillAttr(&out.Attr, &f.stat)
+	n.ufs.showAttr(f, &out.Attr)
 	return n.newChild(ctx, f.state, f.id)
 }
 
@@ -250,7 +273,7 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	if err != nil {
 		return nil, u.errno(err)
 	}
-	n.ufs.fillAttr(&out.Attr, &f.stat)
+	n.ufs.showAttr(f, &out.Attr)
 	return src.EmbeddedInode(), 0
 }
 

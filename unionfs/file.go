@@ -94,6 +94,18 @@ func (f *file) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
 	errno := f.current().(fs.FileGetattrer).Getattr(ctx, out)
 	if errno == 0 {
 		out.Ino = f.n.StableAttr().Ino
+		if f.n.ufs.opts.XattrPermissions != 0 {
+			f.mu.RLock()
+			o, ok := f.n.ufs.overrideOf(f.fd, "")
+			f.mu.RUnlock()
+			if ok {
+				out.Uid, out.Gid = o.uid, o.gid
+				if o.fileType != 0 {
+					out.Mode = o.fileType
+				}
+				out.Mode = out.Mode&unix.S_IFMT | o.perm
+			}
+		}
 		f.n.ufs.adjustAttr(&out.Attr)
 	}
 	return errno

@@ -20,7 +20,17 @@ type found struct {
 	state nodeState
 	// stat is the topmost real object's attributes.
 	stat unix.Stat_t
-	id   fs.StableAttr
+	// top is where stat came from.
+	top layerRef
+	id  fs.StableAttr
+}
+
+// showAttr gives the kernel a found object's attributes, with its
+// recorded owner and mode under xattr_permissions.
+func (u *FS) showAttr(f *found, a *fuse.Attr) {
+	st := f.stat
+	u.applyOverride(f.top, &st)
+	u.fillAttr(a, &st)
 }
 
 func (f *found) isDir() bool { return f.stat.Mode&unix.S_IFMT == unix.S_IFDIR }
@@ -36,7 +46,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 	if err != nil {
 		return nil, n.ufs.errno(err)
 	}
-	n.ufs.fillAttr(&out.Attr, &f.stat)
+	n.ufs.showAttr(f, &out.Attr)
 	return n.newChild(ctx, f.state, f.id), 0
 }
 
@@ -75,7 +85,8 @@ func (u *FS) lookup(parentPath string, ps nodeState, name string) (*found, error
 			}
 			have = true
 			f.state.upper = true
-			f.id = u.identity(layerRef{u.upper, path}, &f.stat)
+			f.top = layerRef{u.upper, path}
+			f.id = u.identity(f.top, &f.stat)
 			if !f.isDir() || u.markers.IsOpaque(u.upper.fd, path) || whiteout.HasAufsWhiteout(u.upper.fd, parentPath, name) {
 				return &f, nil
 			}
@@ -108,6 +119,7 @@ func (u *FS) lookup(parentPath string, ps nodeState, name string) (*found, error
 		if !have {
 			have = true
 			f.stat = st
+			f.top = ref
 			f.id = u.identity(ref, &st)
 			f.state.lowers = []layerRef{ref}
 			if !isDir {

@@ -168,6 +168,7 @@ func (n *node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut)
 	if err != nil {
 		return sysx.Errno(err)
 	}
+	n.ufs.applyOverride(ref, &s)
 	n.ufs.fillAttr(&out.Attr, &s)
 	return 0
 }
@@ -215,6 +216,8 @@ func (u *FS) fillAttr(a *fuse.Attr, st *unix.Stat_t) {
 
 // adjustAttr applies the presentation options to attributes.
 func (u *FS) adjustAttr(a *fuse.Attr) {
+	a.Uid = u.opts.UIDMap.Shown(a.Uid)
+	a.Gid = u.opts.GIDMap.Shown(a.Gid)
 	if u.opts.SquashUID >= 0 {
 		a.Uid = uint32(u.opts.SquashUID)
 	}

@@ -64,6 +64,12 @@ type Options struct {
 	StaticNlink bool
 	// NoACL refuses POSIX ACLs (noacl).
 	NoACL bool
+	// UIDMap and GIDMap shift the ids the layers keep to the ids the
+	// mount shows (uidmapping=, gidmapping=).
+	UIDMap, GIDMap IDMap
+	// XattrPermissions, 1 or 2, keeps owners and modes that cannot be
+	// set for real in an override xattr and shows those (0: off).
+	XattrPermissions int
 	// Whiteout is the format new whiteouts are written in: auto (a
 	// character device, falling back to xattr where device nodes cannot
 	// be made), chardev, xattr or aufs. All three are read regardless.
@@ -145,6 +151,23 @@ func ParseOptions(optionLists []string) (Options, error) {
 					o.SquashUID = int64(id)
 				} else {
 					o.SquashGID = int64(id)
+				}
+			case "uidmapping", "gidmapping":
+				m, err := ParseIDMap(value)
+				if err != nil {
+					return o, badOption("%s=%v", key, err)
+				}
+				if key == "uidmapping" {
+					o.UIDMap = m
+				} else {
+					o.GIDMap = m
+				}
+			case "xattr_permissions":
+				switch value {
+				case "0", "1", "2":
+					o.XattrPermissions = int(value[0] - '0')
+				default:
+					return o, badOption("xattr_permissions=%q: want 0, 1 (security.* xattr) or 2 (user.* xattr)", value)
 				}
 			case "static_nlink":
 				o.StaticNlink = true

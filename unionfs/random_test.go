@@ -154,11 +154,16 @@ func randomAgainstKernel(t *testing.T, format string) {
 			fstest.WriteTree(t, kernel.Lowers[i], spec)
 			fstest.WriteTree(t, union.Lowers[i], spec)
 		}
-		unmountKernel, err := fstest.StartKernelOverlay(kernel, kernelOverlayOptions...)
+		unmountKernel, err := fstest.StartKernelOverlay(kernel, kernelOverlayOptions()...)
 		if err != nil {
 			rt.Fatal(err)
 		}
-		mounted, err := fstest.StartUnion(union, "whiteout="+format)
+		unionOpts := []string{"whiteout=" + format}
+		if fstest.InUserNamespace() {
+			// As the kernel there: no redirects (see kernelOverlayOptions).
+			unionOpts = append(unionOpts, "redirect_dir=nofollow")
+		}
+		mounted, err := fstest.StartUnion(union, unionOpts...)
 		if err != nil {
 			unmountKernel()
 			rt.Fatal(err)

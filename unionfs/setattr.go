@@ -37,23 +37,31 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 		return u.errno(err)
 	}
 	path := rel(n.path())
+	var err error
 	fd := u.upper.fd
 	if mode, ok := in.GetMode(); ok {
 		if err := unix.Fchmodat(fd, path, mode&0o7777, 0); err != nil {
 			return u.errno(err)
 		}
+		if u.opts.XattrPermissions != 0 {
+			if err := u.setOverride(fd, path, -1, -1, mode&0o7777); err != nil {
+				return u.errno(err)
+			}
+		}
 	}
 	uid, hasUID := in.GetUID()
 	gid, hasGID := in.GetGID()
 	if hasUID || hasGID {
-		su, sg := -1, -1
-		if hasUID {
-			su = int(uid)
+		su, sg, errno := u.storedOwner(in, uid, hasUID, gid, hasGID)
+		if errno != 0 {
+			return errno
 		}
-		if hasGID {
-			sg = int(gid)
+		if u.opts.XattrPermissions != 0 {
+			err = u.setOverride(fd, path, su, sg, ^uint32(0))
+		} else {
+			err = unix.Fchownat(fd, path, su, sg, unix.AT_SYMLINK_NOFOLLOW)
 		}
-		if err := unix.Fchownat(fd, path, su, sg, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err != nil {
 			return u.errno(err)
 		}
 	}
@@ -77,8 +85,31 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 	if err := u.upper.lstat(path, &s); err != nil {
 		return u.errno(err)
 	}
+	u.applyOverride(layerRef{u.upper, n.path()}, &s)
 	u.fillAttr(&out.Attr, &s)
 	return 0
+}
+
+// storedOwner turns the ids a chown asks for into the ids the layers
+// keep (-1 for one not asked for). An id the mapping does not cover
+// cannot be stored: EINVAL, as chown to an id outside a user namespace.
+func (u *FS) storedOwner(in *fuse.SetAttrIn, uid uint32, hasUID bool, gid uint32, hasGID bool) (int, int, syscall.Errno) {
+	su, sg := -1, -1
+	if hasUID {
+		id, ok := u.opts.UIDMap.Stored(uid)
+		if !ok {
+			return 0, 0, syscall.EINVAL
+		}
+		su = int(id)
+	}
+	if hasGID {
+		id, ok := u.opts.GIDMap.Stored(gid)
+		if !ok {
+			return 0, 0, syscall.EINVAL
+		}
+		sg = int(id)
+	}
+	return su, sg, 0
 }
 
 // setattrTimes turns the request's time fields into utimensat's

@@ -33,8 +33,8 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	if err != nil {
 		return nil, nil, 0, u.errno(err)
 	}
-	if caller, ok := fuse.FromContext(ctx); ok {
-		if err := unix.Fchown(fd, int(caller.Uid), int(caller.Gid)); err != nil {
+	if uid, gid, ok := u.callerIDs(ctx); ok {
+		if err := u.setOwner(fd, "", uid, gid); err != nil {
 			unix.Close(fd)
 			return nil, nil, 0, u.errno(err)
 		}
@@ -53,6 +53,9 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	child := &node{ufs: u, st: nodeState{upper: true}, anonFd: anon}
 	child.copiedUp.Store(true)
 	ino := n.NewInode(ctx, child, fs.StableAttr{Mode: unix.S_IFREG, Ino: u.inoFor(u.upper, st.Ino)})
+	if o, ok := u.overrideOf(fd, ""); ok && u.opts.XattrPermissions != 0 {
+		o.apply(&st)
+	}
 	n.ufs.fillAttr(&out.Attr, &st)
 	return ino, child.openedFile(fd, openFlags, false), 0, 0
 }

@@ -187,7 +187,7 @@ func TestReadsLayersWrittenByKernelOverlay(t *testing.T) {
 	fstest.WriteTree(t, build.Lowers[0], fstest.Spec{
 		"gone": "x", "opaque/old": "o", "moved/f": "m", "keep/k": "k", "xw/visible": "v", "xw/hidden": "h",
 	})
-	unmount, err := fstest.StartKernelOverlay(build, kernelOverlayOptions...)
+	unmount, err := fstest.StartKernelOverlay(build, kernelOverlayOptions()...)
 	require.NoError(t, err)
 	require.NoError(t, os.Remove(build.Mount+"/gone"))
 	require.NoError(t, os.RemoveAll(build.Mount+"/opaque"))

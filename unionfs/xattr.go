@@ -22,7 +22,7 @@ var (
 // markers are invisible.
 func (n *node) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
 	u := n.ufs
-	if u.markers.IsPrivateXattrIn(attr) {
+	if u.hidesXattr(attr) {
 		return 0, syscall.ENODATA
 	}
 	if u.refusesACL(attr) {
@@ -56,7 +56,7 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 	}
 	var b strings.Builder
 	for _, name := range names {
-		if u.markers.IsPrivateXattrIn(name) || u.refusesACL(name) {
+		if u.hidesXattr(name) || u.refusesACL(name) {
 			continue
 		}
 		b.WriteString(name)
@@ -87,7 +87,7 @@ func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 
 func (n *node) changeXattr(attr string, removal bool, change func(path string) error) syscall.Errno {
 	u := n.ufs
-	if u.markers.IsPrivateXattrIn(attr) {
+	if u.hidesXattr(attr) {
 		return syscall.EPERM
 	}
 	if u.refusesACL(attr) {
@@ -119,4 +119,10 @@ func (n *node) changeXattr(attr string, removal bool, change func(path string) e
 // away.
 func (u *FS) refusesACL(attr string) bool {
 	return u.opts.NoACL && strings.HasPrefix(attr, "system.posix_acl_")
+}
+
+// hidesXattr reports whether attr belongs to the union, not its users:
+// the overlay markers, and the owner overrides of xattr_permissions.
+func (u *FS) hidesXattr(attr string) bool {
+	return u.markers.IsPrivateXattrIn(attr) || (u.opts.XattrPermissions != 0 && isOverrideXattr(attr))
 }

@@ -120,3 +120,36 @@ func assertWhiteout(t *testing.T, path string) {
 		t.Errorf("%s is neither kind of whiteout (mode %o)", path, st.Mode)
 	}
 }
+
+// In a user namespace whose ids are host ids 100000 and up (a rootless
+// container's), a layer file owned by a host id the namespace does not
+// map shows as the overflow id 65534, a mapped one as its namespace id;
+// and uidmapping= shifts a layer kept with container ids (0, 1) to the
+// ids the namespace shows, as podman passes it to its mount_program.
+func TestIDsInAShiftedUserNamespace(t *testing.T) {
+	fstest.RequireFUSE(t)
+	bin := binary(t)
+	l := layers(t)
+	for _, d := range []string{l.Upper, l.Work, l.Mount} {
+		require.NoError(t, os.Chown(d, fstest.NamespaceIDBase, fstest.NamespaceIDBase))
+	}
+	lower := l.Lowers[0]
+	require.NoError(t, os.WriteFile(lower+"/hostroot", []byte("h"), 0o644))
+	require.NoError(t, os.WriteFile(lower+"/mapped", []byte("m"), 0o644))
+	require.NoError(t, os.Lchown(lower+"/mapped", fstest.NamespaceIDBase+5, fstest.NamespaceIDBase+5))
+	script := `set -e
+"$BIN0" -o "lowerdir=$LOWER,upperdir=$UPPER,workdir=$WORK" "$MNT"
+stat -c 'plain %n %u:%g' "$MNT/hostroot" "$MNT/mapped"
+umount "$MNT"
+"$BIN0" -o "lowerdir=$LOWER,upperdir=$UPPER,workdir=$WORK,uidmapping=0:5:1:5:0:1,gidmapping=0:5:1:5:0:1" "$MNT"
+stat -c 'shifted %n %u:%g' "$MNT/mapped"
+umount "$MNT"
+`
+	cmd := fstest.UserNamespaceScript(t, script, bin)
+	cmd.Env = append(cmd.Env, "MNT="+l.Mount, "LOWER="+lower, "UPPER="+l.Upper, "WORK="+l.Work)
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), "plain "+l.Mount+"/hostroot 65534:65534\n")
+	assert.Contains(t, string(out), "plain "+l.Mount+"/mapped 5:5\n")
+	assert.Contains(t, string(out), "shifted "+l.Mount+"/mapped 0:0\n")
+}

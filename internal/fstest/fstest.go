@@ -60,6 +60,7 @@ func NewLayers(t testing.TB, nLowers int) *Layers {
 	root := t.TempDir()
 	// The suite's impermissible checks and other users need to reach in.
 	os.Chmod(root, 0o755)
+	os.Chmod(filepath.Dir(root), 0o755)
 	l := &Layers{Upper: filepath.Join(root, "upper"), Work: filepath.Join(root, "work"), Mount: filepath.Join(root, "merged")}
 	for i := 0; i < nLowers; i++ {
 		l.Lowers = append(l.Lowers, filepath.Join(root, "lower"+string(rune('0'+i))))

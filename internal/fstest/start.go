@@ -68,6 +68,10 @@ func (m *Mounted) Unmount() error {
 // unmounts it.
 func StartKernelOverlay(l *Layers, extra ...string) (func() error, error) {
 	opts := append([]string{l.OverlayOptions()}, extra...)
+	if InUserNamespace() {
+		// Trusted xattrs need privilege in the initial namespace.
+		opts = append(opts, "userxattr")
+	}
 	if err := unix.Mount("overlay", l.Mount, "overlay", 0, strings.Join(opts, ",")); err != nil {
 		return nil, fmt.Errorf("mount kernel overlay: %w", err)
 	}
