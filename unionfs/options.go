@@ -109,6 +109,7 @@ func ParseOptions(optionLists []string) (Options, error) {
 	o := Options{Passthrough: true, AllowOther: os.Geteuid() == 0, SquashUID: -1, SquashGID: -1}
 	squashRoot := false
 	var lowers []string
+	var branches string
 	for _, list := range optionLists {
 		for _, opt := range splitEscaped(list, ',') {
 			if opt == "" {
@@ -121,6 +122,11 @@ func ParseOptions(optionLists []string) (Options, error) {
 					return o, badOption("%s needs a value", key)
 				}
 				lowers = append(lowers, splitEscaped(value, ':')...)
+			case "br", "dirs":
+				if !hasValue || value == "" {
+					return o, badOption("%s needs a value: DIR[=rw|ro][:DIR[=ro]...]", key)
+				}
+				branches = value
 			case "upper", "upperdir":
 				o.Upper = unescape(value)
 			case "work", "workdir":
@@ -225,6 +231,18 @@ func ParseOptions(optionLists []string) (Options, error) {
 			}
 		}
 	}
+	if branches != "" {
+		if len(lowers) > 0 || o.Upper != "" {
+			return o, badOption("br= names every branch: it cannot be mixed with lowerdir= or upperdir=")
+		}
+		var err error
+		if o.Upper, lowers, err = parseBranches(branches); err != nil {
+			return o, err
+		}
+		if o.Whiteout == "" {
+			o.Whiteout = "aufs" // what aufs tools expect to find in the branches
+		}
+	}
 	// squash_to_uid and squash_to_gid take precedence over squash_to_root.
 	if squashRoot {
 		if o.SquashUID < 0 {
@@ -236,6 +254,49 @@ func ParseOptions(optionLists []string) (Options, error) {
 	}
 	o.Lowers = lowers
 	return o, nil
+}
+
+// parseBranches reads aufs's branch list, DIR[=PERM]:DIR[=PERM]...,
+// leftmost on top. PERM is rw (writable; the default for the leftmost
+// branch), ro or rr (read-only; the default for the rest), optionally
+// with aufs's +wh or +nolwh attributes. One writable branch, on top,
+// becomes the upper layer; aufs's several writable branches with create
+// policies are refused.
+func parseBranches(list string) (upper string, lowers []string, err error) {
+	for i, br := range splitEscaped(list, ':') {
+		dir, perm := br, ""
+		if at := strings.LastIndexByte(br, '='); at >= 0 {
+			dir, perm = br[:at], br[at+1:]
+		}
+		if dir == "" {
+			return "", nil, badOption("br=: branch %d has no directory", i+1)
+		}
+		base, _, _ := strings.Cut(perm, "+")
+		switch base {
+		case "":
+			if i == 0 {
+				upper = dir
+				continue
+			}
+		case "rw":
+			if upper != "" {
+				return "", nil, badOption("br=: %s and %s are both writable; several writable branches (aufs create policies) are not supported, mark all but the top one =ro", upper, dir)
+			}
+			if i != 0 {
+				return "", nil, badOption("br=: the writable branch %s must be the leftmost (top) one", dir)
+			}
+			upper = dir
+			continue
+		case "ro", "rr":
+		default:
+			return "", nil, badOption("br=: branch %s has permission %q: want rw, ro or rr (with +wh or +nolwh)", dir, perm)
+		}
+		lowers = append(lowers, dir)
+	}
+	if len(lowers) == 0 {
+		return "", nil, badOption("br=: a union needs at least one read-only branch below %s", upper)
+	}
+	return upper, lowers, nil
 }
 
 // splitEscaped splits s at sep, honouring backslash escapes of sep and

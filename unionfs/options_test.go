@@ -42,6 +42,25 @@ func TestParseOptions(t *testing.T) {
 		{"fsync=0 and volatile skip fsync", []string{"lower=/a,fsync=0"}, func(t *testing.T, o Options) {
 			assert.True(t, o.NoFsync)
 		}},
+		{"aufs branches, leftmost on top", []string{"br=/a=rw:/b=ro+wh:/c=ro"}, func(t *testing.T, o Options) {
+			assert.Equal(t, "/a", o.Upper)
+			assert.Equal(t, []string{"/b", "/c"}, o.Lowers)
+			assert.Equal(t, "aufs", o.Whiteout, "aufs branches get aufs whiteouts unless told otherwise")
+		}},
+		{"aufs branches default to rw on top and ro below", []string{"br=/a:/b", "whiteout=xattr"}, func(t *testing.T, o Options) {
+			assert.Equal(t, "/a", o.Upper)
+			assert.Equal(t, []string{"/b"}, o.Lowers)
+			assert.Equal(t, "xattr", o.Whiteout)
+		}},
+		{"aufs branches all read-only", []string{"br=/a=ro:/b=rr"}, func(t *testing.T, o Options) {
+			assert.Equal(t, "", o.Upper)
+			assert.Equal(t, []string{"/a", "/b"}, o.Lowers)
+		}},
+		{"id mappings", []string{"lower=/a,uidmapping=0:1000:1:1:100000:65536,gidmapping=0:1000:1,xattr_permissions=2"}, func(t *testing.T, o Options) {
+			assert.Equal(t, uint32(100004), o.UIDMap.Shown(5))
+			assert.Equal(t, uint32(1000), o.GIDMap.Shown(0))
+			assert.Equal(t, 2, o.XattrPermissions)
+		}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -50,9 +69,23 @@ func TestParseOptions(t *testing.T) {
 			c.want(t, o)
 		})
 	}
-	for _, bad := range []string{"lower", "frob=1", "redirect_dir=maybe", "fsync=2", "rw=1"} {
+	for bad, says := range map[string]string{
+		"lower": "needs a value", "frob=1": "unknown option", "redirect_dir=maybe": "redirect_dir", "fsync=2": "fsync", "rw=1": "unknown",
+		"br=/a=rw:/b=rw":        "several writable branches",
+		"br=/a=ro:/b=rw":        "must be the leftmost",
+		"br=/a=rw":              "at least one read-only branch",
+		"br=/a=rw:/b=maybe":     `permission "maybe"`,
+		"br=/a:/b,lowerdir=/c":  "cannot be mixed",
+		"uidmapping=0:1000":     "uidmapping",
+		"gidmapping=0:1:0":      "gidmapping",
+		"xattr_permissions=3":   "xattr_permissions",
+		"squash_to_uid=nobody":  "squash_to_uid",
+		"whiteout=glitter":      "whiteout",
+		"passthrough=sometimes": "passthrough",
+	} {
 		_, err := ParseOptions([]string{bad})
-		assert.ErrorIs(t, err, ErrBadOption, bad)
+		require.ErrorIs(t, err, ErrBadOption, bad)
+		assert.Contains(t, err.Error(), says, bad)
 	}
 }
 

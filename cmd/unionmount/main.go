@@ -21,11 +21,15 @@ import (
 )
 
 const usage = `usage: unionmount [-f] [-d] -o OPTIONS [SOURCE] MOUNTPOINT
+       unionmount convert --to overlay|aufs DIR       (see unionmount convert --help)
+       unionmount apply LAYER.tar DIR                 (see unionmount apply --help)
 
 Mounts a union of directories at MOUNTPOINT.
 
 Options (-o, comma-separated, may be repeated):
   lower=DIR[:DIR...]   lower layers, topmost first (also lowerdir=); "\:" escapes a colon
+  br=DIR=rw:DIR=ro...  aufs branches, leftmost on top (also dirs=); one writable
+                       branch, on top; aufs whiteouts unless whiteout= says otherwise
   upper=DIR            the writable layer (also upperdir=); none means read-only
   work=DIR             scratch dir on upper's filesystem (also workdir=);
                        default: a hidden sibling of the upper dir
@@ -37,6 +41,16 @@ Options (-o, comma-separated, may be repeated):
   nonempty             allow a non-empty mount point
   fsync=0, volatile    do not fsync copied-up files
   passthrough=on|off   FUSE passthrough for open upper files (default on, root only)
+  whiteout=auto|chardev|xattr|aufs
+                       format of new whiteouts (auto: chardev, else xattr)
+  uidmapping=S:M:N[:S:M:N...], gidmapping=...
+                       ids S..S+N-1 in the layers show as M..M+N-1; others as 65534
+  xattr_permissions=1|2
+                       keep owners and modes in an xattr (2: user.containers.override_stat)
+  squash_to_root, squash_to_uid=ID, squash_to_gid=ID
+                       show every object owned by root / by ID
+  static_nlink         show directories with one link
+  noacl                refuse POSIX ACLs
   generic mount options (rw, dev, suid, noatime, ...) are accepted
 
 Flags:
@@ -47,6 +61,14 @@ func main() {
 }
 
 func run(args []string, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "convert":
+			return runConvert(args[1:], os.Stdout, stderr)
+		case "apply":
+			return runApply(args[1:], os.Stdout, stderr)
+		}
+	}
 	flags := pflag.NewFlagSet("unionmount", pflag.ContinueOnError)
 	flags.SetOutput(stderr)
 	var (

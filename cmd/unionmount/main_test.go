@@ -75,6 +75,14 @@ func TestBadInputExitsTwoWithOneLineAndWritesNothing(t *testing.T) {
 		{"a bad redirect_dir value", []string{"-o", "lower=" + lower + ",redirect_dir=maybe", mnt}, "redirect_dir"},
 		{"an unknown flag", []string{"--frobnicate", mnt}, "unknown flag"},
 		{"no mount point", []string{"-o", "lower=" + lower}, "MOUNTPOINT"},
+		{"two writable aufs branches", []string{"-o", "br=" + upper + "=rw:" + lower + "=rw", mnt}, "several writable branches"},
+		{"aufs branches mixed with lowerdir", []string{"-o", "br=" + upper + "=rw:" + lower + "=ro,lowerdir=" + lower, mnt}, "cannot be mixed"},
+		{"a bad uidmapping", []string{"-o", "lower=" + lower + ",uidmapping=0:1000", mnt}, "uidmapping"},
+		{"convert without --to", []string{"convert", lower}, "--to"},
+		{"convert of a missing dir", []string{"convert", "--to", "aufs", root + "/nope"}, "nope"},
+		{"apply of a missing tarball", []string{"apply", root + "/nope.tar", lower}, "nope.tar"},
+		{"apply onto a file", []string{"apply", file, file}, "not a directory"},
+		{"apply with whiteout=auto", []string{"apply", "--whiteout", "auto", file, lower}, "--whiteout"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -207,4 +215,73 @@ func TestCrashDuringCopyUpLeavesOldOrNewState(t *testing.T) {
 			assert.Empty(t, left, "remount cleared the work dir")
 		})
 	}
+}
+
+// aufs branch syntax: the leftmost branch is the upper, and a removal
+// leaves an aufs whiteout file there.
+func TestAufsBranchesMountWithAufsWhiteouts(t *testing.T) {
+	fstest.RequireFUSE(t)
+	bin := binary(t)
+	root := t.TempDir()
+	top, mid, bottom, mnt := root+"/top", root+"/mid", root+"/bottom", root+"/mnt"
+	fstest.WriteTree(t, bottom, fstest.Spec{"f": "bottom f", "g": "bottom g"})
+	fstest.WriteTree(t, mid, fstest.Spec{"g": "mid g"})
+	for _, d := range []string{top, mnt} {
+		require.NoError(t, os.Mkdir(d, 0o755))
+	}
+	out, err := exec.Command(bin, "-o", "br="+top+"=rw:"+mid+"=ro+wh:"+bottom+"=ro", mnt).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	defer exec.Command("fusermount3", "-u", mnt).Run()
+	data, err := os.ReadFile(mnt + "/g")
+	require.NoError(t, err)
+	assert.Equal(t, "mid g", string(data), "the left branch wins")
+	require.NoError(t, os.Remove(mnt+"/f"))
+	assert.FileExists(t, top+"/.wh.f")
+	_, err = os.Stat(mnt + "/f")
+	assert.True(t, os.IsNotExist(err))
+	out, err = exec.Command("fusermount3", "-u", mnt).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	waitUnmounted(t, mnt)
+}
+
+// apply and convert from the command line: a layer tarball with a
+// whiteout goes in as aufs, converts to overlay, and reports what it did.
+func TestApplyAndConvertCommands(t *testing.T) {
+	fstest.RequireRoot(t)
+	bin := binary(t)
+	root := t.TempDir()
+	src, layer := root+"/src", root+"/layer"
+	fstest.WriteTree(t, src, fstest.Spec{"etc/.wh.old": "", "etc/new": "n"})
+	require.NoError(t, os.Mkdir(layer, 0o755))
+	tarball := root + "/layer.tar.gz"
+	out, err := exec.Command("tar", "-czf", tarball, "-C", src, ".").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+
+	out, err = exec.Command(bin, "apply", "--whiteout", "aufs", tarball, layer).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), "1 whiteouts")
+	assert.FileExists(t, layer+"/etc/.wh.old")
+
+	out, err = exec.Command(bin, "convert", "--to", "overlay", layer).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), "1 whiteouts and 0 opaque markers rewritten as chardev")
+	var st unix.Stat_t
+	require.NoError(t, unix.Lstat(layer+"/etc/old", &st))
+	assert.Equal(t, uint32(unix.S_IFCHR), st.Mode&unix.S_IFMT)
+	assert.NoFileExists(t, layer+"/etc/.wh.old")
+
+	// A traversal is refused with exit 2 and nothing written.
+	evil := root + "/evil.tar"
+	out, err = exec.Command("tar", "-cf", evil, "-C", src, "--transform", "s,^./etc,../../escaped,", "./etc/new").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	empty := root + "/empty"
+	require.NoError(t, os.Mkdir(empty, 0o755))
+	cmd := exec.Command(bin, "apply", evil, empty)
+	out, err = cmd.CombinedOutput()
+	var exit *exec.ExitError
+	require.True(t, errors.As(err, &exit), "want a refusal: %s", out)
+	assert.Equal(t, 2, exit.ExitCode())
+	assert.Contains(t, string(out), "climbs out")
+	names, _ := os.ReadDir(empty)
+	assert.Empty(t, names)
 }
