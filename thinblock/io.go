@@ -1,7 +1,10 @@
 package thinblock
 
 import (
+	"errors"
 	"fmt"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/unionmount/unionmount/thinblock/blockdev"
 )
@@ -157,6 +160,20 @@ func (p *Pool) runJobs(jobs []dataJob) error {
 	for i := 0; i < len(jobs); i++ {
 		j := jobs[i]
 		if j.copyFrom >= 0 {
+			if c, ok := p.dataDev.(blockdev.Copier); ok && !p.noCopyRange.Load() {
+				err := c.CopyRange(j.blockAt, j.copyFrom, bs)
+				if err == nil {
+					_, err = p.dataDev.WriteAt(j.chunk, j.at)
+					if err != nil {
+						return err
+					}
+					continue
+				}
+				if !errors.Is(err, unix.EXDEV) && !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) {
+					return err
+				}
+				p.noCopyRange.Store(true) // copy through memory from now on
+			}
 			buf := make([]byte, bs)
 			if _, err := p.dataDev.ReadAt(buf, j.copyFrom); err != nil {
 				return err
@@ -271,6 +288,11 @@ func (p *Pool) freshBlockLocked(nb uint64, in int, chunk []byte) (*dataJob, erro
 		return &dataJob{at: base, chunk: chunk, copyFrom: -1}, nil
 	}
 	if z, ok := p.dataDev.(blockdev.Zeroer); ok && !p.noPunch {
+		// A block never written since the file was made (or since its
+		// last punch) is a hole already: most fresh blocks of a young pool.
+		if z.IsHole(base, int64(bs)) {
+			return &dataJob{at: base + int64(in), chunk: chunk, copyFrom: -1}, nil
+		}
 		if err := z.ZeroRange(base, int64(bs)); err == nil {
 			return &dataJob{at: base + int64(in), chunk: chunk, copyFrom: -1}, nil
 		}

@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -104,8 +105,11 @@ type Pool struct {
 	// noPunch is set once the data device refused to punch holes, so
 	// fresh blocks are zeroed by writing.
 	noPunch bool
-	stop    chan struct{}
-	done    chan struct{}
+	// noCopyRange is set once the data device refused copy_file_range;
+	// copy-on-write then copies through memory. Read outside mu.
+	noCopyRange atomic.Bool
+	stop        chan struct{}
+	done        chan struct{}
 }
 
 func checkBlockSize(bs uint64) error {

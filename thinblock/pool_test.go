@@ -301,3 +301,60 @@ func TestBadInputLeavesThePoolUnchanged(t *testing.T) {
 	assert.Equal(t, 1, st.Volumes)
 	assert.Equal(t, uint64(16), st.FreeBlocks)
 }
+
+// On a file, copy-on-write copies the shared block inside the kernel and
+// then writes the new chunk; fresh blocks that are holes skip the punch.
+// Both sides must read back exactly.
+func TestCopyOnWriteOfAFileBackedPool(t *testing.T) {
+	dir := t.TempDir()
+	p, err := openFilePool(dir, true)
+	require.NoError(t, err)
+	defer p.Close()
+	require.NoError(t, p.CreateVolume(1, 4*testBlock))
+	v, _ := p.Volume(1)
+	old := make([]byte, 2*testBlock)
+	for i := range old {
+		old[i] = byte(i % 251)
+	}
+	_, err = v.WriteAt(old, 0)
+	require.NoError(t, err)
+	require.NoError(t, p.Snapshot(2, 1))
+	chunk := bytes.Repeat([]byte{0xab}, 4096)
+	_, err = v.WriteAt(chunk, testBlock+8192) // inside the second, shared block
+	require.NoError(t, err)
+	_, err = v.WriteAt(chunk, 3*testBlock+4096) // a fresh block, partly written
+	require.NoError(t, err)
+
+	want := append([]byte(nil), old...)
+	copy(want[testBlock+8192:], chunk)
+	got := make([]byte, 4*testBlock)
+	_, err = v.ReadAt(got, 0)
+	require.NoError(t, err)
+	assert.True(t, bytes.Equal(want, got[:2*testBlock]), "the origin has the old data with the new chunk")
+	assert.True(t, bytes.Equal(make([]byte, 4096), got[3*testBlock:3*testBlock+4096]), "a fresh block reads zeros around a write")
+	assert.True(t, bytes.Equal(chunk, got[3*testBlock+4096:3*testBlock+8192]))
+	s, _ := p.Volume(2)
+	_, err = s.ReadAt(got, 0)
+	require.NoError(t, err)
+	assert.True(t, bytes.Equal(old, got[:2*testBlock]), "the snapshot keeps the old data")
+
+	// Blocks freed and used again are not holes: their old data must
+	// not show around a partial write.
+	require.NoError(t, p.DeleteVolume(1))
+	require.NoError(t, p.DeleteVolume(2))
+	require.NoError(t, p.Commit())
+	require.NoError(t, p.CreateVolume(3, 8*testBlock))
+	n, _ := p.Volume(3)
+	for b := int64(0); b < 8; b++ {
+		_, err = n.WriteAt(chunk[:512], b*testBlock+512)
+		require.NoError(t, err)
+	}
+	got = make([]byte, 8*testBlock)
+	_, err = n.ReadAt(got, 0)
+	require.NoError(t, err)
+	for b := 0; b < 8; b++ {
+		blk := got[b*testBlock : (b+1)*testBlock]
+		assert.True(t, bytes.Equal(make([]byte, 512), blk[:512]), "block %d before the write", b)
+		assert.True(t, bytes.Equal(make([]byte, testBlock-1024), blk[1024:]), "block %d after the write", b)
+	}
+}

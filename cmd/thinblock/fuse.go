@@ -15,6 +15,7 @@ import (
 // serveFUSE serves each volume as a file in MOUNTDIR until SIGTERM or an
 // unmount, then commits.
 func serveFUSE(args []string, stderr io.Writer) error {
+	tuneGC()
 	fs := flagSet("serve fuse", stderr)
 	var pf poolFlags
 	pf.register(fs)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -114,6 +115,7 @@ func cmdServe(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 }
 
 func serveNBD(args []string, stderr io.Writer) error {
+	tuneGC()
 	fs := flagSet("serve nbd", stderr)
 	var pf poolFlags
 	pf.register(fs)
@@ -172,4 +174,15 @@ func serveNBD(args []string, stderr io.Writer) error {
 	read, written := srv.Stats()
 	fmt.Fprintf(stderr, "thinblock: stopped; read %d bytes, wrote %d bytes for clients\n", read, written)
 	return p.Close()
+}
+
+// tuneGC lets a server's heap grow to five times its live size between
+// collections (unless GOGC says otherwise): its live heap is small (the
+// bounded metadata cache) while every request makes short-lived garbage,
+// so the default spent more time collecting than serving first writes
+// (measured: 4 KiB first writes at iodepth 16 ran twice as fast).
+func tuneGC() {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(400)
+	}
 }

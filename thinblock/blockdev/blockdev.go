@@ -97,12 +97,54 @@ func OpenFile(path string, create bool) (*File, error) {
 // writing them.
 type Zeroer interface {
 	ZeroRange(off, n int64) error
+	// IsHole reports a range that already reads as zeros.
+	IsHole(off, n int64) bool
 }
 
 // ZeroRange punches a hole in a file (it then reads as zeros); block
 // devices and filesystems without hole punching answer EOPNOTSUPP.
 func (f *File) ZeroRange(off, n int64) error {
 	return unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, n)
+}
+
+// Copier is a Device that can copy a range inside itself without the
+// data passing through the caller.
+type Copier interface {
+	CopyRange(dst, src, n int64) error
+}
+
+// CopyRange copies n bytes at src to dst inside the file, in the kernel
+// (copy_file_range: a page cache copy, or shared extents where the
+// filesystem can).
+func (f *File) CopyRange(dst, src, n int64) error {
+	fd := int(f.Fd())
+	for n > 0 {
+		roff, woff := src, dst
+		got, err := unix.CopyFileRange(fd, &roff, fd, &woff, int(n), 0)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("copy %d bytes at %d to %d: %w", n, src, dst, err)
+		}
+		if got == 0 {
+			return fmt.Errorf("copy %d bytes at %d to %d: %w", n, src, dst, io.ErrUnexpectedEOF)
+		}
+		src, dst, n = src+int64(got), dst+int64(got), n-int64(got)
+	}
+	return nil
+}
+
+// IsHole reports whether [off, off+n) of a file holds no data (a
+// hole, or past the end), so it reads as zeros already. Asking costs a
+// shared lock of the inode, where punching a hole costs a journal
+// transaction; false when the filesystem cannot tell.
+func (f *File) IsHole(off, n int64) bool {
+	next, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+	if err == unix.ENXIO {
+		return true // no data from off to the end
+	}
+	return err == nil && next >= off+n
 }
 
 // Size reports the file's length, or a block device's capacity.

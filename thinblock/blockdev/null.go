@@ -15,3 +15,6 @@ func (n *Null) Truncate(size int64) error                { n.size = size; return
 func (n *Null) Close() error                             { return nil }
 
 func (n *Null) ZeroRange(off, size int64) error { return nil }
+
+// IsHole is true: a Null device holds nothing.
+func (n *Null) IsHole(off, size int64) bool { return true }

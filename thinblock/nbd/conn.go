@@ -26,7 +26,7 @@ type conn struct {
 
 	// replies carries each reply as the pieces to send, so read data is
 	// not copied into a reply buffer.
-	replies  chan [][]byte
+	replies  chan outgoing
 	writeErr chan error
 	workers  sync.WaitGroup
 	stopOnce sync.Once
@@ -44,6 +44,13 @@ func (c *conn) stopReading() {
 		close(c.stopped)
 		c.nc.SetReadDeadline(time.Now())
 	})
+}
+
+// outgoing is one reply: the pieces to send, and the pooled buffer to
+// give back once they are sent (nil if none).
+type outgoing struct {
+	pieces  [][]byte
+	release []byte
 }
 
 var errAbort = errors.New("client aborted the negotiation")
@@ -263,7 +270,7 @@ func (c *conn) metaContext(o option) error {
 
 // transmit serves requests until the client disconnects.
 func (c *conn) transmit() error {
-	c.replies = make(chan [][]byte, 64)
+	c.replies = make(chan outgoing, 64)
 	c.writeErr = make(chan error, 1)
 	go c.writer()
 	workers := c.s.Workers
@@ -310,7 +317,7 @@ func (c *conn) readRequests(sem chan struct{}) error {
 				c.reply(req, errInval, nil)
 				return fmt.Errorf("%w: write of %d bytes (limit %d)", errProtocol, req.length, c.maxRequest)
 			}
-			payload = make([]byte, req.length)
+			payload = c.s.buffers.get(int(req.length))
 			if _, err := io.ReadFull(c.br, payload); err != nil {
 				return err
 			}
@@ -323,28 +330,41 @@ func (c *conn) readRequests(sem chan struct{}) error {
 		go func() {
 			defer func() { <-sem; c.workers.Done() }()
 			c.handle(req, payload)
+			if payload != nil {
+				c.s.buffers.put(payload)
+			}
 		}()
 	}
 }
 
 // writer is the connection's one writer: replies go out whole, in the
-// order they complete.
+// order they complete, gathered into one writev while more are queued.
 func (c *conn) writer() {
-	bw := bufio.NewWriterSize(c.nc, 1<<20)
-	var err error
+	var (
+		err     error
+		batch   net.Buffers
+		release [][]byte
+	)
+	flush := func() {
+		if err == nil && len(batch) > 0 {
+			_, err = batch.WriteTo(c.nc)
+		}
+		batch = batch[:0]
+		for _, b := range release {
+			c.s.buffers.put(b)
+		}
+		release = release[:0]
+	}
 	for r := range c.replies {
-		for _, piece := range r {
-			if err == nil {
-				_, err = bw.Write(piece)
-			}
+		batch = append(batch, r.pieces...)
+		if r.release != nil {
+			release = append(release, r.release)
 		}
-		if err == nil && len(c.replies) == 0 {
-			err = bw.Flush()
+		if len(c.replies) == 0 || len(batch) >= 256 {
+			flush()
 		}
 	}
-	if err == nil {
-		err = bw.Flush()
-	}
+	flush()
 	c.writeErr <- err
 }
 
@@ -352,18 +372,22 @@ func (c *conn) writer() {
 func (c *conn) reply(req request, errno uint32, data []byte) {
 	switch {
 	case !c.structured:
-		c.replies <- [][]byte{simpleReply(req.cookie, errno, nil), data}
+		pieces := [][]byte{simpleReply(req.cookie, errno, nil)}
+		if len(data) > 0 {
+			pieces = append(pieces, data)
+		}
+		c.replies <- outgoing{pieces: pieces, release: data}
 	case errno != 0:
 		payload := make([]byte, 6)
 		be.PutUint32(payload, errno)
-		c.replies <- [][]byte{structuredChunk(req.cookie, chunkFlagDone, chunkError, payload)}
+		c.replies <- outgoing{pieces: [][]byte{structuredChunk(req.cookie, chunkFlagDone, chunkError, payload)}}
 	case req.typ == cmdRead && len(data) > 0:
 		// The chunk header says 8+len(data) bytes follow: the offset,
 		// then the data, sent as it is.
 		hdr := structuredChunkHeader(req.cookie, chunkFlagDone, chunkOffsetData, 8+len(data))
-		c.replies <- [][]byte{be.AppendUint64(hdr, req.offset), data}
+		c.replies <- outgoing{pieces: [][]byte{be.AppendUint64(hdr, req.offset), data}, release: data}
 	default:
-		c.replies <- [][]byte{structuredChunk(req.cookie, chunkFlagDone, chunkNone, nil)}
+		c.replies <- outgoing{pieces: [][]byte{structuredChunk(req.cookie, chunkFlagDone, chunkNone, nil)}}
 	}
 }
 
@@ -394,12 +418,13 @@ func (c *conn) handle(req request, payload []byte) {
 			c.reply(req, errOverflow, nil)
 			return
 		}
-		buf := make([]byte, req.length)
+		buf := c.s.buffers.get(int(req.length))
 		if _, err = b.ReadAt(buf, int64(req.offset)); err == nil {
 			c.s.bytesRead.Add(uint64(len(buf)))
 			c.reply(req, 0, buf)
 			return
 		}
+		c.s.buffers.put(buf)
 	case cmdWrite:
 		if _, err = b.WriteAt(payload, int64(req.offset)); err == nil {
 			c.s.bytesWritten.Add(uint64(len(payload)))
@@ -469,5 +494,5 @@ func (c *conn) blockStatus(req request) {
 		be.PutUint32(d[4:], state)
 		payload = append(payload, d[:]...)
 	}
-	c.replies <- [][]byte{structuredChunk(req.cookie, chunkFlagDone, chunkBlockStatus, payload)}
+	c.replies <- outgoing{pieces: [][]byte{structuredChunk(req.cookie, chunkFlagDone, chunkBlockStatus, payload)}}
 }

@@ -68,6 +68,9 @@ type Server struct {
 	// Bytes read and written for clients, for statistics.
 	bytesRead, bytesWritten atomic.Uint64
 
+	// buffers recycles data buffers across requests and connections.
+	buffers buffers
+
 	mu        sync.Mutex
 	listeners map[net.Listener]bool
 	conns     map[*conn]bool
