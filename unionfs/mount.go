@@ -5,7 +5,6 @@ import (
 	"log"
 	"os"
 	"runtime"
-	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -25,7 +24,11 @@ func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuse.Server, *
 	for _, l := range u.lowers {
 		root.st.lowers = append(root.st.lowers, layerRef{l, ""})
 	}
-	timeout := time.Second
+	// Layers change only through the mount (changing them underneath is
+	// undefined, as with kernel overlay), and the kernel keeps its caches
+	// right for every change made through it: names and attributes can
+	// be cached for long.
+	timeout := opts.CacheTimeout
 	mountOpts := []string{"default_permissions"}
 	if !u.writable() {
 		mountOpts = append(mountOpts, "ro")
@@ -44,7 +47,10 @@ func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuse.Server, *
 			DirectMount: os.Geteuid() == 0,
 			MaxWrite:    1 << 20,
 			EnableLocks: true,
-			Logger:      logger,
+			// READDIRPLUS only where the kernel expects lookups to follow
+			// (ls -l, du), plain READDIR for ls -f and find.
+			ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO,
+			Logger:            logger,
 			PanicHandler: func(v any) fuse.Status {
 				// A panic must never take the mount down: log it, and
 				// answer the one request with EIO.

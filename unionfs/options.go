@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -74,10 +75,17 @@ type Options struct {
 	// character device, falling back to xattr where device nodes cannot
 	// be made), chardev, xattr or aufs. All three are read regardless.
 	Whiteout string
+	// CacheTimeout is how long the kernel may cache names and
+	// attributes (timeout=SECONDS).
+	CacheTimeout time.Duration
 	// CrashAt names a crash point (see crashPoints) where the process
 	// exits at once, as a crash would stop it; for crash tests only.
 	CrashAt string
 }
+
+// DefaultCacheTimeout is how long the kernel caches names and attributes
+// unless timeout= says otherwise.
+const DefaultCacheTimeout = time.Hour
 
 // ErrBadOption marks errors in the user's options, as opposed to
 // failures of the system.
@@ -106,7 +114,7 @@ var genericMountOptions = map[string]bool{
 // into Options. Commas and colons inside values can be escaped with a
 // backslash.
 func ParseOptions(optionLists []string) (Options, error) {
-	o := Options{Passthrough: true, AllowOther: os.Geteuid() == 0, SquashUID: -1, SquashGID: -1}
+	o := Options{Passthrough: true, AllowOther: os.Geteuid() == 0, SquashUID: -1, SquashGID: -1, CacheTimeout: DefaultCacheTimeout}
 	squashRoot := false
 	var lowers []string
 	var branches string
@@ -175,6 +183,12 @@ func ParseOptions(optionLists []string) (Options, error) {
 				default:
 					return o, badOption("xattr_permissions=%q: want 0, 1 (security.* xattr) or 2 (user.* xattr)", value)
 				}
+			case "timeout":
+				secs, err := strconv.ParseFloat(value, 64)
+				if err != nil || secs < 0 || secs > 1e6 {
+					return o, badOption("timeout=%q: want seconds the kernel may cache names and attributes", value)
+				}
+				o.CacheTimeout = time.Duration(secs * float64(time.Second))
 			case "static_nlink":
 				o.StaticNlink = true
 			case "noacl":

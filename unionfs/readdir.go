@@ -37,73 +37,95 @@ func (u *FS) readMerged(path string, st nodeState, withIno bool) ([]mergedEntry,
 	seen := map[string]bool{}
 	var out []mergedEntry
 	for _, ref := range layers {
-		names, err := listDir(ref.l.fd, ref.path)
+		dirfd, names, err := listDir(ref.l.fd, ref.path)
 		if err != nil {
 			return nil, fmt.Errorf("list %s in layer %s: %w", rel(ref.path), ref.l.path, err)
 		}
+		if dirfd < 0 {
+			continue // gone meanwhile
+		}
+		out, err = u.mergeLayer(out, seen, dirfd, ref, names, withIno)
+		unix.Close(dirfd)
+		if err != nil {
+			return nil, err
+		}
 		// aufs whiteouts hide names in the layers below this one only.
-		var hideBelow []string
 		for _, e := range names {
 			if hidden, ok := whiteout.HiddenByAufs(e.name); ok {
-				hideBelow = append(hideBelow, hidden)
+				seen[hidden] = true
 			}
-		}
-		for _, e := range names {
-			if seen[e.name] || whiteout.IsAufsName(e.name) {
-				continue
-			}
-			seen[e.name] = true
-			child := layerRef{ref.l, join(ref.path, e.name)}
-			needStat := withIno || e.mode == unix.S_IFCHR || e.mode == unix.S_IFREG || e.mode == 0
-			if !needStat {
-				out = append(out, e)
-				continue
-			}
-			var cst unix.Stat_t
-			if err := child.l.lstat(child.path, &cst); err != nil {
-				if isNotFound(err) {
-					continue // removed while we listed
-				}
-				return nil, err
-			}
-			if u.markers.IsWhiteout(child.l.fd, child.path, &cst) {
-				continue
-			}
-			e.mode = cst.Mode & unix.S_IFMT
-			if withIno {
-				e.ino = u.identity(child, &cst).Ino
-			}
-			out = append(out, e)
-		}
-		for _, h := range hideBelow {
-			seen[h] = true
 		}
 	}
 	return out, nil
 }
 
-// listDir reads the names of the real directory path under dirfd, with
-// their types from getdents (0 where the filesystem does not say). A
-// directory that has gone lists as empty.
-func listDir(dirfd int, path string) ([]mergedEntry, error) {
+// mergeLayer adds to out the names of one layer's directory (open as
+// dirfd) that no layer above showed or hid. Children are looked at
+// through dirfd, one system call each.
+func (u *FS) mergeLayer(out []mergedEntry, seen map[string]bool, dirfd int, ref layerRef, names []mergedEntry, withIno bool) ([]mergedEntry, error) {
+	holdsXattr := false
+	checkedXattr := false
+	for _, e := range names {
+		if seen[e.name] || whiteout.IsAufsName(e.name) {
+			continue
+		}
+		seen[e.name] = true
+		needStat := withIno || e.mode == unix.S_IFCHR || e.mode == unix.S_IFREG || e.mode == 0
+		if !needStat {
+			out = append(out, e)
+			continue
+		}
+		var cst unix.Stat_t
+		if err := unix.Fstatat(dirfd, e.name, &cst, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			if isNotFound(err) {
+				continue // removed while we listed
+			}
+			return nil, err
+		}
+		if cst.Mode&unix.S_IFMT == unix.S_IFREG && cst.Size == 0 && !checkedXattr {
+			holdsXattr, checkedXattr = u.markers.HoldsXattrWhiteouts(dirfd), true
+		}
+		if u.markers.IsWhiteoutAt(dirfd, e.name, &cst, holdsXattr) {
+			continue
+		}
+		e.mode = cst.Mode & unix.S_IFMT
+		if withIno {
+			e.ino = u.identityAt(dirfd, e.name, layerRef{ref.l, join(ref.path, e.name)}, &cst).Ino
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+// listDir opens the real directory path under dirfd and reads its names,
+// with their types from getdents (0 where the filesystem does not say).
+// The caller closes the returned fd; a directory that has gone gives -1
+// and no names.
+func listDir(dirfd int, path string) (int, []mergedEntry, error) {
 	fd, err := sysx.OpenInRoot(dirfd, rel(path), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		if isNotFound(err) {
-			return nil, nil
+			return -1, nil, nil
 		}
-		return nil, err
+		return -1, nil, err
 	}
-	f := os.NewFile(uintptr(fd), path)
+	dup, err := unix.Dup(fd)
+	if err != nil {
+		unix.Close(fd)
+		return -1, nil, err
+	}
+	f := os.NewFile(uintptr(dup), path)
 	defer f.Close()
 	ents, err := f.ReadDir(-1)
 	if err != nil {
-		return nil, err
+		unix.Close(fd)
+		return -1, nil, err
 	}
 	out := make([]mergedEntry, 0, len(ents))
 	for _, e := range ents {
 		out = append(out, mergedEntry{name: e.Name(), mode: fileModeType(e.Type())})
 	}
-	return out, nil
+	return fd, out, nil
 }
 
 func fileModeType(m os.FileMode) uint32 {
@@ -163,7 +185,9 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, 
 		d.Releasedir(ctx, 0)
 		return nil, 0, errno
 	}
-	return d, 0, 0
+	// The kernel may keep the listing: every change to the directory goes
+	// through the mount, which makes the kernel drop it.
+	return d, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (d *dirHandle) load() syscall.Errno {
@@ -244,4 +268,13 @@ func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {
 		unix.Close(d.fd)
 		d.fd = -1
 	}
+}
+
+// listNames reads the names of the open directory fd.
+func listNames(fd int) ([]mergedEntry, error) {
+	dfd, ents, err := listDir(fd, "")
+	if dfd >= 0 {
+		unix.Close(dfd)
+	}
+	return ents, err
 }

@@ -133,7 +133,7 @@ func removeAllAt(dirfd int, name string) error {
 	if err != nil {
 		return err
 	}
-	ents, err := listDir(fd, "")
+	ents, err := listNames(fd)
 	if err == nil {
 		for _, e := range ents {
 			if err = removeAllAt(fd, e.name); err != nil {

@@ -248,7 +248,7 @@ func clearDirAt(dirfd int, path string) error {
 		return err
 	}
 	defer unix.Close(fd)
-	ents, err := listDir(fd, "")
+	ents, err := listNames(fd)
 	if err != nil {
 		return err
 	}

@@ -104,14 +104,14 @@ func (m Markers) convertDir(root int, dir string, to Format, st *ConvertStats) e
 			return err
 		}
 	}
-	if holdsXattrWhiteouts && dir != "" && !m.IsOpaque(root, dir) {
-		return m.MarkHoldsXattrWhiteouts(root, dir)
+	if holdsXattrWhiteouts && !m.IsOpaque(root, dirOrDot(dir)) {
+		return m.MarkHoldsXattrWhiteouts(root, dirOrDot(dir))
 	}
-	if to != Xattr && dir != "" {
+	if to != Xattr {
 		// A directory that only held xattr whiteouts needs no mark now.
 		for _, p := range m.readPrefixes() {
-			if v, err := sysx.Getxattr(root, dir, p+opaqueSuffix); err == nil && string(v) == "x" {
-				sysx.Removexattr(root, dir, p+opaqueSuffix)
+			if v, err := sysx.Getxattr(root, dirOrDot(dir), p+opaqueSuffix); err == nil && string(v) == "x" {
+				sysx.Removexattr(root, dirOrDot(dir), p+opaqueSuffix)
 			}
 		}
 	}

@@ -153,3 +153,33 @@ func (m Markers) IsPrivateXattrIn(name string) bool {
 	return IsPrivateXattr(name) || (m.Prefix == UserPrefix && strings.HasPrefix(name, UserPrefix)) ||
 		strings.HasPrefix(name, "user.unionmount.")
 }
+
+// HoldsXattrWhiteouts reports whether the open directory dirfd may hold
+// xattr whiteouts: like kernel overlay, only a directory with an opaque
+// xattr ("x", or "y") does, so a listing need not ask each empty file.
+func (m Markers) HoldsXattrWhiteouts(dirfd int) bool {
+	for _, p := range m.readPrefixes() {
+		if _, err := sysx.Getxattr(dirfd, "", p+opaqueSuffix); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// IsWhiteoutAt is IsWhiteout for the entry name of the open directory
+// dirfd (already lstat'ed into st) in a listing; holdsXattr is the
+// directory's HoldsXattrWhiteouts.
+func (m Markers) IsWhiteoutAt(dirfd int, name string, st *unix.Stat_t, holdsXattr bool) bool {
+	if IsChardevWhiteout(st) {
+		return true
+	}
+	if !holdsXattr || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size != 0 {
+		return false
+	}
+	for _, p := range m.readPrefixes() {
+		if _, err := sysx.GetxattrAt(dirfd, name, p+whiteoutSuffix); err == nil {
+			return true
+		}
+	}
+	return false
+}

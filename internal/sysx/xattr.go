@@ -121,3 +121,29 @@ func Listxattr(root int, path string) ([]string, error) {
 		return names, nil
 	}
 }
+
+// GetxattrAt reads attribute attr of the entry name (one path component,
+// never followed if a symlink) of the open directory dirfd: one system
+// call, where Getxattr needs three.
+func GetxattrAt(dirfd int, name, attr string) ([]byte, error) {
+	if name == "" || name == "." || name == ".." || strings.Contains(name, "/") {
+		return nil, unix.EINVAL
+	}
+	p := fmt.Sprintf("/proc/self/fd/%d/%s", dirfd, name)
+	buf := make([]byte, 256)
+	for {
+		n, err := unix.Lgetxattr(p, attr, buf)
+		if err == unix.ERANGE {
+			size, err := unix.Lgetxattr(p, attr, nil)
+			if err != nil {
+				return nil, err
+			}
+			buf = make([]byte, size+64)
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		return buf[:n], nil
+	}
+}

@@ -1,0 +1,62 @@
+package unionfs_test
+
+import (
+	"os"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/unionmount/unionmount/internal/fstest"
+)
+
+// The kernel caches names, attributes and listings for an hour: every
+// change made through the mount, by any name or descriptor, must show at
+// once all the same.
+func TestLongCachesNeverServeStaleNames(t *testing.T) {
+	fstest.RequireFUSE(t)
+	l := fstest.NewLayers(t, 1)
+	fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"d/a": "lower a", "d/b": "lower b", "d/sub/x": "x", "f": "f"})
+	fstest.MountUnion(t, l)
+	m := l.Mount
+
+	// Fill the caches.
+	before := names(t, m+"/d")
+	require.Equal(t, []string{"a", "b", "sub"}, before)
+	st := lstat(t, m+"/d/a")
+	_, err := os.Lstat(m + "/d/new")
+	require.True(t, os.IsNotExist(err))
+
+	// A hard link shows on the old name's link count.
+	require.NoError(t, os.Link(m+"/d/a", m+"/d/link"))
+	assert.Equal(t, uint64(2), uint64(lstat(t, m+"/d/a").Nlink))
+	// A write through another descriptor shows in the size.
+	require.NoError(t, os.WriteFile(m+"/d/link", []byte("longer content"), 0o644))
+	assert.Equal(t, int64(len("longer content")), lstat(t, m+"/d/a").Size)
+	assert.Equal(t, st.Ino, lstat(t, m+"/d/a").Ino, "copy-up keeps the inode")
+	// fchmod through a descriptor shows on the name.
+	f, err := os.Open(m + "/d/b")
+	require.NoError(t, err)
+	require.NoError(t, unix.Fchmod(int(f.Fd()), 0o600))
+	f.Close()
+	assert.Equal(t, uint32(0o600), lstat(t, m+"/d/b").Mode&0o777)
+	// A cached negative entry goes when the name is made.
+	require.NoError(t, os.WriteFile(m+"/d/new", []byte("n"), 0o644))
+	assert.Equal(t, "n", readFile(t, m+"/d/new"))
+	// Renames and removals show in lookups and in the cached listing.
+	require.NoError(t, os.Rename(m+"/d/b", m+"/d/a"))
+	assert.Equal(t, "lower b", readFile(t, m+"/d/a"))
+	require.NoError(t, os.RemoveAll(m+"/d/sub"))
+	_, err = os.Lstat(m + "/d/sub/x")
+	assert.True(t, os.IsNotExist(err))
+	require.NoError(t, os.Mkdir(m+"/d/sub", 0o755))
+	assert.Empty(t, names(t, m+"/d/sub"), "a directory made over a removed one is empty")
+	assert.Equal(t, []string{"a", "link", "new", "sub"}, names(t, m+"/d"))
+	// A directory renamed keeps its children reachable by the new name only.
+	require.NoError(t, os.Rename(m+"/d", m+"/e"))
+	assert.Equal(t, "n", readFile(t, m+"/e/new"))
+	_, err = os.Lstat(m + "/d/new")
+	assert.True(t, os.IsNotExist(err))
+	assert.Equal(t, []string{"e", "f"}, names(t, m))
+}
