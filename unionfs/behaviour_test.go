@@ -3,6 +3,8 @@ package unionfs_test
 import (
 	"errors"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"sort"
 	"syscall"
 	"testing"
@@ -55,6 +57,9 @@ type target struct {
 var targets = []target{
 	{"plain dir", false, func(t *testing.T, lower fstest.Spec) string {
 		dir := t.TempDir()
+		// Other users reach in as they do in fstest.NewLayers.
+		os.Chmod(dir, 0o755)
+		os.Chmod(filepath.Dir(dir), 0o755)
 		fstest.WriteTree(t, dir, lower)
 		return dir
 	}},
@@ -132,6 +137,51 @@ func errnoOf(err error) syscall.Errno {
 }
 
 var behaviours = []behaviour{
+	{
+		name:  "a write drops a file's capabilities",
+		lower: fstest.Spec{"bin": "#!"},
+		run: func(t *testing.T, m string) {
+			// VFS_CAP_REVISION_2 with CAP_NET_RAW permitted and effective.
+			capability := []byte{1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+			require.NoError(t, unix.Setxattr(m+"/bin", "security.capability", capability, 0))
+			_, err := unix.Getxattr(m+"/bin", "security.capability", make([]byte, 64))
+			require.NoError(t, err)
+			f, err := os.OpenFile(m+"/bin", os.O_WRONLY|os.O_APPEND, 0)
+			require.NoError(t, err)
+			_, err = f.WriteString("more")
+			require.NoError(t, err)
+			require.NoError(t, f.Close())
+			_, err = unix.Getxattr(m+"/bin", "security.capability", make([]byte, 64))
+			assert.Equal(t, unix.ENODATA, errnoOf(err))
+		},
+	},
+	{
+		name:  "a write or truncation clears set-user-ID and set-group-ID, by a user or by root",
+		lower: fstest.Spec{"w": "w", "t": "t", "r": "r"},
+		run: func(t *testing.T, m string) {
+			if _, err := exec.LookPath("setpriv"); err != nil {
+				t.Skip("needs setpriv (util-linux)")
+			}
+			for _, f := range []string{"w", "t", "r"} {
+				require.NoError(t, os.Chmod(m+"/"+f, 0o6777))
+			}
+			asUser := func(script string) {
+				out, err := exec.Command("setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "sh", "-c", script).CombinedOutput()
+				require.NoError(t, err, "%s", out)
+			}
+			asUser("echo more >> " + m + "/w")
+			asUser(": > " + m + "/t")
+			f, err := os.OpenFile(m+"/r", os.O_WRONLY|os.O_APPEND, 0)
+			require.NoError(t, err)
+			_, err = f.WriteString("by root")
+			require.NoError(t, err)
+			require.NoError(t, f.Close())
+			assert.Equal(t, uint32(0o777), lstat(t, m+"/w").Mode&0o7777, "written by a user")
+			assert.Equal(t, uint32(0o777), lstat(t, m+"/t").Mode&0o7777, "truncated by a user")
+			assert.Equal(t, uint32(0o777), lstat(t, m+"/r").Mode&0o7777, "written by root (Linux 6.2+ clears set-id bits whoever writes)")
+			assert.Equal(t, "wmore\n", readFile(t, m+"/w"))
+		},
+	},
 	{
 		name:  "a lower file reads through",
 		lower: fstest.Spec{"dir/file": "lower content"},

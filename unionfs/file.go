@@ -22,6 +22,9 @@ type file struct {
 	flags       int
 	onLower     bool // guarded by mu
 	passthrough bool
+	// dropPrivileges is set when the file had set-id bits or
+	// capabilities at open: writes clear them (see killpriv.go).
+	dropPrivileges bool
 }
 
 var (
@@ -87,7 +90,16 @@ func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 }
 
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
-	return f.current().(fs.FileWriter).Write(ctx, data, off)
+	inner := f.current()
+	if f.dropPrivileges {
+		f.mu.RLock()
+		err := dropPrivileges(f.fd, "", callerPrivileged(ctx))
+		f.mu.RUnlock()
+		if err != nil {
+			return 0, f.n.ufs.errno(err)
+		}
+	}
+	return inner.(fs.FileWriter).Write(ctx, data, off)
 }
 
 func (f *file) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
@@ -112,11 +124,13 @@ func (f *file) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
 }
 
 func (f *file) Release(ctx context.Context) syscall.Errno {
-	if !f.passthrough {
-		f.n.mu.Lock()
+	f.n.mu.Lock()
+	if f.passthrough {
+		f.n.passthroughOpens--
+	} else {
 		f.n.cachedOpens--
-		f.n.mu.Unlock()
 	}
+	f.n.mu.Unlock()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.inner.(fs.FileReleaser).Release(ctx)

@@ -49,7 +49,9 @@ func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuse.Server, *
 			EnableLocks: true,
 			// READDIRPLUS only where the kernel expects lookups to follow
 			// (ls -l, du), plain READDIR for ls -f and find.
-			ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO,
+			// See killpriv.go for HANDLE_KILLPRIV_V2; ASYNC_DIO lets
+			// O_DIRECT requests of one file run in parallel.
+			ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO | capHandleKillprivV2 | fuse.CAP_ASYNC_DIO,
 			Logger:            logger,
 			PanicHandler: func(v any) fuse.Status {
 				// A panic must never take the mount down: log it, and

@@ -43,8 +43,9 @@ type node struct {
 
 	mu sync.Mutex
 	st nodeState // guarded by mu
-	// cachedOpens counts open handles not using passthrough.
-	cachedOpens int // guarded by mu
+	// cachedOpens counts open handles not using passthrough, and
+	// passthroughOpens those using it.
+	cachedOpens, passthroughOpens int // guarded by mu
 	// anonFd is an O_PATH fd of an unnamed (O_TMPFILE) file, 0 if none.
 	anonFd int // guarded by mu
 

@@ -33,6 +33,12 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	if err != nil {
 		return nil, 0, u.errno(err)
 	}
+	if openFlags&unix.O_TRUNC != 0 {
+		if err := dropPrivileges(fd, "", callerPrivileged(ctx)); err != nil {
+			unix.Close(fd)
+			return nil, 0, u.errno(err)
+		}
+	}
 	return n.openedFile(fd, openFlags, !st.upper), 0, 0
 }
 
@@ -41,12 +47,22 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 // file per inode, so passthrough is used only for upper files with no
 // cached open: a lower file is always served by the daemon, because a
 // copy-up must be able to move its readers to the upper copy.
+//
+// A file whose writes must clear set-id bits or capabilities (see
+// killpriv.go) is served by the daemon too, unless passthrough opens of
+// it exist already (the kernel cannot mix the two).
 func (n *node) openedFile(fd, flags int, onLower bool) *file {
+	privileged := !onLower && flags&unix.O_ACCMODE != unix.O_RDONLY && hasPrivileges(fd)
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	passthrough := n.ufs.passthrough.Load() && !onLower && n.cachedOpens == 0
-	if !passthrough {
+	passthrough := n.ufs.passthrough.Load() && !onLower && n.cachedOpens == 0 &&
+		(!privileged || n.passthroughOpens > 0)
+	if passthrough {
+		n.passthroughOpens++
+	} else {
 		n.cachedOpens++
 	}
-	return newFile(n, fd, flags, onLower, passthrough)
+	f := newFile(n, fd, flags, onLower, passthrough)
+	f.dropPrivileges = privileged && !passthrough
+	return f
 }

@@ -76,6 +76,13 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 			return u.errno(err)
 		}
 	}
+	if _, sized := in.GetSize(); sized {
+		// The kernel asks (FATTR_KILL_SUIDGID) when the caller may not
+		// keep set-id bits; capabilities go on any truncation.
+		if err := dropPrivileges(fd, path, in.Valid&fuse.FATTR_KILL_SUIDGID == 0); err != nil {
+			return u.errno(err)
+		}
+	}
 	if times, ok := setattrTimes(in); ok {
 		if err := unix.UtimesNanoAt(fd, path, times, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			return u.errno(err)

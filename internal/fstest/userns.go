@@ -116,5 +116,7 @@ func userNamespaceAttr() *syscall.SysProcAttr {
 		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: NamespaceIDBase, Size: namespaceIDCount}},
 		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: NamespaceIDBase, Size: namespaceIDCount}},
 		Credential:  &syscall.Credential{Uid: 0, Gid: 0, NoSetGroups: true},
+		// Tests switch users inside (setpriv --clear-groups).
+		GidMappingsEnableSetgroups: true,
 	}
 }
