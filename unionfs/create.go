@@ -84,12 +84,12 @@ func (n *node) create(ctx context.Context, obj newObject) (*found, error) {
 	}
 	if obj.isDir && (overWhiteout || aufsWhiteout) {
 		if err := u.markers.SetOpaqueFormat(u.work, tmp, u.wformat); err != nil {
-			removeAllAt(u.work, tmp)
+			whiteout.RemoveAllAt(u.work, tmp)
 			return nil, err
 		}
 	}
 	if err := u.installOver(tmp, path, obj.isDir, overWhiteout); err != nil {
-		removeAllAt(u.work, tmp)
+		whiteout.RemoveAllAt(u.work, tmp)
 		return nil, err
 	}
 	if aufsWhiteout {

@@ -109,7 +109,7 @@ func listDir(dirfd int, path string) (int, []mergedEntry, error) {
 		}
 		return -1, nil, err
 	}
-	dup, err := unix.Dup(fd)
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		unix.Close(fd)
 		return -1, nil, err

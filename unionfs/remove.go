@@ -104,7 +104,7 @@ func (u *FS) removeUpperDir(path string, needWhiteout bool) error {
 		if err := u.makeWhiteout(path); err != nil {
 			return err
 		}
-		return removeAllAt(u.work, tmp)
+		return whiteout.RemoveAllAt(u.work, tmp)
 	}
 	if needWhiteout {
 		if err := whiteout.MakeWhiteout(u.work, tmp); err != nil {
@@ -117,33 +117,5 @@ func (u *FS) removeUpperDir(path string, needWhiteout bool) error {
 	} else if err := sysx.Rename(u.upper.fd, path, u.work, tmp, unix.RENAME_NOREPLACE); err != nil {
 		return fmt.Errorf("move %s to the work dir: %w", path, err)
 	}
-	return removeAllAt(u.work, tmp)
-}
-
-// removeAllAt removes the tree name under dirfd.
-func removeAllAt(dirfd int, name string) error {
-	var st unix.Stat_t
-	if err := unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-		return unix.Unlinkat(dirfd, name, 0)
-	}
-	fd, err := unix.Openat(dirfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	ents, err := listNames(fd)
-	if err == nil {
-		for _, e := range ents {
-			if err = removeAllAt(fd, e.name); err != nil {
-				break
-			}
-		}
-	}
-	unix.Close(fd)
-	if err != nil {
-		return err
-	}
-	return unix.Unlinkat(dirfd, name, unix.AT_REMOVEDIR)
+	return whiteout.RemoveAllAt(u.work, tmp)
 }

@@ -253,7 +253,7 @@ func clearDirAt(dirfd int, path string) error {
 		return err
 	}
 	for _, e := range ents {
-		if err := removeAllAt(fd, e.name); err != nil {
+		if err := whiteout.RemoveAllAt(fd, e.name); err != nil {
 			return err
 		}
 	}

@@ -35,15 +35,16 @@ func serveFUSE(args []string, stderr io.Writer) error {
 		return err
 	}
 	o.Logger = log.New(stderr, "thinblock serve: ", log.LstdFlags)
+	// Caught from before the mount is visible (see unionmount's serve).
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(signals)
 	srv, err := fuseexport.Mount(rest[0], p.Pool, o)
 	if err != nil {
 		p.Close()
 		return err
 	}
 	fmt.Fprintf(stderr, "thinblock: serving volumes as files in %s\n", rest[0])
-	signals := make(chan os.Signal, 1)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(signals)
 	go func() {
 		for sig := range signals {
 			if err := unmountWhenIdle(srv.Unmount); err != nil {

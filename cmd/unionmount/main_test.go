@@ -190,12 +190,15 @@ func TestCrashDuringCopyUpLeavesOldOrNewState(t *testing.T) {
 				time.Sleep(10 * time.Millisecond)
 			}
 			require.True(t, mounted(l.Mount))
+			stop, aborted := fstest.AbortAfter(l.Mount, 20*time.Second)
 			f, err := os.OpenFile(l.Mount+"/f", os.O_WRONLY|os.O_APPEND, 0)
 			if err == nil {
 				f.WriteString(" appended")
 				f.Close()
 			}
 			err = cmd.Wait()
+			stop()
+			require.False(t, aborted(), "the crashed server did not go away: its FUSE connection had to be aborted")
 			var exit *exec.ExitError
 			require.True(t, errors.As(err, &exit), "server crashed: %v", err)
 			assert.Equal(t, 86, exit.ExitCode(), "stopped at the crash point")

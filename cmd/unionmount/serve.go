@@ -74,6 +74,10 @@ func serve(mountpoint string, opts unionfs.Options, stderr io.Writer) int {
 			logger = log.New(io.Discard, "", 0)
 		}
 	}
+	// Signals are caught from before the mount is visible: a SIGTERM that
+	// comes the moment the mount shows still unmounts cleanly.
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	server, ufs, err := unionfs.Mount(mountpoint, opts, logger)
 	if err != nil {
 		code := exitCode(err)
@@ -91,8 +95,6 @@ func serve(mountpoint string, opts unionfs.Options, stderr io.Writer) int {
 		ready.Close()
 		detachStdio()
 	}
-	signals := make(chan os.Signal, 1)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	go func() {
 		for sig := range signals {
 			if err := server.Unmount(); err != nil {

@@ -42,11 +42,17 @@ func Getxattr(root int, path, name string) ([]byte, error) {
 }
 
 func getxattrPath(p, name string) ([]byte, error) {
+	return readXattr(func(buf []byte) (int, error) { return unix.Getxattr(p, name, buf) })
+}
+
+// readXattr calls get with a buffer large enough for the value (get
+// with an empty buffer asks for the size).
+func readXattr(get func(buf []byte) (int, error)) ([]byte, error) {
 	buf := make([]byte, 256)
 	for {
-		n, err := unix.Getxattr(p, name, buf)
+		n, err := get(buf)
 		if err == unix.ERANGE {
-			size, err := unix.Getxattr(p, name, nil)
+			size, err := get(nil)
 			if err != nil {
 				return nil, err
 			}
@@ -130,20 +136,5 @@ func GetxattrAt(dirfd int, name, attr string) ([]byte, error) {
 		return nil, unix.EINVAL
 	}
 	p := fmt.Sprintf("/proc/self/fd/%d/%s", dirfd, name)
-	buf := make([]byte, 256)
-	for {
-		n, err := unix.Lgetxattr(p, attr, buf)
-		if err == unix.ERANGE {
-			size, err := unix.Lgetxattr(p, attr, nil)
-			if err != nil {
-				return nil, err
-			}
-			buf = make([]byte, size+64)
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		return buf[:n], nil
-	}
+	return readXattr(func(buf []byte) (int, error) { return unix.Lgetxattr(p, attr, buf) })
 }
