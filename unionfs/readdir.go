@@ -159,6 +159,7 @@ type dirHandle struct {
 	fd int
 
 	mu      sync.Mutex
+	loaded  bool            // guarded by mu
 	entries []fuse.DirEntry // guarded by mu
 	pos     int             // guarded by mu
 }
@@ -180,14 +181,11 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, 
 		fd, _ = ref.l.open(ref.path, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
 	}
 	u.ns.RUnlock()
-	d := &dirHandle{n: n, fd: fd}
-	if errno := d.load(); errno != 0 {
-		d.Releasedir(ctx, 0)
-		return nil, 0, errno
-	}
-	// The kernel may keep the listing: every change to the directory goes
-	// through the mount, which makes the kernel drop it.
-	return d, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+	// The listing is taken at the first read, not here: the kernel may
+	// keep it from an earlier open (every change to the directory goes
+	// through the mount, which makes the kernel drop it) and then never
+	// asks.
+	return &dirHandle{n: n, fd: fd}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
 func (d *dirHandle) load() syscall.Errno {
@@ -214,13 +212,20 @@ func (d *dirHandle) load() syscall.Errno {
 		entries[i].Off = uint64(i + 1)
 	}
 	d.mu.Lock()
-	d.entries, d.pos = entries, 0
+	d.entries, d.pos, d.loaded = entries, 0, true
 	d.mu.Unlock()
 	return 0
 }
 
 func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
 	d.mu.Lock()
+	if !d.loaded {
+		d.mu.Unlock()
+		if errno := d.load(); errno != 0 {
+			return nil, errno
+		}
+		d.mu.Lock()
+	}
 	defer d.mu.Unlock()
 	if d.pos >= len(d.entries) {
 		return nil, 0
@@ -236,7 +241,13 @@ func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	if off == 0 {
 		return d.load()
 	}
-	d.mu.Lock()
+	if d.mu.Lock(); !d.loaded {
+		d.mu.Unlock()
+		if errno := d.load(); errno != 0 {
+			return errno
+		}
+		d.mu.Lock()
+	}
 	defer d.mu.Unlock()
 	if off > uint64(len(d.entries)) {
 		off = uint64(len(d.entries))
