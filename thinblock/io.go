@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/unionmount/unionmount/thinblock/blockdev"
 )
 
@@ -169,7 +167,7 @@ func (p *Pool) runJobs(jobs []dataJob) error {
 					}
 					continue
 				}
-				if !errors.Is(err, unix.EXDEV) && !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) {
+				if !errors.Is(err, blockdev.ErrNoCopyRange) {
 					return err
 				}
 				p.noCopyRange.Store(true) // copy through memory from now on

@@ -23,7 +23,8 @@ type file struct {
 	onLower     bool // guarded by mu
 	passthrough bool
 	// dropPrivileges is set when the file had set-id bits or
-	// capabilities at open: writes clear them (see killpriv.go).
+	// capabilities at open: every write clears them (see killpriv.go),
+	// as they may come back by a chmod while the file is open.
 	dropPrivileges bool
 }
 
@@ -106,18 +107,9 @@ func (f *file) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
 	errno := f.current().(fs.FileGetattrer).Getattr(ctx, out)
 	if errno == 0 {
 		out.Ino = f.n.StableAttr().Ino
-		if f.n.ufs.opts.XattrPermissions != 0 {
-			f.mu.RLock()
-			o, ok := f.n.ufs.overrideOf(f.fd, "")
-			f.mu.RUnlock()
-			if ok {
-				out.Uid, out.Gid = o.uid, o.gid
-				if o.fileType != 0 {
-					out.Mode = o.fileType
-				}
-				out.Mode = out.Mode&unix.S_IFMT | o.perm
-			}
-		}
+		f.mu.RLock()
+		f.n.ufs.applyOverrideFd(f.fd, &out.Attr)
+		f.mu.RUnlock()
 		f.n.ufs.adjustAttr(&out.Attr)
 	}
 	return errno

@@ -60,14 +60,12 @@ func TestUIDMappingShiftsOwners(t *testing.T) {
 	assert.Equal(t, unix.EINVAL, errnoOf(os.Lchown(m+"/one", 5, -1)))
 
 	// A file made by shown uid 1000 is kept as 0 in the upper.
-	if _, err := exec.LookPath("setpriv"); err == nil {
-		out, err := exec.Command("setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "touch", m+"/d/new").CombinedOutput()
-		require.NoError(t, err, "%s", out)
-		st = lstat(t, l.Upper+"/d/new")
-		assert.Equal(t, [2]uint32{0, 0}, [2]uint32{st.Uid, st.Gid}, "stored ids of a new file")
-		st = lstat(t, m+"/d/new")
-		assert.Equal(t, [2]uint32{1000, 1000}, [2]uint32{st.Uid, st.Gid}, "shown ids of a new file")
-	}
+	out, err := exec.Command("setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "touch", m+"/d/new").CombinedOutput()
+	require.NoError(t, err, "setpriv (util-linux, installed by make test): %s", out)
+	st = lstat(t, l.Upper+"/d/new")
+	assert.Equal(t, [2]uint32{0, 0}, [2]uint32{st.Uid, st.Gid}, "stored ids of a new file")
+	st = lstat(t, m+"/d/new")
+	assert.Equal(t, [2]uint32{1000, 1000}, [2]uint32{st.Uid, st.Gid}, "shown ids of a new file")
 }
 
 // With xattr_permissions=2 owners and modes live in

@@ -15,10 +15,11 @@ import (
 // clears what a change to a file must clear, as the kernel would: the
 // set-user-ID bit and an executable file's set-group-ID bit when an
 // unprivileged caller writes or truncates, and a security.capability
-// xattr on any write or truncation. The daemon itself is privileged, so
-// the layers' filesystem would not do it for it. Files that carry any of
-// these are never opened with passthrough, whose writes the daemon does
-// not see.
+// xattr on any write or truncation. The layers' filesystem does some of
+// it for the daemon's own writes, but not all (before Linux 6.2 a
+// privileged writer kept set-id bits), and the kernel's cached attributes
+// only learn of it through a write the daemon answers: so files that
+// carry any of these are never opened with passthrough.
 const capHandleKillprivV2 = 1 << 28
 
 const capabilityXattr = "security.capability"

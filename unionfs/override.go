@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
 	"github.com/unionmount/unionmount/internal/sysx"
@@ -113,13 +114,27 @@ func (o statOverride) String() string {
 
 // apply puts the recorded owner and mode into st.
 func (o statOverride) apply(st *unix.Stat_t) {
-	st.Uid, st.Gid = o.uid, o.gid
-	t := st.Mode & unix.S_IFMT
+	st.Uid, st.Gid, st.Mode = o.uid, o.gid, o.mode(st.Mode)
 	if o.fileType != 0 {
-		t = o.fileType
 		st.Rdev = o.rdev
 	}
-	st.Mode = t | o.perm
+}
+
+// applyAttr is apply for attributes already in the kernel's form.
+func (o statOverride) applyAttr(a *fuse.Attr) {
+	a.Uid, a.Gid, a.Mode = o.uid, o.gid, o.mode(a.Mode)
+	if o.fileType != 0 {
+		a.Rdev = uint32(o.rdev)
+	}
+}
+
+// mode is the recorded mode, with the real type unless one is recorded.
+func (o statOverride) mode(real uint32) uint32 {
+	t := real & unix.S_IFMT
+	if o.fileType != 0 {
+		t = o.fileType
+	}
+	return t | o.perm
 }
 
 // overrideOf reads the override of the object at path in layer fd
@@ -148,6 +163,16 @@ func (u *FS) applyOverride(ref layerRef, st *unix.Stat_t) {
 	}
 	if o, ok := u.overrideOf(ref.l.fd, rel(ref.path)); ok {
 		o.apply(st)
+	}
+}
+
+// applyOverrideFd is applyOverride for the open file fd.
+func (u *FS) applyOverrideFd(fd int, a *fuse.Attr) {
+	if u.opts.XattrPermissions == 0 {
+		return
+	}
+	if o, ok := u.overrideOf(fd, ""); ok {
+		o.applyAttr(a)
 	}
 }
 

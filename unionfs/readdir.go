@@ -217,14 +217,23 @@ func (d *dirHandle) load() syscall.Errno {
 	return 0
 }
 
-func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+// lockLoaded locks d with its listing taken.
+func (d *dirHandle) lockLoaded() syscall.Errno {
 	d.mu.Lock()
-	if !d.loaded {
-		d.mu.Unlock()
-		if errno := d.load(); errno != 0 {
-			return nil, errno
-		}
-		d.mu.Lock()
+	if d.loaded {
+		return 0
+	}
+	d.mu.Unlock()
+	if errno := d.load(); errno != 0 {
+		return errno
+	}
+	d.mu.Lock()
+	return 0
+}
+
+func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
+	if errno := d.lockLoaded(); errno != 0 {
+		return nil, errno
 	}
 	defer d.mu.Unlock()
 	if d.pos >= len(d.entries) {
@@ -241,12 +250,8 @@ func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	if off == 0 {
 		return d.load()
 	}
-	if d.mu.Lock(); !d.loaded {
-		d.mu.Unlock()
-		if errno := d.load(); errno != 0 {
-			return errno
-		}
-		d.mu.Lock()
+	if errno := d.lockLoaded(); errno != 0 {
+		return errno
 	}
 	defer d.mu.Unlock()
 	if off > uint64(len(d.entries)) {

@@ -52,7 +52,7 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 	uid, hasUID := in.GetUID()
 	gid, hasGID := in.GetGID()
 	if hasUID || hasGID {
-		su, sg, errno := u.storedOwner(in, uid, hasUID, gid, hasGID)
+		su, sg, errno := u.storedOwner(uid, hasUID, gid, hasGID)
 		if errno != 0 {
 			return errno
 		}
@@ -100,7 +100,7 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 // storedOwner turns the ids a chown asks for into the ids the layers
 // keep (-1 for one not asked for). An id the mapping does not cover
 // cannot be stored: EINVAL, as chown to an id outside a user namespace.
-func (u *FS) storedOwner(in *fuse.SetAttrIn, uid uint32, hasUID bool, gid uint32, hasGID bool) (int, int, syscall.Errno) {
+func (u *FS) storedOwner(uid uint32, hasUID bool, gid uint32, hasGID bool) (int, int, syscall.Errno) {
 	su, sg := -1, -1
 	if hasUID {
 		id, ok := u.opts.UIDMap.Stored(uid)

@@ -53,10 +53,10 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	child := &node{ufs: u, st: nodeState{upper: true}, anonFd: anon}
 	child.copiedUp.Store(true)
 	ino := n.NewInode(ctx, child, fs.StableAttr{Mode: unix.S_IFREG, Ino: u.inoFor(u.upper, st.Ino)})
-	if o, ok := u.overrideOf(fd, ""); ok && u.opts.XattrPermissions != 0 {
-		o.apply(&st)
-	}
-	n.ufs.fillAttr(&out.Attr, &st)
+	// As an open file's Getattr presents it.
+	out.Attr.FromStat(toSyscallStat(&st))
+	u.applyOverrideFd(fd, &out.Attr)
+	u.adjustAttr(&out.Attr)
 	return ino, child.openedFile(fd, openFlags, false), 0, 0
 }
 

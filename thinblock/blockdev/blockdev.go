@@ -110,8 +110,13 @@ func (f *File) ZeroRange(off, n int64) error {
 // Copier is a Device that can copy a range inside itself without the
 // data passing through the caller.
 type Copier interface {
+	// CopyRange fails with ErrNoCopyRange where the device cannot.
 	CopyRange(dst, src, n int64) error
 }
+
+// ErrNoCopyRange says the device cannot copy in place: copy through
+// memory instead.
+var ErrNoCopyRange = errors.New("in-place copy not supported")
 
 // CopyRange copies n bytes at src to dst inside the file, in the kernel
 // (copy_file_range: a page cache copy, or shared extents where the
@@ -123,6 +128,9 @@ func (f *File) CopyRange(dst, src, n int64) error {
 		got, err := unix.CopyFileRange(fd, &roff, fd, &woff, int(n), 0)
 		if err == unix.EINTR {
 			continue
+		}
+		if err == unix.EXDEV || err == unix.EOPNOTSUPP || err == unix.ENOSYS || err == unix.EINVAL {
+			return fmt.Errorf("%w: %v", ErrNoCopyRange, err)
 		}
 		if err != nil {
 			return fmt.Errorf("copy %d bytes at %d to %d: %w", n, src, dst, err)

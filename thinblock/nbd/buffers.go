@@ -3,12 +3,7 @@ package nbd
 import (
 	"math/bits"
 	"sync"
-	"unsafe"
 )
-
-// bufferAlign is the alignment of every data buffer: a backend may hand
-// it straight to O_DIRECT I/O.
-const bufferAlign = 4096
 
 // minBufferShift and maxBufferShift bound the pooled size classes, 4 KiB
 // to 32 MiB (the largest request the server accepts by default).
@@ -31,16 +26,16 @@ func classOf(n int) int {
 	return bits.Len(uint(n-1)) - minBufferShift
 }
 
-// get returns an aligned buffer of length n; its contents are undefined.
+// get returns a buffer of length n; its contents are undefined.
 func (p *buffers) get(n int) []byte {
 	c := classOf(n)
 	if c >= len(p.classes) {
-		return alignedBuffer(n)
+		return make([]byte, n)
 	}
 	if b, ok := p.classes[c].Get().(*[]byte); ok {
 		return (*b)[:n]
 	}
-	return alignedBuffer(1 << (c + minBufferShift))[:n]
+	return make([]byte, n, 1<<(c+minBufferShift))
 }
 
 // put gives back a buffer from get.
@@ -51,11 +46,4 @@ func (p *buffers) put(b []byte) {
 	}
 	b = b[:cap(b)]
 	p.classes[c].Put(&b)
-}
-
-// alignedBuffer allocates n bytes starting on a bufferAlign boundary.
-func alignedBuffer(n int) []byte {
-	raw := make([]byte, n+bufferAlign)
-	off := int(-uintptr(unsafe.Pointer(&raw[0])) & (bufferAlign - 1))
-	return raw[off : off+n : off+n]
 }
