@@ -1,6 +1,8 @@
 package unionfs_test
 
 import (
+	"errors"
+	"io"
 	"os"
 	"testing"
 
@@ -59,4 +61,53 @@ func TestLongCachesNeverServeStaleNames(t *testing.T) {
 	_, err = os.Lstat(m + "/d/new")
 	assert.True(t, os.IsNotExist(err))
 	assert.Equal(t, []string{"e", "f"}, names(t, m))
+}
+
+// Daemon-served opens keep the kernel's page cache of a file across
+// opens. A passthrough writer changes the data behind that cache, so the
+// next daemon-served open must not read the pages cached before it.
+func TestKeptPageCacheNeverServesStaleData(t *testing.T) {
+	fstest.RequireFUSE(t)
+	l := fstest.NewLayers(t, 1)
+	fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"f": "old data 1234", "g": "lower g"})
+	m := fstest.MountUnion(t, l)
+	f := l.Mount + "/f"
+
+	// Cache the lower data through a daemon-served open.
+	require.Equal(t, "old data 1234", readFile(t, f))
+	// Copy up and write in place (through passthrough where the kernel
+	// offers it), then put the times back as they were, as a write within
+	// one timestamp tick would leave them: the kernel's own check
+	// (auto_inval_data drops pages when mtime or size change) must not be
+	// all that keeps the cache fresh.
+	before := lstat(t, f)
+	w, err := os.OpenFile(f, os.O_RDWR, 0)
+	require.NoError(t, err)
+	_, err = w.WriteAt([]byte("NEW"), 0)
+	require.NoError(t, err)
+	require.NoError(t, w.Close())
+	require.NoError(t, unix.UtimesNano(f, []unix.Timespec{before.Atim, before.Mtim}))
+	// A set-uid bit makes the next writable open daemon-served (its
+	// writes must clear the bit), so it reads through the page cache.
+	require.NoError(t, os.Chmod(f, 0o4755))
+	rw, err := os.OpenFile(f, os.O_RDWR, 0)
+	require.NoError(t, err)
+	buf := make([]byte, 64)
+	n, err := rw.ReadAt(buf, 0)
+	require.ErrorIs(t, err, io.EOF)
+	assert.Equal(t, "NEW data 1234", string(buf[:n]), "passthrough=%v", m.FS.Passthrough())
+	require.NoError(t, rw.Close())
+	assert.Equal(t, "NEW data 1234", readFile(t, f))
+
+	// O_DIRECT reads of a lower file are served from the host's cache
+	// and return the file's data, whatever the buffer's alignment.
+	d, err := os.OpenFile(l.Mount+"/g", os.O_RDONLY|unix.O_DIRECT, 0)
+	require.NoError(t, err)
+	defer d.Close()
+	page := make([]byte, 8192)
+	n, err = d.ReadAt(page[1:4097], 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		t.Fatalf("O_DIRECT read: %v", err)
+	}
+	assert.Equal(t, "lower g", string(page[1:1+n]))
 }

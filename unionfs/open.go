@@ -5,6 +5,7 @@ import (
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 )
 
@@ -17,7 +18,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	u := n.ufs
 	u.ns.RLock()
 	defer u.ns.RUnlock()
-	openFlags := int(flags) &^ (unix.O_CREAT | unix.O_EXCL | unix.O_APPEND | unix.O_NOCTTY)
+	openFlags := flagsBelow(flags, 0)
 	writing := openFlags&unix.O_ACCMODE != unix.O_RDONLY || openFlags&unix.O_TRUNC != 0
 	if writing {
 		if err := u.copyUp(n, openFlags&unix.O_TRUNC == 0); err != nil {
@@ -39,7 +40,20 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			return nil, 0, u.errno(err)
 		}
 	}
-	return n.openedFile(fd, openFlags, !st.upper), 0, 0
+	f, fuseFlags := n.openedFile(fd, openFlags, !st.upper)
+	return f, fuseFlags, 0
+}
+
+// flagsBelow are the open flags for the layer file behind a union open.
+// O_CREAT, O_EXCL and O_APPEND are the union's to handle, plus what drop
+// names. O_DIRECT is dropped too: the kernel's FUSE side still keeps the
+// caller's I/O out of the union's page cache, and passthrough applies
+// the caller's O_DIRECT to the backing file itself; the reads and writes
+// the daemon serves go through the host's page cache, as fuse-overlayfs
+// does, instead of making a disk round trip from a buffer whose alignment
+// the caller never chose.
+func flagsBelow(flags uint32, drop int) int {
+	return int(flags) &^ (unix.O_CREAT | unix.O_EXCL | unix.O_APPEND | unix.O_NOCTTY | unix.O_DIRECT | drop)
 }
 
 // openedFile wraps a freshly opened fd. The kernel refuses to mix
@@ -51,18 +65,33 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 // A file whose writes must clear set-id bits or capabilities (see
 // killpriv.go) is served by the daemon too, unless passthrough opens of
 // it exist already (the kernel cannot mix the two).
-func (n *node) openedFile(fd, flags int, onLower bool) *file {
+//
+// A daemon-served open keeps the kernel's page cache of the file
+// (FOPEN_KEEP_CACHE) when names and attributes may be cached at all and
+// no passthrough writer has changed the data behind the cache since the
+// last open that dropped it: every other change of a file's data goes
+// through the kernel (writes, truncation, hole punching), which updates
+// or drops the cached pages itself.
+func (n *node) openedFile(fd, flags int, onLower bool) (*file, uint32) {
 	privileged := !onLower && flags&unix.O_ACCMODE != unix.O_RDONLY && hasPrivileges(fd)
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	passthrough := n.ufs.passthrough.Load() && !onLower && n.cachedOpens == 0 &&
 		(!privileged || n.passthroughOpens > 0)
+	var fuseFlags uint32
 	if passthrough {
 		n.passthroughOpens++
+		if flags&unix.O_ACCMODE != unix.O_RDONLY {
+			n.pageCacheStale = true
+		}
 	} else {
 		n.cachedOpens++
+		if n.ufs.opts.CacheTimeout > 0 && !n.pageCacheStale {
+			fuseFlags |= fuse.FOPEN_KEEP_CACHE
+		}
+		n.pageCacheStale = false
 	}
 	f := newFile(n, fd, flags, onLower, passthrough)
 	f.dropPrivileges = privileged && !passthrough
-	return f
+	return f, fuseFlags
 }

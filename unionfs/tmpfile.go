@@ -28,7 +28,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	if err := u.copyUp(n, true); err != nil {
 		return nil, nil, 0, u.errno(err)
 	}
-	openFlags := int(flags) &^ (unix.O_CREAT | unix.O_EXCL | unix.O_APPEND | unix.O_NOCTTY | unix.O_TMPFILE)
+	openFlags := flagsBelow(flags, unix.O_TMPFILE)
 	fd, err := u.upper.open(n.path(), openFlags|unix.O_TMPFILE, mode&0o7777)
 	if err != nil {
 		return nil, nil, 0, u.errno(err)
@@ -57,7 +57,8 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	out.Attr.FromStat(toSyscallStat(&st))
 	u.applyOverrideFd(fd, &out.Attr)
 	u.adjustAttr(&out.Attr)
-	return ino, child.openedFile(fd, openFlags, false), 0, 0
+	f, fuseFlags := child.openedFile(fd, openFlags, false)
+	return ino, f, fuseFlags, 0
 }
 
 // OnForget drops the fd an unnamed file kept.

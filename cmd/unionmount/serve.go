@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -90,6 +91,13 @@ func serve(mountpoint string, opts unionfs.Options, stderr io.Writer) int {
 		return code
 	}
 	defer ufs.Close()
+	if path := os.Getenv("UNIONMOUNT_CPUPROFILE"); path != "" {
+		// For performance work: a CPU profile of the whole serve.
+		if f, err := os.Create(path); err == nil {
+			pprof.StartCPUProfile(f)
+			defer func() { pprof.StopCPUProfile(); f.Close() }()
+		}
+	}
 	if ready != nil {
 		fmt.Fprintln(ready, "ok")
 		ready.Close()
