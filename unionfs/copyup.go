@@ -10,19 +10,38 @@ import (
 	"github.com/unionmount/unionmount/internal/sysx"
 )
 
-// copyUp makes sure node n exists in the upper layer, copying its parents
-// first and then the object itself. withData=false copies a regular file
-// as an empty one (for an open with O_TRUNC). The caller holds ns.
+// copyUp makes sure node n exists in the upper layer with its data,
+// copying its parents first and then the object itself. withData=false
+// copies a regular file as an empty one (for an open with O_TRUNC). The
+// caller holds ns.
 //
 // The copy is made in the work dir, completed (data, owner, xattrs, mode,
 // times, fsync) and only then renamed into place, so a crash leaves
 // either no upper copy or a whole one. n.mu serializes racing copy-ups:
 // the second caller finds the node already upper.
 func (u *FS) copyUp(n *node, withData bool) error {
+	if withData {
+		return u.copyUpAs(n, copyWhole)
+	}
+	return u.copyUpAs(n, copyEmpty)
+}
+
+// copyHow says what a copy-up of a regular file takes along.
+type copyHow int
+
+const (
+	copyWhole    copyHow = iota // data and metadata
+	copyEmpty                   // metadata, no data (the data is being dropped)
+	copyMetaOnly                // metadata, data left below (see metacopy.go)
+)
+
+// copyUpAs is copyUp for the given kind of copy.
+func (u *FS) copyUpAs(n *node, how copyHow) error {
 	if !u.writable() {
 		return unix.EROFS
 	}
-	if n.state().upper {
+	metaOnly := how == copyMetaOnly
+	if st := n.state(); st.dataUpper() || (st.upper && metaOnly) {
 		return nil
 	}
 	if p := n.parentNode(); p != nil {
@@ -32,26 +51,39 @@ func (u *FS) copyUp(n *node, withData bool) error {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.st.upper {
+	if n.st.dataUpper() || (n.st.upper && metaOnly) {
 		return nil
 	}
 	if len(n.st.lowers) == 0 {
 		return fmt.Errorf("copy-up %s: %w", n.path(), unix.ENOENT)
 	}
 	path := n.path()
-	if err := u.copyUpObject(n.st.lowers[0], path, n.StableAttr(), withData); err != nil {
+	if n.st.upper {
+		if err := u.copyUpData(n, how == copyWhole); err != nil {
+			return fmt.Errorf("copy-up data of %s: %w", path, err)
+		}
+		n.st.metacopy = false
+		n.copiedUp.Store(true)
+		return nil
+	}
+	metacopy, err := u.copyUpObject(n.st.lowers[0], path, n.StableAttr(), how)
+	if err != nil {
 		return fmt.Errorf("copy-up %s: %w", path, err)
 	}
 	n.st.upper = true
-	n.copiedUp.Store(true)
+	n.st.metacopy = metacopy
+	if !metacopy {
+		n.copiedUp.Store(true)
+	}
 	return nil
 }
 
-// copyUpObject copies the lower object src to path in the upper layer.
-func (u *FS) copyUpObject(src layerRef, path string, id fs.StableAttr, withData bool) (err error) {
+// copyUpObject copies the lower object src to path in the upper layer;
+// it reports whether it made a metadata-only copy of a regular file.
+func (u *FS) copyUpObject(src layerRef, path string, id fs.StableAttr, how copyHow) (metacopy bool, err error) {
 	var st unix.Stat_t
 	if err := src.l.lstat(src.path, &st); err != nil {
-		return err
+		return false, err
 	}
 	tmp := tempName()
 	kind := st.Mode & unix.S_IFMT
@@ -67,36 +99,42 @@ func (u *FS) copyUpObject(src layerRef, path string, id fs.StableAttr, withData 
 	switch kind {
 	case unix.S_IFDIR:
 		if err := unix.Mkdirat(u.work, tmp, 0o700); err != nil {
-			return err
+			return false, err
 		}
 	case unix.S_IFREG:
-		if err := u.copyFile(src, tmp, &st, withData); err != nil {
-			return err
+		metacopy = how == copyMetaOnly && st.Size > 0
+		if metacopy {
+			err = u.makeMetacopy(tmp, st.Size)
+		} else {
+			err = u.copyFile(src, tmp, &st, how != copyEmpty)
+		}
+		if err != nil {
+			return false, err
 		}
 	case unix.S_IFLNK:
 		buf := make([]byte, unix.PathMax)
 		got, err := unix.Readlinkat(src.l.fd, rel(src.path), buf)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if err := unix.Symlinkat(string(buf[:got]), u.work, tmp); err != nil {
-			return err
+			return false, err
 		}
 	default:
 		if err := unix.Mknodat(u.work, tmp, st.Mode, int(st.Rdev)); err != nil {
-			return err
+			return false, err
 		}
 	}
 	u.crashPoint(CrashCopyUpData)
 	if err := u.copyMetadata(src, tmp, &st, id); err != nil {
-		return err
+		return false, err
 	}
 	u.crashPoint(CrashCopyUpBeforeInstall)
 	if err := u.installFromWork(tmp, path); err != nil {
-		return err
+		return false, err
 	}
 	u.crashPoint(CrashCopyUpAfterInstall)
-	return nil
+	return metacopy, nil
 }
 
 // copyFile creates tmp in the work dir with src's data, holes kept.
@@ -176,10 +214,19 @@ func (u *FS) copyMetadata(src layerRef, tmp string, st *unix.Stat_t, id fs.Stabl
 // path in the upper, keeping the parent directory's times as they were
 // (a copy-up is not a change the user made).
 func (u *FS) installFromWork(tmp, path string) error {
+	return u.renameFromWork(tmp, path, unix.RENAME_NOREPLACE)
+}
+
+// replaceFromWork is installFromWork over an object already at path.
+func (u *FS) replaceFromWork(tmp, path string) error {
+	return u.renameFromWork(tmp, path, 0)
+}
+
+func (u *FS) renameFromWork(tmp, path string, flags uint) error {
 	parent := dirOf(path)
 	var pst unix.Stat_t
 	haveParent := u.upper.lstat(parent, &pst) == nil
-	if err := sysx.Rename(u.work, tmp, u.upper.fd, path, unix.RENAME_NOREPLACE); err != nil {
+	if err := sysx.Rename(u.work, tmp, u.upper.fd, path, flags); err != nil {
 		return fmt.Errorf("install: %w", err)
 	}
 	if haveParent {

@@ -121,7 +121,15 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 }
 
 func (f *file) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
-	errno := f.current().(fs.FileGetattrer).Getattr(ctx, out)
+	inner := f.current()
+	f.mu.RLock()
+	onLower := f.onLower
+	f.mu.RUnlock()
+	if onLower && f.n.state().metacopy {
+		// The lower fd has the data, the upper copy the metadata.
+		return f.n.Getattr(ctx, nil, out)
+	}
+	errno := inner.(fs.FileGetattrer).Getattr(ctx, out)
 	if errno == 0 {
 		out.Ino = f.n.StableAttr().Ino
 		f.mu.RLock()

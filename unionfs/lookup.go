@@ -87,6 +87,9 @@ func (u *FS) lookup(parentPath string, ps nodeState, name string) (*found, error
 			f.state.upper = true
 			f.top = layerRef{u.upper, path}
 			f.id = u.identity(f.top, &f.stat)
+			if u.maybeMetacopy(&f.stat) && u.markers.IsMetacopy(u.upper.fd, path) {
+				return u.findMetacopyData(&f, plan)
+			}
 			if !f.isDir() || u.markers.IsOpaque(u.upper.fd, path) || whiteout.HasAufsWhiteout(u.upper.fd, parentPath, name) {
 				return &f, nil
 			}

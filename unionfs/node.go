@@ -34,7 +34,13 @@ type nodeState struct {
 	// directory lists every lower directory merged into it (none when
 	// opaque); any other object has at most one, its copy-up source.
 	lowers []layerRef
+	// metacopy is set when the upper object is a metadata-only copy: its
+	// data is still lowers[0]'s (see metacopy.go).
+	metacopy bool
 }
+
+// dataUpper reports whether the object's data lives in the upper layer.
+func (st nodeState) dataUpper() bool { return st.upper && !st.metacopy }
 
 // node is one union inode.
 type node struct {
@@ -53,8 +59,8 @@ type node struct {
 	// anonFd is an O_PATH fd of an unnamed (O_TMPFILE) file, 0 if none.
 	anonFd int // guarded by mu
 
-	// copiedUp is set (after st.upper) when a copy-up moved the node to
-	// the upper layer, so that handles opened on the lower switch over.
+	// copiedUp is set (after st.upper) when a copy-up moved the node's
+	// data to	// the upper layer, so that handles opened on the lower switch over.
 	copiedUp atomic.Bool
 }
 
@@ -75,7 +81,7 @@ func (n *node) setState(st nodeState) {
 	n.mu.Lock()
 	n.st = st
 	n.mu.Unlock()
-	if st.upper {
+	if st.dataUpper() {
 		n.copiedUp.Store(true)
 	}
 }
@@ -156,7 +162,7 @@ func parseID(s string) (ino, gen uint64, ok bool) {
 // link, or a repeated lookup), that inode's state is refreshed instead.
 func (n *node) newChild(ctx context.Context, st nodeState, id fs.StableAttr) *fs.Inode {
 	child := &node{ufs: n.ufs, st: st}
-	if st.upper {
+	if st.dataUpper() {
 		child.copiedUp.Store(true)
 	}
 	ino := n.NewInode(ctx, child, id)
@@ -186,6 +192,9 @@ func (n *node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut)
 	}
 	if err != nil {
 		return sysx.Errno(err)
+	}
+	if st.metacopy {
+		n.ufs.showLowerBlocks(st, &s)
 	}
 	n.ufs.applyOverride(ref, &s)
 	n.ufs.fillAttr(&out.Attr, &s)

@@ -27,6 +27,9 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	}
 	st := n.state()
 	ref, ok := u.top(st, n.path())
+	if st.metacopy {
+		ref = st.lowers[0] // read-only: the data is still below
+	}
 	if !ok {
 		return nil, 0, syscall.ENOENT
 	}
@@ -40,7 +43,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			return nil, 0, u.errno(err)
 		}
 	}
-	f, fuseFlags := n.openedFile(fd, openFlags, !st.upper)
+	f, fuseFlags := n.openedFile(fd, openFlags, !st.dataUpper())
 	return f, fuseFlags, 0
 }
 

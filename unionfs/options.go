@@ -75,6 +75,11 @@ type Options struct {
 	// character device, falling back to xattr where device nodes cannot
 	// be made), chardev, xattr or aufs. All three are read regardless.
 	Whiteout string
+	// Metacopy makes changes of metadata alone (chmod, chown, utimes,
+	// xattrs) copy up a file's metadata only, in kernel overlay's
+	// metacopy format: its data stays in the lower layer until the first
+	// write (metacopy=on).
+	Metacopy bool
 	// CacheTimeout is how long the kernel may cache names and
 	// attributes (timeout=SECONDS).
 	CacheTimeout time.Duration
@@ -228,7 +233,16 @@ func ParseOptions(optionLists []string) (Options, error) {
 				o.FsName = value
 			case "debug":
 				o.Debug = true
-			case "index", "metacopy", "nfs_export", "uuid", "xino", "verity", "subtype":
+			case "metacopy":
+				switch value {
+				case "on":
+					o.Metacopy = true
+				case "off":
+					o.Metacopy = false
+				default:
+					return o, badOption("metacopy=%q: want on or off", value)
+				}
+			case "index", "nfs_export", "uuid", "xino", "verity", "subtype":
 				// Kernel overlay features this union does not implement;
 				// accepted so that option strings written for the kernel
 				// work. "off" is what they mean here.

@@ -39,6 +39,9 @@ func TestParseOptions(t *testing.T) {
 		{"redirects are on by default", []string{"lower=/a"}, func(t *testing.T, o Options) {
 			assert.Equal(t, RedirectOn, o.Redirect)
 		}},
+		{"metacopy off by default, on when asked", []string{"lower=/a", "metacopy=on"}, func(t *testing.T, o Options) {
+			assert.True(t, o.Metacopy)
+		}},
 		{"fsync=0 and volatile skip fsync", []string{"lower=/a,fsync=0"}, func(t *testing.T, o Options) {
 			assert.True(t, o.NoFsync)
 		}},
@@ -82,6 +85,7 @@ func TestParseOptions(t *testing.T) {
 		"squash_to_uid=nobody":  "squash_to_uid",
 		"whiteout=glitter":      "whiteout",
 		"passthrough=sometimes": "passthrough",
+		"metacopy=yes":          "metacopy",
 	} {
 		_, err := ParseOptions([]string{bad})
 		require.ErrorIs(t, err, ErrBadOption, bad)

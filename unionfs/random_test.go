@@ -141,12 +141,17 @@ func TestRandomOperationsMatchKernelOverlay(t *testing.T) {
 	// views are compared.
 	for _, format := range []string{"chardev", "xattr", "aufs"} {
 		t.Run("whiteout="+format, func(t *testing.T) {
-			randomAgainstKernel(t, format)
+			randomAgainstKernel(t, format, false)
 		})
 	}
+	// Metadata-only copy-up, on both sides where the kernel has it (not
+	// in a user namespace): merged views must not depend on it.
+	t.Run("metacopy=on", func(t *testing.T) {
+		randomAgainstKernel(t, "chardev", true)
+	})
 }
 
-func randomAgainstKernel(t *testing.T, format string) {
+func randomAgainstKernel(t *testing.T, format string, metacopy bool) {
 	rapid.Check(t, func(rt *rapid.T) {
 		kernel := fstest.NewLayers(t, len(randomLowers))
 		union := fstest.NewLayers(t, len(randomLowers))
@@ -154,11 +159,18 @@ func randomAgainstKernel(t *testing.T, format string) {
 			fstest.WriteTree(t, kernel.Lowers[i], spec)
 			fstest.WriteTree(t, union.Lowers[i], spec)
 		}
-		unmountKernel, err := fstest.StartKernelOverlay(kernel, kernelOverlayOptions()...)
+		kernelOpts := kernelOverlayOptions()
+		unionOpts := []string{"whiteout=" + format}
+		if metacopy {
+			if !fstest.InUserNamespace() {
+				kernelOpts = []string{"redirect_dir=on", "metacopy=on", "index=off"}
+			}
+			unionOpts = append(unionOpts, "metacopy=on")
+		}
+		unmountKernel, err := fstest.StartKernelOverlay(kernel, kernelOpts...)
 		if err != nil {
 			rt.Fatal(err)
 		}
-		unionOpts := []string{"whiteout=" + format}
 		if fstest.InUserNamespace() {
 			// As the kernel there: no redirects (see kernelOverlayOptions).
 			unionOpts = append(unionOpts, "redirect_dir=nofollow")
@@ -183,6 +195,10 @@ func randomAgainstKernel(t *testing.T, format string) {
 			}
 			compareTrees(rt, fmt.Sprintf("after step %d %v: merged view", i, o), kernel.Mount, union.Mount)
 		}
+		merged, err := fstest.TakeSnapshot(kernel.Mount)
+		if err != nil {
+			rt.Fatal(err)
+		}
 		unmounted = true
 		if err := unmountKernel(); err != nil {
 			rt.Fatal(err)
@@ -190,7 +206,25 @@ func randomAgainstKernel(t *testing.T, format string) {
 		if err := mounted.Unmount(); err != nil {
 			rt.Fatal(err)
 		}
-		if format == "chardev" {
+		switch {
+		case metacopy:
+			// Where data waits below differs by design (the kernel keeps
+			// linked files metadata-only, which needs its index to survive
+			// a remount; this union copies their data): what a remount
+			// shows must not.
+			remounted, err := fstest.StartUnion(union, unionOpts...)
+			if err != nil {
+				rt.Fatal(err)
+			}
+			got, err := fstest.TakeSnapshot(union.Mount)
+			remounted.Unmount()
+			if err != nil {
+				rt.Fatal(err)
+			}
+			if d := fstest.Diff(merged, got); len(d) > 0 {
+				rt.Fatalf("after a remount the merged view differs from kernel overlay:\n  %s", strings.Join(d, "\n  "))
+			}
+		case format == "chardev":
 			compareTrees(rt, "upper dirs", kernel.Upper, union.Upper)
 		}
 	})

@@ -33,11 +33,16 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 		}
 		return syscall.ENOENT
 	}
-	if err := u.copyUp(n, !(hasSize && size == 0)); err != nil {
+	var err error
+	if hasSize {
+		err = u.copyUp(n, size != 0)
+	} else {
+		err = u.copyUpMeta(n)
+	}
+	if err != nil {
 		return u.errno(err)
 	}
 	path := rel(n.path())
-	var err error
 	fd := u.upper.fd
 	if mode, ok := in.GetMode(); ok {
 		if err := unix.Fchmodat(fd, path, mode&0o7777, 0); err != nil {
@@ -91,6 +96,9 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 	var s unix.Stat_t
 	if err := u.upper.lstat(path, &s); err != nil {
 		return u.errno(err)
+	}
+	if st := n.state(); st.metacopy {
+		u.showLowerBlocks(st, &s)
 	}
 	u.applyOverride(layerRef{u.upper, n.path()}, &s)
 	u.fillAttr(&out.Attr, &s)

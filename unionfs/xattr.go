@@ -109,7 +109,7 @@ func (n *node) changeXattr(attr string, removal bool, change func(path string) e
 			return syscall.ENODATA
 		}
 	}
-	if err := u.copyUp(n, true); err != nil {
+	if err := u.copyUpMeta(n); err != nil {
 		return u.errno(err)
 	}
 	return sysx.Errno(change(rel(n.path())))

@@ -32,6 +32,7 @@ const (
 	redirectSuffix  = "redirect"
 	whiteoutSuffix  = "whiteout"
 	whiteoutsSuffix = "whiteouts"
+	metacopySuffix  = "metacopy"
 )
 
 // Markers reads and writes markers in one xattr namespace, and reads the
@@ -127,6 +128,26 @@ func (m Markers) ClearOpaque(root int, path string) error {
 func (m Markers) SetRedirect(root int, path, target string) error {
 	if err := sysx.Setxattr(root, path, m.Prefix+redirectSuffix, []byte(target), 0); err != nil {
 		return fmt.Errorf("set redirect on %s: %w", path, err)
+	}
+	return nil
+}
+
+// IsMetacopy reports whether the regular file at path holds metadata
+// only, its data being the same path's in a lower layer.
+func (m Markers) IsMetacopy(root int, path string) bool {
+	for _, p := range m.readPrefixes() {
+		if _, err := sysx.GetxattrInto(root, path, p+metacopySuffix, nil); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// SetMetacopy marks the regular file at path as holding metadata only.
+// The marker is empty, which kernel overlay reads as "no data digest".
+func (m Markers) SetMetacopy(root int, path string) error {
+	if err := sysx.Setxattr(root, path, m.Prefix+metacopySuffix, nil, 0); err != nil {
+		return fmt.Errorf("mark %s metacopy: %w", path, err)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pkg/xattr"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
@@ -176,48 +177,81 @@ func TestSigtermUnmountsCleanly(t *testing.T) {
 }
 
 // A crash at any copy-up point leaves the old file (or a whole copy),
-// never a half one, and a remount clears the work dir.
+// never a half one, and a remount clears the work dir. With metacopy=on
+// the same holds for the copy of the data of a metadata-only upper file:
+// it stays metadata-only, or becomes a whole copy.
 func TestCrashDuringCopyUpLeavesOldOrNewState(t *testing.T) {
 	fstest.RequireFUSE(t)
 	bin := binary(t)
-	for _, point := range unionfs.CrashPoints() {
-		t.Run(point, func(t *testing.T) {
-			l := layers(t)
-			cmd := exec.Command(bin, "-f", "-o", "lower="+l.Lowers[0]+",upper="+l.Upper+",work="+l.Work, l.Mount)
-			cmd.Env = append(os.Environ(), "UNIONMOUNT_CRASH_AT="+point)
-			require.NoError(t, cmd.Start())
-			for i := 0; i < 200 && !mounted(l.Mount); i++ {
-				time.Sleep(10 * time.Millisecond)
+	for _, metacopy := range []bool{false, true} {
+		for _, point := range unionfs.CrashPoints() {
+			name := point
+			if metacopy {
+				name = "metacopy/" + point
 			}
-			require.True(t, mounted(l.Mount))
-			stop, aborted := fstest.AbortAfter(l.Mount, 20*time.Second)
-			f, err := os.OpenFile(l.Mount+"/f", os.O_WRONLY|os.O_APPEND, 0)
-			if err == nil {
-				f.WriteString(" appended")
-				f.Close()
-			}
-			err = cmd.Wait()
-			stop()
-			require.False(t, aborted(), "the crashed server did not go away: its FUSE connection had to be aborted")
-			var exit *exec.ExitError
-			require.True(t, errors.As(err, &exit), "server crashed: %v", err)
-			assert.Equal(t, 86, exit.ExitCode(), "stopped at the crash point")
-			require.NoError(t, unix.Unmount(l.Mount, unix.MNT_DETACH))
-
-			if data, err := os.ReadFile(l.Upper + "/f"); err == nil {
-				assert.Equal(t, "lower data", string(data), "an upper copy is whole")
-			} else {
-				assert.True(t, os.IsNotExist(err))
-			}
-			fstest.MountUnion(t, l)
-			data, err := os.ReadFile(l.Mount + "/f")
-			require.NoError(t, err)
-			assert.Equal(t, "lower data", string(data))
-			left, err := os.ReadDir(filepath.Join(l.Work, "work"))
-			require.NoError(t, err)
-			assert.Empty(t, left, "remount cleared the work dir")
-		})
+			t.Run(name, func(t *testing.T) {
+				crashDuringCopyUp(t, bin, point, metacopy)
+			})
+		}
 	}
+}
+
+func crashDuringCopyUp(t *testing.T, bin, point string, metacopy bool) {
+	l := layers(t)
+	opts := "lower=" + l.Lowers[0] + ",upper=" + l.Upper + ",work=" + l.Work
+	wantMode := uint32(0o644)
+	if metacopy {
+		fstest.RequireRoot(t) // trusted.* xattrs
+		opts += ",metacopy=on"
+		m, err := fstest.StartUnion(l, "metacopy=on")
+		require.NoError(t, err)
+		require.NoError(t, os.Chmod(l.Mount+"/f", 0o600))
+		require.NoError(t, m.Unmount())
+		wantMode = 0o600
+		_, err = xattr.LGet(l.Upper+"/f", "trusted.overlay.metacopy")
+		require.NoError(t, err, "metadata-only copy before the crash")
+	}
+	cmd := exec.Command(bin, "-f", "-o", opts, l.Mount)
+	cmd.Env = append(os.Environ(), "UNIONMOUNT_CRASH_AT="+point)
+	require.NoError(t, cmd.Start())
+	for i := 0; i < 200 && !mounted(l.Mount); i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	require.True(t, mounted(l.Mount))
+	stop, aborted := fstest.AbortAfter(l.Mount, 20*time.Second)
+	f, err := os.OpenFile(l.Mount+"/f", os.O_WRONLY|os.O_APPEND, 0)
+	if err == nil {
+		f.WriteString(" appended")
+		f.Close()
+	}
+	err = cmd.Wait()
+	stop()
+	require.False(t, aborted(), "the crashed server did not go away: its FUSE connection had to be aborted")
+	var exit *exec.ExitError
+	require.True(t, errors.As(err, &exit), "server crashed: %v", err)
+	assert.Equal(t, 86, exit.ExitCode(), "stopped at the crash point")
+	require.NoError(t, unix.Unmount(l.Mount, unix.MNT_DETACH))
+
+	_, markErr := xattr.LGet(l.Upper+"/f", "trusted.overlay.metacopy")
+	if data, err := os.ReadFile(l.Upper + "/f"); err == nil && markErr != nil {
+		assert.Equal(t, "lower data", string(data), "an upper copy is whole")
+	} else if err != nil {
+		assert.True(t, os.IsNotExist(err))
+	}
+	extra := []string{}
+	if metacopy {
+		extra = append(extra, "metacopy=on")
+	}
+	fstest.MountUnion(t, l, extra...)
+	data, err := os.ReadFile(l.Mount + "/f")
+	require.NoError(t, err)
+	assert.Equal(t, "lower data", string(data))
+	var st unix.Stat_t
+	require.NoError(t, unix.Lstat(l.Mount+"/f", &st))
+	assert.Equal(t, wantMode, st.Mode&0o7777)
+	left, err := os.ReadDir(filepath.Join(l.Work, "work"))
+	require.NoError(t, err)
+	assert.Empty(t, left, "remount cleared the work dir")
 }
 
 // aufs branch syntax: the leftmost branch is the upper, and a removal
