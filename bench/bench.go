@@ -20,13 +20,19 @@ type Family string
 
 const (
 	Union Family = "union"
-	Block Family = "block"
+	// Rootless is the union workloads run without privilege: as root of
+	// a user namespace whose ids are shifted host ids (see userns.go).
+	Rootless Family = "union-userns"
+	Block    Family = "block"
 )
 
 // Reference is the target each family's ratios are relative to.
 func (f Family) Reference() string {
-	if f == Union {
+	switch f {
+	case Union:
 		return "kernel-overlay"
+	case Rootless:
+		return "fuse-overlayfs"
 	}
 	return "raw-file"
 }

@@ -167,8 +167,10 @@ func UnionTargets() []Target {
 				_, err := runCmd("cp", "-a", "--reflink=auto", lower+"/.", mnt)
 				return err
 			}},
-		unionmount("unionmount-passthrough"),
-		unionmount("unionmount", "passthrough=off"),
+		// Metadata-only copy-up on: kernel overlay runs with its default
+		// (metacopy=off), which is what the copy-up rows compare with.
+		unionmount("unionmount-passthrough", "metacopy=on"),
+		unionmount("unionmount", "passthrough=off", "metacopy=on"),
 		&unionTarget{name: "fuse-overlayfs", fuse: true, skip: needBinary("fuse-overlayfs", "fuse-overlayfs"),
 			mount: func(env *Env, lower, upper, work, mnt string) error {
 				_, err := runCmd("fuse-overlayfs", "-o", overlayOpts(lower, upper, work), mnt)

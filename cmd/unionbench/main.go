@@ -38,6 +38,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	unionmount := fs.String("unionmount", "", "unionmount binary (default: beside this one, then PATH)")
 	thinblock := fs.String("thinblock", "", "thinblock binary (default: beside this one, then PATH)")
 	list := fs.Bool("list", false, "list the targets and workloads and exit")
+	rootless := fs.Bool("userns", true, "also run the union workloads on "+strings.Join(bench.RootlessTargets, " and ")+
+		" as root of a user namespace, as rootless containers run (needs root to map the ids)")
+	inside := fs.Bool(insideFlag[2:], false, "")
+	fs.MarkHidden(insideFlag[2:])
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -61,6 +65,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	chosenT := selectTargets(allTargets, *targets, stderr)
+	if *inside {
+		// The parent's reference for this run is one of the targets
+		// named; kernel overlay's privileged mount cannot run here.
+		chosenT = exactTargets(chosenT, *targets)
+	}
 	chosenW := selectWorkloads(allWorkloads, *workloads, stderr)
 	if len(chosenT) == 0 || len(chosenW) == 0 {
 		fmt.Fprintln(stderr, "unionbench: nothing to run (see --list)")
@@ -97,6 +106,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	rep := bench.Run(cfg, env, chosenT, chosenW)
+	if names := unionWorkloads(chosenW); *rootless && !*inside && len(names) > 0 && (*targets == "" || strings.Contains(*targets, "unionmount")) {
+		fmt.Fprintln(stderr, "unionbench: the union workloads again, in a user namespace")
+		rep.Rows = append(rep.Rows, rootlessRows(cfg, names, stderr)...)
+	}
 	if isTerminal(stderr) {
 		fmt.Fprint(stderr, "\r\033[K")
 	}
@@ -123,6 +136,39 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprintf(stderr, "unionbench: wrote %s\n", strings.Join(append(files, charts...), ", "))
 	return 0
+}
+
+// insideFlag marks the harness run in a user namespace by its parent.
+const insideFlag = "--inside-userns"
+
+func unionWorkloads(chosen []bench.Workload) []string {
+	var names []string
+	for _, w := range chosen {
+		if w.Family == bench.Union {
+			names = append(names, w.Name)
+		}
+	}
+	return names
+}
+
+// rootlessRows measures the union workloads in a user namespace; where
+// that cannot be done, the rows say why.
+func rootlessRows(cfg *bench.Config, workloads []string, stderr io.Writer) []bench.Row {
+	self, err := os.Executable()
+	var rows []bench.Row
+	if err == nil {
+		rows, err = bench.RunInUserNamespace(cfg, self, insideFlag, workloads, stderr)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "unionbench: user namespace: %v\n", err)
+		rows = nil
+		for _, t := range bench.RootlessTargets {
+			for _, w := range workloads {
+				rows = append(rows, bench.Row{Family: bench.Rootless, Target: t, Workload: w, Skipped: err.Error()})
+			}
+		}
+	}
+	return rows
 }
 
 func compare(args []string, stdout, stderr io.Writer) int {
@@ -161,6 +207,19 @@ func selectTargets(all []bench.Target, list string, stderr io.Writer) []bench.Ta
 		}
 	}
 	return withReferences(all, out)
+}
+
+// exactTargets keeps the targets named in list, without references.
+func exactTargets(chosen []bench.Target, list string) []bench.Target {
+	var out []bench.Target
+	for _, t := range chosen {
+		for _, name := range strings.Split(list, ",") {
+			if t.Name() == strings.TrimSpace(name) {
+				out = append(out, t)
+			}
+		}
+	}
+	return out
 }
 
 // withReferences adds each chosen family's reference target, without
