@@ -36,7 +36,8 @@ demo: deps-demo build
 	scripts/demo.sh $(BIN)/unionmount
 
 test: deps-test build lint
-	UNIONMOUNT_BIN=$(CURDIR)/$(BIN)/unionmount THINBLOCK_BIN=$(CURDIR)/$(BIN)/thinblock UNIONMOUNT_LONG=$(LONG) \
+	UNIONMOUNT_BIN=$(CURDIR)/$(BIN)/unionmount THINBLOCK_BIN=$(CURDIR)/$(BIN)/thinblock \
+		UNIONBENCH_BIN=$(CURDIR)/$(BIN)/unionbench UNIONMOUNT_LONG=$(LONG) \
 		$(GO) test -count=1 -timeout $(TESTTIMEOUT) ./...
 
 lint:

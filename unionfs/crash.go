@@ -23,9 +23,13 @@ func CrashPoints() []string {
 const crashExitCode = 86
 
 // crashPoint ends the process when the options name this point, without
-// any cleanup, as a power cut or kill -9 would.
+// any cleanup, as a power cut or kill -9 would. It waits until Mount has
+// returned: until then go-fuse may hold a file of the mount open (its
+// epoll probe), and a process that dies closing a file of its own mount
+// waits forever for the FLUSH it can no longer answer.
 func (u *FS) crashPoint(name string) {
 	if u.opts.CrashAt == name {
+		<-u.mounted
 		u.logger.Printf("crash point %s reached: exiting", name)
 		os.Exit(crashExitCode)
 	}

@@ -52,6 +52,9 @@ type FS struct {
 	// passthrough.
 	daemonReads atomic.Uint64
 
+	// mounted is closed once Mount has returned (see crashPoint).
+	mounted chan struct{}
+
 	refusedMu sync.Mutex
 	refused   map[string]bool // guarded by refusedMu
 }
@@ -69,7 +72,7 @@ func New(opts Options, logger *log.Logger) (*FS, error) {
 	if logger == nil {
 		logger = log.New(os.Stderr, "unionmount: ", log.LstdFlags)
 	}
-	u := &FS{opts: opts, work: -1, logger: logger}
+	u := &FS{opts: opts, work: -1, logger: logger, mounted: make(chan struct{})}
 	var err error
 	if u.wformat, u.wauto, err = whiteout.ParseFormat(opts.Whiteout); err != nil {
 		return nil, badOption("%v", err)

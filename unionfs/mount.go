@@ -81,6 +81,7 @@ func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuse.Server, *
 	settings := server.KernelSettings()
 	u.passthrough.Store(opts.Passthrough && os.Geteuid() == 0 &&
 		settings.Flags64()&fuse.CAP_PASSTHROUGH != 0)
+	close(u.mounted)
 	return server, u, nil
 }
 
