@@ -129,8 +129,9 @@ func (f *file) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
 	onLower := f.onLower
 	f.mu.RUnlock()
 	if onLower && f.n.state().metacopy {
-		// The lower fd has the data, the upper copy the metadata.
-		return f.n.Getattr(ctx, nil, out)
+		// The lower fd has the data, the upper copy the metadata. No
+		// ns here: Setattr calls this holding it.
+		return f.n.getattr(nil, out)
 	}
 	errno := inner.(fs.FileGetattrer).Getattr(ctx, out)
 	if errno == 0 {

@@ -179,6 +179,11 @@ func (n *node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut)
 	}
 	n.ufs.ns.RLock()
 	defer n.ufs.ns.RUnlock()
+	return n.getattr(fh, out)
+}
+
+// getattr is Getattr for callers that hold ns.
+func (n *node) getattr(fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	st := n.state()
 	ref, ok := n.ufs.top(st, n.path())
 	if !ok {
