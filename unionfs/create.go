@@ -184,7 +184,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	u := n.ufs
 	u.ns.Lock()
 	defer u.ns.Unlock()
-	openFlags := flagsBelow(flags, unix.O_TRUNC)
+	openFlags := u.flagsBelow(flags, unix.O_TRUNC)
 	fd := -1
 	f, err := n.create(ctx, newObject{name: name, own: true, make: func(tmp string) error {
 		var err error

@@ -46,6 +46,9 @@ type FS struct {
 	// ns is the namespace lock (see the package doc).
 	ns sync.RWMutex
 
+	// writeback is set when the kernel is asked to cache writes (see
+	// Mount); layer files are then opened for reading too.
+	writeback bool
 	// passthrough is set once the kernel has agreed to FUSE passthrough.
 	passthrough atomic.Bool
 	// daemonReads counts reads served by the daemon rather than by

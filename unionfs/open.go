@@ -18,7 +18,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	u := n.ufs
 	u.ns.RLock()
 	defer u.ns.RUnlock()
-	openFlags := flagsBelow(flags, 0)
+	openFlags := u.flagsBelow(flags, 0)
 	writing := openFlags&unix.O_ACCMODE != unix.O_RDONLY || openFlags&unix.O_TRUNC != 0
 	if writing {
 		if err := u.copyUp(n, openFlags&unix.O_TRUNC == 0); err != nil {
@@ -34,6 +34,12 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		return nil, 0, syscall.ENOENT
 	}
 	fd, err := ref.l.open(ref.path, openFlags|unix.O_NOFOLLOW, 0)
+	if err == unix.EACCES && int(flags)&unix.O_ACCMODE == unix.O_WRONLY && openFlags&unix.O_ACCMODE == unix.O_RDWR {
+		// Not readable by the mounter (an unprivileged one): write-only,
+		// as asked; the kernel then reads partial pages from elsewhere.
+		openFlags = openFlags&^unix.O_ACCMODE | unix.O_WRONLY
+		fd, err = ref.l.open(ref.path, openFlags|unix.O_NOFOLLOW, 0)
+	}
 	if err != nil {
 		return nil, 0, u.errno(err)
 	}
@@ -54,9 +60,15 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 // the caller's O_DIRECT to the backing file itself; the reads and writes
 // the daemon serves go through the host's page cache, as fuse-overlayfs
 // does, instead of making a disk round trip from a buffer whose alignment
-// the caller never chose.
-func flagsBelow(flags uint32, drop int) int {
-	return int(flags) &^ (unix.O_CREAT | unix.O_EXCL | unix.O_APPEND | unix.O_NOCTTY | unix.O_DIRECT | drop)
+// the caller never chose. With the writeback cache a write-only file is
+// opened for reading too: the kernel reads the rest of a page it writes
+// part of through any handle of the file.
+func (u *FS) flagsBelow(flags uint32, drop int) int {
+	f := int(flags) &^ (unix.O_CREAT | unix.O_EXCL | unix.O_APPEND | unix.O_NOCTTY | unix.O_DIRECT | drop)
+	if u.writeback && f&unix.O_ACCMODE == unix.O_WRONLY {
+		f = f&^unix.O_ACCMODE | unix.O_RDWR
+	}
+	return f
 }
 
 // openedFile wraps a freshly opened fd. The kernel refuses to mix

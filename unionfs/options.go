@@ -75,6 +75,9 @@ type Options struct {
 	// character device, falling back to xattr where device nodes cannot
 	// be made), chardev, xattr or aufs. All three are read regardless.
 	Whiteout string
+	// NoWriteback keeps the kernel's writeback cache off where it would
+	// be used: mounts without passthrough (writeback=0).
+	NoWriteback bool
 	// Metacopy makes changes of metadata alone (chmod, chown, utimes,
 	// xattrs) copy up a file's metadata only, in kernel overlay's
 	// metacopy format: its data stays in the lower layer until the first
@@ -233,6 +236,15 @@ func ParseOptions(optionLists []string) (Options, error) {
 				o.FsName = value
 			case "debug":
 				o.Debug = true
+			case "writeback":
+				switch value {
+				case "0", "off":
+					o.NoWriteback = true
+				case "1", "on":
+					o.NoWriteback = false
+				default:
+					return o, badOption("writeback=%q: want 0 or 1", value)
+				}
 			case "metacopy":
 				switch value {
 				case "on":

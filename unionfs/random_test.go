@@ -149,9 +149,14 @@ func TestRandomOperationsMatchKernelOverlay(t *testing.T) {
 	t.Run("metacopy=on", func(t *testing.T) {
 		randomAgainstKernel(t, "chardev", true)
 	})
+	// Without passthrough the kernel caches writes (the writeback cache),
+	// as it does in a user namespace.
+	t.Run("passthrough=off", func(t *testing.T) {
+		randomAgainstKernel(t, "chardev", false, "passthrough=off")
+	})
 }
 
-func randomAgainstKernel(t *testing.T, format string, metacopy bool) {
+func randomAgainstKernel(t *testing.T, format string, metacopy bool, unionExtra ...string) {
 	rapid.Check(t, func(rt *rapid.T) {
 		kernel := fstest.NewLayers(t, len(randomLowers))
 		union := fstest.NewLayers(t, len(randomLowers))
@@ -160,7 +165,7 @@ func randomAgainstKernel(t *testing.T, format string, metacopy bool) {
 			fstest.WriteTree(t, union.Lowers[i], spec)
 		}
 		kernelOpts := kernelOverlayOptions()
-		unionOpts := []string{"whiteout=" + format}
+		unionOpts := append([]string{"whiteout=" + format}, unionExtra...)
 		if metacopy {
 			if !fstest.InUserNamespace() {
 				kernelOpts = []string{"redirect_dir=on", "metacopy=on", "index=off"}

@@ -28,7 +28,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	if err := u.copyUp(n, true); err != nil {
 		return nil, nil, 0, u.errno(err)
 	}
-	openFlags := flagsBelow(flags, unix.O_TMPFILE)
+	openFlags := u.flagsBelow(flags, unix.O_TMPFILE)
 	fd, err := u.upper.open(n.path(), openFlags|unix.O_TMPFILE, mode&0o7777)
 	if err != nil {
 		return nil, nil, 0, u.errno(err)
