@@ -44,8 +44,11 @@ func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuse.Server, *
 	// the kernel caches writes and sends them in pages, as fuse-overlayfs
 	// has it do (random 4 KiB writes 4.8x faster here). Passthrough writes
 	// go straight to the upper file, and the two are not mixed.
+	// Passthrough and the readahead setting need root of the initial
+	// user namespace.
+	privileged := os.Geteuid() == 0 && !userns.Inside()
 	var extraCaps uint64
-	passthroughPossible := opts.Passthrough && os.Geteuid() == 0 && !userns.Inside()
+	passthroughPossible := opts.Passthrough && privileged
 	if !passthroughPossible && !opts.NoWriteback {
 		u.writeback = true
 		extraCaps |= fuse.CAP_WRITEBACK_CACHE
@@ -87,12 +90,11 @@ func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuse.Server, *
 		u.Close()
 		return nil, nil, fmt.Errorf("mount %s: %w", mountpoint, err)
 	}
-	if os.Geteuid() == 0 {
+	if privileged {
 		raiseReadahead(mountpoint, logger)
 	}
 	settings := server.KernelSettings()
-	u.passthrough.Store(opts.Passthrough && os.Geteuid() == 0 &&
-		settings.Flags64()&fuse.CAP_PASSTHROUGH != 0)
+	u.passthrough.Store(passthroughPossible && settings.Flags64()&fuse.CAP_PASSTHROUGH != 0)
 	close(u.mounted)
 	return server, u, nil
 }
