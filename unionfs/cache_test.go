@@ -77,9 +77,9 @@ func TestKeptPageCacheNeverServesStaleData(t *testing.T) {
 	require.Equal(t, "old data 1234", readFile(t, f))
 	// Copy up and write in place (through passthrough where the kernel
 	// offers it), then put the times back as they were, as a write within
-	// one timestamp tick would leave them: the kernel's own check
-	// (auto_inval_data drops pages when mtime or size change) must not be
-	// all that keeps the cache fresh.
+	// one timestamp tick would leave them. (The kernel's auto_inval_data
+	// still sees the change here, from the attributes it fetched after
+	// the write, so this checks the outcome, not openedFile's own flag.)
 	before := lstat(t, f)
 	w, err := os.OpenFile(f, os.O_RDWR, 0)
 	require.NoError(t, err)

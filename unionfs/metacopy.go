@@ -14,12 +14,14 @@ import (
 // still the lower file's at the same path: reads go there, and the first
 // change of data (an open for writing, a truncation, a link or a rename)
 // copies the data up whole. Kernel overlay mounted with metacopy=on reads
-// such a layer, and this union reads the ones it writes.
+// such a layer, and this union reads the ones it writes. Like the kernel,
+// it looks for metadata-only files only with metacopy=on, which keeps
+// the xattr read off every other lookup.
 
 // maybeMetacopy reports whether an upper object with attributes st could
 // be a metadata-only copy, so that only those pay for the xattr read.
 func (u *FS) maybeMetacopy(st *unix.Stat_t) bool {
-	return st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size > 0 && len(u.lowers) > 0
+	return u.opts.Metacopy && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Size > 0 && len(u.lowers) > 0
 }
 
 // findMetacopyData completes the lookup of a metadata-only upper file f:

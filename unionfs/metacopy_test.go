@@ -102,7 +102,7 @@ func TestMetacopyKeepsDataBelowUntilTheFirstWrite(t *testing.T) {
 	// And this reads the kernel's metadata-only copies.
 	require.NoError(t, os.Chmod(l.Mount+"/h", 0o604))
 	require.NoError(t, unmount())
-	fstest.MountUnion(t, l)
+	fstest.MountUnion(t, l, "metacopy=on")
 	assert.Equal(t, data, readFile(t, l.Mount+"/h"))
 	assert.Equal(t, uint32(0o604), lstat(t, l.Mount+"/h").Mode&0o7777)
 }

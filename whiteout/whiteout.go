@@ -135,12 +135,8 @@ func (m Markers) SetRedirect(root int, path, target string) error {
 // IsMetacopy reports whether the regular file at path holds metadata
 // only, its data being the same path's in a lower layer.
 func (m Markers) IsMetacopy(root int, path string) bool {
-	for _, p := range m.readPrefixes() {
-		if _, err := sysx.GetxattrInto(root, path, p+metacopySuffix, nil); err == nil {
-			return true
-		}
-	}
-	return false
+	prefixes := m.readPrefixes()
+	return sysx.HasAnyXattr(root, path, prefixes[0]+metacopySuffix, prefixes[1]+metacopySuffix)
 }
 
 // SetMetacopy marks the regular file at path as holding metadata only.

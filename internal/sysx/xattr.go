@@ -77,6 +77,22 @@ func GetxattrInto(root int, path, name string, dest []byte) (int, error) {
 	return unix.Getxattr(p, name, dest)
 }
 
+// HasAnyXattr reports whether path under root has one of the attributes
+// names, with one open for all of them.
+func HasAnyXattr(root int, path string, names ...string) bool {
+	p, fd, err := objectPath(root, path)
+	if err != nil {
+		return false
+	}
+	defer closeFd(fd)
+	for _, name := range names {
+		if _, err := unix.Getxattr(p, name, nil); err == nil {
+			return true
+		}
+	}
+	return false
+}
+
 // Setxattr sets attribute name of path under root.
 func Setxattr(root int, path, name string, value []byte, flags int) error {
 	p, fd, err := objectPath(root, path)
