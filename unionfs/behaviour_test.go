@@ -2,6 +2,7 @@ package unionfs_test
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -478,6 +479,111 @@ var behaviours = []behaviour{
 		},
 	},
 	{
+		name:  "a reader going on after another started the directory over still sees every name once",
+		lower: manyFiles("d", 300),
+		run: func(t *testing.T, m string) {
+			a, err := unix.Open(m+"/d", unix.O_RDONLY|unix.O_DIRECTORY, 0)
+			require.NoError(t, err)
+			defer unix.Close(a)
+			buf := make([]byte, 512) // a few names per call
+			n, err := unix.ReadDirent(a, buf)
+			require.NoError(t, err)
+			_, _, first := unix.ParseDirent(buf[:n], -1, nil)
+			require.NotEmpty(t, first)
+			// Remove what was seen, as rm does; another reader lists the
+			// changed directory from the start meanwhile.
+			for _, name := range first {
+				require.NoError(t, os.Remove(m+"/d/"+name))
+			}
+			b, err := unix.Open(m+"/d", unix.O_RDONLY|unix.O_DIRECTORY, 0)
+			require.NoError(t, err)
+			defer unix.Close(b)
+			assert.Len(t, readAllNames(t, b), 300-len(first))
+			seen := map[string]int{}
+			for _, name := range append(first, readAllNames(t, a)...) {
+				seen[name]++
+			}
+			for i := 0; i < 300; i++ {
+				name := fmt.Sprintf("f%03d", i)
+				assert.Equal(t, 1, seen[name], "times %s was listed", name)
+			}
+		},
+	},
+	{
+		name:  "fstat of an open directory answers after the directory is removed",
+		lower: fstest.Spec{"d/": "", "e/": ""},
+		run: func(t *testing.T, m string) {
+			require.NoError(t, unix.Chmod(m+"/d", 0o751))
+			before := lstat(t, m+"/d")
+			fd, err := unix.Open(m+"/d", unix.O_RDONLY|unix.O_DIRECTORY, 0)
+			require.NoError(t, err)
+			defer unix.Close(fd)
+			efd, err := unix.Open(m+"/e", unix.O_RDONLY|unix.O_DIRECTORY, 0)
+			require.NoError(t, err)
+			defer unix.Close(efd)
+			require.NoError(t, unix.Rmdir(m+"/d"))
+			require.NoError(t, unix.Mkdir(m+"/dir1", 0o700))
+			require.NoError(t, unix.Rename(m+"/dir1", m+"/e")) // e is replaced
+			for name, fd := range map[string]int{"d": fd, "e": efd} {
+				var st unix.Stat_t
+				if assert.NoError(t, unix.Fstat(fd, &st), name) {
+					assert.Equal(t, uint32(unix.S_IFDIR), st.Mode&unix.S_IFMT, name)
+				}
+				if name == "d" {
+					assert.Equal(t, before.Mode, st.Mode)
+					assert.Equal(t, before.Ino, st.Ino)
+				}
+			}
+		},
+	},
+	{
+		name:  "record and flock locks of two opens conflict and unlocking frees them",
+		lower: fstest.Spec{"d/f": "0123456789abcdef"},
+		run: func(t *testing.T, m string) {
+			open := func() int {
+				fd, err := unix.Open(m+"/d/f", unix.O_RDWR, 0)
+				require.NoError(t, err)
+				t.Cleanup(func() { unix.Close(fd) })
+				return fd
+			}
+			first, second := open(), open()
+			lock := func(typ int16, start, length int64) *unix.Flock_t {
+				return &unix.Flock_t{Type: typ, Whence: 0, Start: start, Len: length}
+			}
+			require.NoError(t, unix.FcntlFlock(uintptr(first), unix.F_OFD_SETLK, lock(unix.F_WRLCK, 0, 10)))
+			assert.Equal(t, syscall.EAGAIN, errnoOf(unix.FcntlFlock(uintptr(second), unix.F_OFD_SETLK, lock(unix.F_WRLCK, 5, 10))))
+			probe := lock(unix.F_RDLCK, 8, 1)
+			require.NoError(t, unix.FcntlFlock(uintptr(second), unix.F_OFD_GETLK, probe))
+			assert.Equal(t, int16(unix.F_WRLCK), probe.Type, "the conflicting lock is reported")
+			assert.Equal(t, [2]int64{0, 10}, [2]int64{probe.Start, probe.Len})
+			require.NoError(t, unix.FcntlFlock(uintptr(second), unix.F_OFD_SETLK, lock(unix.F_WRLCK, 10, 5)), "a range nobody holds")
+			require.NoError(t, unix.FcntlFlock(uintptr(first), unix.F_OFD_SETLK, lock(unix.F_UNLCK, 0, 10)))
+			require.NoError(t, unix.FcntlFlock(uintptr(second), unix.F_OFD_SETLK, lock(unix.F_WRLCK, 5, 10)))
+
+			require.NoError(t, unix.Flock(first, unix.LOCK_EX))
+			assert.Equal(t, syscall.EWOULDBLOCK, errnoOf(unix.Flock(second, unix.LOCK_SH|unix.LOCK_NB)))
+			require.NoError(t, unix.Flock(first, unix.LOCK_UN))
+			require.NoError(t, unix.Flock(second, unix.LOCK_SH|unix.LOCK_NB))
+		},
+	},
+	{
+		name:  "fallocate grows a copied-up file and fdatasync succeeds",
+		lower: fstest.Spec{"d/f": "data"},
+		run: func(t *testing.T, m string) {
+			fd, err := unix.Open(m+"/d/f", unix.O_RDWR, 0)
+			require.NoError(t, err)
+			defer unix.Close(fd)
+			require.NoError(t, unix.Fallocate(fd, 0, 0, 1<<20))
+			require.NoError(t, unix.Fdatasync(fd))
+			require.NoError(t, unix.Fsync(fd))
+			assert.Equal(t, int64(1<<20), lstat(t, m+"/d/f").Size)
+			buf := make([]byte, 8)
+			n, err := unix.Pread(fd, buf, 0)
+			require.NoError(t, err)
+			assert.Equal(t, "data\x00\x00\x00\x00", string(buf[:n]))
+		},
+	},
+	{
 		name:  "fifos and sockets and device nodes can be made",
 		lower: fstest.Spec{"d/": ""},
 		run: func(t *testing.T, m string) {
@@ -547,4 +653,13 @@ func readAllNames(t *testing.T, fd int) []string {
 		// ParseDirent leaves out "." and "..".
 		_, _, out = unix.ParseDirent(buf[:n], -1, out)
 	}
+}
+
+// manyFiles is a lower layer with count empty files f000... in dir.
+func manyFiles(dir string, count int) fstest.Spec {
+	spec := fstest.Spec{}
+	for i := 0; i < count; i++ {
+		spec[fmt.Sprintf("%s/f%03d", dir, i)] = ""
+	}
+	return spec
 }

@@ -85,7 +85,11 @@ func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuse.Server, *
 		Logger:          logger,
 		RootStableAttr:  &fs.StableAttr{Ino: 1},
 	}
-	server, err := fs.Mount(mountpoint, root, fsopts)
+	server, err := fuse.NewServer(newImplicitDirs(fs.NewNodeFS(root, fsopts)), mountpoint, &fsopts.MountOptions)
+	if err == nil {
+		go server.Serve()
+		err = server.WaitMount()
+	}
 	if err != nil {
 		u.Close()
 		return nil, nil, fmt.Errorf("mount %s: %w", mountpoint, err)

@@ -58,6 +58,12 @@ type node struct {
 	pageCacheStale bool // guarded by mu
 	// anonFd is an O_PATH fd of an unnamed (O_TMPFILE) file, 0 if none.
 	anonFd int // guarded by mu
+	// goneAttr holds the attributes of a directory removed through the
+	// union (rmdir, or renamed over), for fstat of a descriptor still
+	// open on it: the kernel asks without saying which open (it does not
+	// tell the union of directory opens at all, see implicitDirs), and
+	// the name is gone.
+	goneAttr *fuse.Attr // guarded by mu
 
 	// copiedUp is set (after st.upper) when a copy-up moved the node's
 	// data to	// the upper layer, so that handles opened on the lower switch over.
@@ -179,23 +185,26 @@ func (n *node) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut)
 	}
 	n.ufs.ns.RLock()
 	defer n.ufs.ns.RUnlock()
-	return n.getattr(fh, out)
+	return n.getattr(out)
 }
 
 // getattr is Getattr for callers that hold ns.
-func (n *node) getattr(fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+func (n *node) getattr(out *fuse.AttrOut) syscall.Errno {
 	st := n.state()
 	ref, ok := n.ufs.top(st, n.path())
-	if !ok {
-		return syscall.ENOENT
-	}
 	var s unix.Stat_t
-	err := ref.l.lstat(ref.path, &s)
-	if d, ok := fh.(*dirHandle); ok && isNotFound(err) {
-		// Removed or replaced while open: the handle still knows it.
-		err = unix.Fstat(d.fd, &s)
+	var err error = unix.ENOENT
+	if ok {
+		err = ref.l.lstat(ref.path, &s)
 	}
 	if err != nil {
+		n.mu.Lock()
+		gone := n.goneAttr
+		n.mu.Unlock()
+		if gone != nil && isNotFound(err) {
+			out.Attr = *gone
+			return 0
+		}
 		return sysx.Errno(err)
 	}
 	if st.metacopy {
@@ -287,4 +296,26 @@ func (u *FS) errno(err error) syscall.Errno {
 		u.logger.Printf("internal error: %v", err)
 	}
 	return e
+}
+
+// noteGoneDir keeps the attributes of the directory name (found as f)
+// that was just removed from n, on its node if the kernel knows it.
+func (n *node) noteGoneDir(name string, f *found) {
+	if !f.isDir() {
+		return
+	}
+	inode := n.GetChild(name)
+	if inode == nil {
+		return
+	}
+	child, ok := inode.Operations().(*node)
+	if !ok {
+		return
+	}
+	var a fuse.Attr
+	n.ufs.showAttr(f, &a)
+	a.Nlink = 0
+	child.mu.Lock()
+	child.goneAttr = &a
+	child.mu.Unlock()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 
@@ -149,53 +150,63 @@ func fileModeType(m os.FileMode) uint32 {
 	}
 }
 
-// dirHandle is an open merged directory. The listing is taken when the
-// directory is opened (and again on rewind), so offsets stay stable for
-// seekdir/telldir however the directory changes meanwhile.
+// dirHandle is a merged directory being read. Every read from the start
+// takes a new listing. An offset names its listing (a generation, in the
+// high bits) and a place in it, so a reader going on from an offset walks
+// the listing it started, unchanged however the directory changed
+// meanwhile, even when another reader shares the handle (implicitDirs)
+// and started over after it: a program that lists a directory in chunks
+// and unlinks what it saw must not skip names because someone ran ls.
 type dirHandle struct {
 	n *node
-	// fd is an O_PATH fd of the directory's topmost copy, for fstat
-	// after the name is gone.
-	fd int
 
-	mu      sync.Mutex
-	loaded  bool            // guarded by mu
-	entries []fuse.DirEntry // guarded by mu
-	pos     int             // guarded by mu
+	mu       sync.Mutex
+	listings []*dirListing // guarded by mu: the latest keptListings, newest last
+	cur      *dirListing   // guarded by mu: the listing being read
+	pos      int           // guarded by mu: index of the next entry of cur
+	lastGen  uint64        // guarded by mu
 }
+
+// dirListing is one listing of a directory.
+type dirListing struct {
+	gen     uint64
+	entries []fuse.DirEntry
+}
+
+// keptListings is how many listings a handle keeps for readers that
+// started before the latest one. A reader older than that gets its place
+// in a new listing, as it would after rewinddir.
+const keptListings = 3
+
+// offsetGenShift puts the listing's generation above the entry's index
+// in an offset; generations stay below 1<<31 so offsets stay positive.
+const offsetGenShift = 32
 
 var (
 	_ fs.FileReaddirenter = (*dirHandle)(nil)
 	_ fs.FileSeekdirer    = (*dirHandle)(nil)
 	_ fs.FileFsyncdirer   = (*dirHandle)(nil)
-	_ fs.FileReleasedirer = (*dirHandle)(nil)
 )
 
 // OpendirHandle opens the merged directory.
 func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	u := n.ufs
-	u.ns.RLock()
-	ref, ok := u.top(n.state(), n.path())
-	fd := -1
-	if ok {
-		fd, _ = ref.l.open(ref.path, unix.O_PATH|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
-	}
-	u.ns.RUnlock()
 	// The listing is taken at the first read, not here: the kernel may
 	// keep it from an earlier open (every change to the directory goes
 	// through the mount, which makes the kernel drop it) and then never
 	// asks.
-	return &dirHandle{n: n, fd: fd}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
+	return &dirHandle{n: n}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
+// load takes a new listing and makes it current. The caller holds d.mu.
 func (d *dirHandle) load() syscall.Errno {
 	u := d.n.ufs
 	u.ns.RLock()
-	defer u.ns.RUnlock()
 	merged, err := u.readMerged(d.n.path(), d.n.state(), true)
+	u.ns.RUnlock()
 	if err != nil {
 		return u.errno(err)
 	}
+	d.lastGen = d.lastGen%(1<<31-1) + 1
 	entries := make([]fuse.DirEntry, 0, len(merged)+2)
 	self := d.n.StableAttr().Ino
 	parent := self
@@ -209,55 +220,53 @@ func (d *dirHandle) load() syscall.Errno {
 		entries = append(entries, fuse.DirEntry{Name: e.name, Mode: e.mode, Ino: e.ino})
 	}
 	for i := range entries {
-		entries[i].Off = uint64(i + 1)
+		entries[i].Off = d.lastGen<<offsetGenShift | uint64(i+1)
 	}
-	d.mu.Lock()
-	d.entries, d.pos, d.loaded = entries, 0, true
-	d.mu.Unlock()
-	return 0
-}
-
-// lockLoaded locks d with its listing taken.
-func (d *dirHandle) lockLoaded() syscall.Errno {
-	d.mu.Lock()
-	if d.loaded {
-		return 0
+	if len(d.listings) == keptListings {
+		d.listings = slices.Delete(d.listings, 0, 1)
 	}
-	d.mu.Unlock()
-	if errno := d.load(); errno != 0 {
-		return errno
-	}
-	d.mu.Lock()
+	d.cur, d.pos = &dirListing{gen: d.lastGen, entries: entries}, 0
+	d.listings = append(d.listings, d.cur)
 	return 0
 }
 
 func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
-	if errno := d.lockLoaded(); errno != 0 {
-		return nil, errno
-	}
+	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.pos >= len(d.entries) {
+	if d.cur == nil {
+		if errno := d.load(); errno != 0 {
+			return nil, errno
+		}
+	}
+	if d.pos >= len(d.cur.entries) {
 		return nil, 0
 	}
-	e := d.entries[d.pos]
+	e := d.cur.entries[d.pos]
 	d.pos++
 	return &e, 0
 }
 
-// Seekdir moves to an offset handed out earlier; offset 0 (rewinddir)
-// takes a fresh listing.
+// Seekdir moves to an offset handed out earlier; offset 0 (rewinddir,
+// or a new reader) takes a fresh listing.
 func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if off == 0 {
 		return d.load()
 	}
-	if errno := d.lockLoaded(); errno != 0 {
-		return errno
+	gen, index := off>>offsetGenShift, int(off&(1<<offsetGenShift-1))
+	d.cur = nil
+	for _, l := range d.listings {
+		if l.gen == gen {
+			d.cur = l
+		}
 	}
-	defer d.mu.Unlock()
-	if off > uint64(len(d.entries)) {
-		off = uint64(len(d.entries))
+	if d.cur == nil {
+		if errno := d.load(); errno != 0 {
+			return errno
+		}
 	}
-	d.pos = int(off)
+	d.pos = min(index, len(d.cur.entries))
 	return 0
 }
 
@@ -277,13 +286,6 @@ func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
 	}
 	defer unix.Close(fd)
 	return sysx.Errno(unix.Fsync(fd))
-}
-
-func (d *dirHandle) Releasedir(ctx context.Context, flags uint32) {
-	if d.fd >= 0 {
-		unix.Close(d.fd)
-		d.fd = -1
-	}
 }
 
 // listNames reads the names of the open directory fd.

@@ -59,7 +59,11 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	if len(entries) > 0 {
 		return syscall.ENOTEMPTY
 	}
-	return u.errno(n.removeName(name, f))
+	if err := n.removeName(name, f); err != nil {
+		return u.errno(err)
+	}
+	n.noteGoneDir(name, f)
+	return 0
 }
 
 // removeName removes name (found as f) from directory n. The caller holds

@@ -88,7 +88,13 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 			return 0 // two names of one file: POSIX says do nothing
 		}
 	}
-	return u.errno(u.move(src, dst))
+	if err := u.move(src, dst); err != nil {
+		return u.errno(err)
+	}
+	if dst.found != nil {
+		np.noteGoneDir(newName, dst.found)
+	}
+	return 0
 }
 
 // move renames src over dst (which may be empty). The caller holds ns

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -91,6 +92,7 @@ func serve(mountpoint string, opts unionfs.Options, stderr io.Writer) int {
 		return code
 	}
 	defer ufs.Close()
+	spareProcessors()
 	if path := os.Getenv("UNIONMOUNT_CPUPROFILE"); path != "" {
 		// For performance work: a CPU profile of the whole serve.
 		if f, err := os.Create(path); err == nil {
@@ -139,4 +141,18 @@ func detachStdio() {
 		syscall.Dup2(int(null.Fd()), fd)
 	}
 	null.Close()
+}
+
+// spareProcessors gives the Go scheduler more processors than the
+// machine has CPUs, once the server is made. go-fuse sizes its pool of
+// goroutines blocked reading /dev/fuse by GOMAXPROCS when the server is
+// made (two here), and a goroutine blocked in a system call holds its
+// processor: with every processor so held, the runtime's monitor keeps
+// taking them back and waking threads to run nothing, every 20 µs
+// while the union is busy. Spare processors stay idle instead, and a
+// daemon blocked on a cold disk stops churning (measured on find over a
+// cold tree: 16k futex and 25k nanosleep calls for 2.7k requests; with
+// two spare processors a quarter of the daemon's CPU time went away).
+func spareProcessors() {
+	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 2)
 }
