@@ -8,19 +8,25 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/unionmount/unionmount/internal/sysx"
 )
 
-// file is an open union file. It wraps go-fuse's loopback file over the
-// real fd. A file opened read-only on a lower layer switches to the upper
-// copy once the node has been copied up, so readers see later writes.
+// file is an open union file over the real fd of a layer file. A file
+// opened read-only on a lower layer switches to the upper copy once the
+// node has been copied up, so readers see later writes. It serves
+// requests on the fd itself: go-fuse's loopback file would wrap each fd
+// in an os.File, two more syscalls (fcntl, epoll_ctl) per open.
 type file struct {
 	n *node
 
-	mu          sync.RWMutex
-	inner       fs.FileHandle // guarded by mu
-	fd          int           // guarded by mu
-	flags       int
-	onLower     bool // guarded by mu
+	mu      sync.RWMutex
+	fd      int   // guarded by mu
+	retired []int // guarded by mu: lower fds switched away from, closed at release
+	flags   int
+	onLower bool // guarded by mu
+	// passthrough is set when the kernel reads and writes the fd
+	// itself.
 	passthrough bool
 	// dropPrivileges is set when the file had set-id bits or
 	// capabilities at open: every write clears them (see killpriv.go),
@@ -44,36 +50,35 @@ var (
 )
 
 func newFile(n *node, fd, flags int, onLower, passthrough bool) *file {
-	return &file{n: n, inner: fs.NewLoopbackFile(fd), fd: fd, flags: flags, onLower: onLower, passthrough: passthrough}
+	return &file{n: n, fd: fd, flags: flags, onLower: onLower, passthrough: passthrough}
 }
 
-// current returns the handle to use, switching a lower read-only handle
-// to the upper copy after a copy-up.
-func (f *file) current() fs.FileHandle {
+// current returns the fd to use, switching a lower read-only handle to
+// the upper copy after a copy-up. The fd stays open until Release (a
+// splice may still read the old one after a switch).
+func (f *file) current() int {
 	f.mu.RLock()
-	inner, onLower := f.inner, f.onLower
+	fd, onLower := f.fd, f.onLower
 	f.mu.RUnlock()
 	if !onLower || !f.n.copiedUp.Load() {
-		return inner
+		return fd
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.onLower {
-		return f.inner
+		return f.fd
 	}
 	u := f.n.ufs
 	u.ns.RLock()
-	fd, err := u.upper.open(f.n.path(), unix.O_RDONLY|unix.O_NOFOLLOW, 0)
+	upperFd, err := u.upper.open(f.n.path(), unix.O_RDONLY|unix.O_NOFOLLOW, 0)
 	u.ns.RUnlock()
 	if err != nil {
 		// The upper copy went away (unlinked): keep reading the old one.
-		return f.inner
+		return f.fd
 	}
-	if r, ok := f.inner.(fs.FileReleaser); ok {
-		r.Release(context.Background())
-	}
-	f.inner, f.fd, f.onLower = fs.NewLoopbackFile(fd), fd, false
-	return f.inner
+	f.retired = append(f.retired, f.fd)
+	f.fd, f.onLower = upperFd, false
+	return f.fd
 }
 
 func (f *file) PassthroughFd() (int, bool) {
@@ -93,16 +98,13 @@ const spliceReadMin = 32 << 10
 
 func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	f.n.ufs.daemonReads.Add(1)
-	inner := f.current()
+	fd := f.current()
 	if len(dest) >= spliceReadMin {
-		return inner.(fs.FileReader).Read(ctx, dest, off)
+		return fuse.ReadResultFd(uintptr(fd), off, len(dest)), 0
 	}
-	// Under the read lock current() cannot close the fd mid-read.
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	n, err := unix.Pread(f.fd, dest, off)
+	n, err := unix.Pread(fd, dest, off)
 	if err != nil {
-		return nil, syscall.Errno(err.(unix.Errno))
+		return nil, sysx.Errno(err)
 	}
 	// A vector result goes to the device in one writev; go-fuse tries
 	// its splice path first for plain data results, which costs three
@@ -111,37 +113,37 @@ func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResul
 }
 
 func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, syscall.Errno) {
-	inner := f.current()
+	fd := f.current()
 	if f.dropPrivileges {
-		f.mu.RLock()
-		err := dropPrivileges(f.fd, "", callerPrivileged(ctx))
-		f.mu.RUnlock()
-		if err != nil {
+		if err := dropPrivileges(fd, "", callerPrivileged(ctx)); err != nil {
 			return 0, f.n.ufs.errno(err)
 		}
 	}
-	return inner.(fs.FileWriter).Write(ctx, data, off)
+	n, err := unix.Pwrite(fd, data, off)
+	if err != nil {
+		return 0, sysx.Errno(err)
+	}
+	return uint32(n), 0
 }
 
 func (f *file) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
-	inner := f.current()
+	fd := f.current()
 	f.mu.RLock()
 	onLower := f.onLower
 	f.mu.RUnlock()
 	if onLower && f.n.state().metacopy {
 		// The lower fd has the data, the upper copy the metadata. No
 		// ns here: Setattr calls this holding it.
-		return f.n.getattr(nil, out)
+		return f.n.getattr(out)
 	}
-	errno := inner.(fs.FileGetattrer).Getattr(ctx, out)
-	if errno == 0 {
-		out.Ino = f.n.StableAttr().Ino
-		f.mu.RLock()
-		f.n.ufs.applyOverrideFd(f.fd, &out.Attr)
-		f.mu.RUnlock()
-		f.n.ufs.adjustAttr(&out.Attr)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return sysx.Errno(err)
 	}
-	return errno
+	f.n.ufs.fillAttr(&out.Attr, &st)
+	out.Ino = f.n.StableAttr().Ino
+	f.n.ufs.applyOverrideFd(fd, &out.Attr)
+	return 0
 }
 
 func (f *file) Release(ctx context.Context) syscall.Errno {
@@ -154,7 +156,11 @@ func (f *file) Release(ctx context.Context) syscall.Errno {
 	f.n.mu.Unlock()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.inner.(fs.FileReleaser).Release(ctx)
+	for _, fd := range f.retired {
+		unix.Close(fd)
+	}
+	f.retired = nil
+	return sysx.Errno(unix.Close(f.fd))
 }
 
 // Flush answers ENOSYS, which tells the kernel never to send FLUSH on
@@ -167,30 +173,75 @@ func (f *file) Flush(ctx context.Context) syscall.Errno {
 }
 
 func (f *file) Fsync(ctx context.Context, flags uint32) syscall.Errno {
-	return f.current().(fs.FileFsyncer).Fsync(ctx, flags)
+	if flags&fsyncDataOnly != 0 {
+		return sysx.Errno(unix.Fdatasync(f.current()))
+	}
+	return sysx.Errno(unix.Fsync(f.current()))
 }
 
+// fsyncDataOnly is FUSE_FSYNC_FDATASYNC: fdatasync(2) was called.
+const fsyncDataOnly = 1
+
 func (f *file) Lseek(ctx context.Context, off uint64, whence uint32) (uint64, syscall.Errno) {
-	return f.current().(fs.FileLseeker).Lseek(ctx, off, whence)
+	n, err := unix.Seek(f.current(), int64(off), int(whence))
+	return uint64(n), sysx.Errno(err)
 }
 
 func (f *file) Allocate(ctx context.Context, off uint64, size uint64, mode uint32) syscall.Errno {
-	return f.current().(fs.FileAllocater).Allocate(ctx, off, size, mode)
+	return sysx.Errno(unix.Fallocate(f.current(), mode, int64(off), int64(size)))
 }
 
+// Locks are open file description locks on the layer file (one fd per
+// union open, as the kernel keeps one description per open), or flock
+// locks where the caller used flock(2).
+
 func (f *file) Getlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32, out *fuse.FileLock) syscall.Errno {
-	return f.current().(fs.FileGetlker).Getlk(ctx, owner, lk, flags, out)
+	var flk syscall.Flock_t
+	lk.ToFlockT(&flk)
+	if err := syscall.FcntlFlock(uintptr(f.current()), unix.F_OFD_GETLK, &flk); err != nil {
+		return sysx.Errno(err)
+	}
+	out.FromFlockT(&flk)
+	return 0
 }
 
 func (f *file) Setlk(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
-	return f.current().(fs.FileSetlker).Setlk(ctx, owner, lk, flags)
+	return f.lock(lk, flags, false)
 }
 
 func (f *file) Setlkw(ctx context.Context, owner uint64, lk *fuse.FileLock, flags uint32) syscall.Errno {
-	return f.current().(fs.FileSetlkwer).Setlkw(ctx, owner, lk, flags)
+	return f.lock(lk, flags, true)
 }
 
-// setattrFd applies size changes through the open fd, which works even
+func (f *file) lock(lk *fuse.FileLock, flags uint32, wait bool) syscall.Errno {
+	fd := f.current()
+	if flags&fuse.FUSE_LK_FLOCK != 0 {
+		var how int
+		switch lk.Typ {
+		case syscall.F_RDLCK:
+			how = unix.LOCK_SH
+		case syscall.F_WRLCK:
+			how = unix.LOCK_EX
+		case syscall.F_UNLCK:
+			how = unix.LOCK_UN
+		default:
+			return syscall.EINVAL
+		}
+		if !wait {
+			how |= unix.LOCK_NB
+		}
+		return sysx.Errno(unix.Flock(fd, how))
+	}
+	var flk syscall.Flock_t
+	lk.ToFlockT(&flk)
+	cmd := unix.F_OFD_SETLK
+	if wait {
+		cmd = unix.F_OFD_SETLKW
+	}
+	return sysx.Errno(syscall.FcntlFlock(uintptr(fd), cmd, &flk))
+}
+
+// truncate applies a size change through the open fd, which works even
 // after the name was unlinked. It returns false when the handle cannot
 // (a read-only lower handle).
 func (f *file) truncate(size uint64) (bool, syscall.Errno) {
