@@ -1,9 +1,10 @@
 package unionfs
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
-	"os"
 	"slices"
 	"sync"
 	"syscall"
@@ -110,43 +111,78 @@ func listDir(dirfd int, path string) (int, []mergedEntry, error) {
 		}
 		return -1, nil, err
 	}
-	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	names, err := readNames(fd)
 	if err != nil {
 		unix.Close(fd)
 		return -1, nil, err
 	}
-	f := os.NewFile(uintptr(dup), path)
-	defer f.Close()
-	ents, err := f.ReadDir(-1)
-	if err != nil {
-		unix.Close(fd)
-		return -1, nil, err
-	}
-	out := make([]mergedEntry, 0, len(ents))
-	for _, e := range ents {
-		out = append(out, mergedEntry{name: e.Name(), mode: fileModeType(e.Type())})
-	}
-	return fd, out, nil
+	return fd, names, nil
 }
 
-func fileModeType(m os.FileMode) uint32 {
-	switch {
-	case m&os.ModeDir != 0:
+// readNames reads the entries of the directory open as fd, from its
+// current position, with getdents64 straight into one buffer.
+func readNames(fd int) ([]mergedEntry, error) {
+	var out []mergedEntry
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := unix.Getdents(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			return out, nil
+		}
+		out = appendDirents(out, buf[:n])
+	}
+}
+
+// appendDirents appends the entries of a getdents64 buffer to out,
+// leaving out "." and "..". A record is d_ino (8 bytes), d_off (8),
+// d_reclen (2), d_type (1), then the name, NUL-terminated.
+func appendDirents(out []mergedEntry, buf []byte) []mergedEntry {
+	for len(buf) >= direntNameOffset {
+		reclen := int(binary.NativeEndian.Uint16(buf[16:18]))
+		if reclen < direntNameOffset || reclen > len(buf) {
+			break // malformed: never from the kernel
+		}
+		typ := buf[18]
+		name := buf[direntNameOffset:reclen]
+		if i := bytes.IndexByte(name, 0); i >= 0 {
+			name = name[:i]
+		}
+		buf = buf[reclen:]
+		if string(name) == "." || string(name) == ".." {
+			continue
+		}
+		out = append(out, mergedEntry{name: string(name), mode: direntMode(typ)})
+	}
+	return out
+}
+
+const direntNameOffset = 19
+
+// direntMode turns a d_type into the S_IFMT bits (0 for DT_UNKNOWN).
+func direntMode(typ byte) uint32 {
+	switch typ {
+	case unix.DT_DIR:
 		return unix.S_IFDIR
-	case m&os.ModeSymlink != 0:
-		return unix.S_IFLNK
-	case m&os.ModeNamedPipe != 0:
-		return unix.S_IFIFO
-	case m&os.ModeSocket != 0:
-		return unix.S_IFSOCK
-	case m&os.ModeCharDevice != 0:
-		return unix.S_IFCHR
-	case m&os.ModeDevice != 0:
-		return unix.S_IFBLK
-	case m&os.ModeIrregular != 0:
-		return 0
-	default:
+	case unix.DT_REG:
 		return unix.S_IFREG
+	case unix.DT_LNK:
+		return unix.S_IFLNK
+	case unix.DT_FIFO:
+		return unix.S_IFIFO
+	case unix.DT_SOCK:
+		return unix.S_IFSOCK
+	case unix.DT_CHR:
+		return unix.S_IFCHR
+	case unix.DT_BLK:
+		return unix.S_IFBLK
+	default:
+		return 0
 	}
 }
 

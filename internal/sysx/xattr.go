@@ -8,12 +8,25 @@ import (
 )
 
 // The xattr system calls take no directory fd before Linux 6.13, so an
-// object under a directory fd is named through /proc/self/fd: an O_PATH
-// fd of the object itself, opened with O_NOFOLLOW so a symlink's own
-// xattrs are reached, and confined to the layer like every other open.
+// object under a directory fd is named through /proc/self/fd. Reads name
+// it as /proc/self/fd/ROOT/PATH and use the l* calls, which leave a
+// final symlink alone: one system call, resolved as fstatat(ROOT, PATH)
+// resolves it. Changes first open the object itself as O_PATH, with
+// O_NOFOLLOW and confined to the root like every other open, and name
+// that fd: three system calls, but nothing outside the root is ever
+// changed, whatever a path holds.
+
+// readPath names path under root for the l*xattr reads.
+func readPath(root int, path string) (string, func(string, string, []byte) (int, error)) {
+	if path == "" || path == "." {
+		// The root itself: the magic link must be followed.
+		return fmt.Sprintf("/proc/self/fd/%d", root), unix.Getxattr
+	}
+	return fmt.Sprintf("/proc/self/fd/%d/%s", root, path), unix.Lgetxattr
+}
 
 // objectPath opens path under root as O_PATH and returns a name for it
-// that the l*xattr calls accept, with the fd to close afterwards.
+// that the xattr calls accept, with the fd to close afterwards.
 func objectPath(root int, path string) (string, int, error) {
 	if path == "" || path == "." {
 		return fmt.Sprintf("/proc/self/fd/%d", root), -1, nil
@@ -33,16 +46,8 @@ func closeFd(fd int) {
 
 // Getxattr reads attribute name of path under root into a new slice.
 func Getxattr(root int, path, name string) ([]byte, error) {
-	p, fd, err := objectPath(root, path)
-	if err != nil {
-		return nil, err
-	}
-	defer closeFd(fd)
-	return getxattrPath(p, name)
-}
-
-func getxattrPath(p, name string) ([]byte, error) {
-	return readXattr(func(buf []byte) (int, error) { return unix.Getxattr(p, name, buf) })
+	p, get := readPath(root, path)
+	return readXattr(func(buf []byte) (int, error) { return get(p, name, buf) })
 }
 
 // readXattr calls get with a buffer large enough for the value (get
@@ -69,24 +74,16 @@ func readXattr(get func(buf []byte) (int, error)) ([]byte, error) {
 // GetxattrInto reads attribute name into dest, as getxattr(2) does:
 // a nil or empty dest asks for the size only.
 func GetxattrInto(root int, path, name string, dest []byte) (int, error) {
-	p, fd, err := objectPath(root, path)
-	if err != nil {
-		return 0, err
-	}
-	defer closeFd(fd)
-	return unix.Getxattr(p, name, dest)
+	p, get := readPath(root, path)
+	return get(p, name, dest)
 }
 
 // HasAnyXattr reports whether path under root has one of the attributes
-// names, with one open for all of them.
+// names.
 func HasAnyXattr(root int, path string, names ...string) bool {
-	p, fd, err := objectPath(root, path)
-	if err != nil {
-		return false
-	}
-	defer closeFd(fd)
+	p, get := readPath(root, path)
 	for _, name := range names {
-		if _, err := unix.Getxattr(p, name, nil); err == nil {
+		if _, err := get(p, name, nil); err == nil {
 			return true
 		}
 	}
@@ -115,16 +112,16 @@ func Removexattr(root int, path, name string) error {
 
 // Listxattr lists the attribute names of path under root.
 func Listxattr(root int, path string) ([]string, error) {
-	p, fd, err := objectPath(root, path)
-	if err != nil {
-		return nil, err
+	p, _ := readPath(root, path)
+	list := unix.Llistxattr
+	if path == "" || path == "." {
+		list = unix.Listxattr
 	}
-	defer closeFd(fd)
 	buf := make([]byte, 1024)
 	for {
-		n, err := unix.Listxattr(p, buf)
+		n, err := list(p, buf)
 		if err == unix.ERANGE {
-			size, err := unix.Listxattr(p, nil)
+			size, err := list(p, nil)
 			if err != nil {
 				return nil, err
 			}
