@@ -1,12 +1,14 @@
 package unionfs_test
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"unsafe"
 
 	"github.com/pkg/xattr"
 	"github.com/stretchr/testify/assert"
@@ -313,4 +315,39 @@ func TestContainerEngineOptionsChangeWhatIsShown(t *testing.T) {
 	}
 	_, err := unionfs.ParseOptions([]string{"lower=/a,squash_to_uid=root"})
 	assert.ErrorIs(t, err, unionfs.ErrBadOption)
+}
+
+// Reads that run past the end of a file come back short, from a lower
+// file and from an upper one, through the page cache and with O_DIRECT
+// (which sends the daemon the caller's own offsets and sizes).
+func TestReadsPastTheEndComeBackShort(t *testing.T) {
+	for _, mode := range []string{"passthrough=on", "passthrough=off"} {
+		t.Run(mode, func(t *testing.T) {
+			l := fstest.NewLayers(t, 1)
+			content := make([]byte, 100_003) // not a whole number of pages
+			for i := range content {
+				content[i] = byte(i*7 + i/4096)
+			}
+			require.NoError(t, os.WriteFile(filepath.Join(l.Lowers[0], "lower"), content, 0o644))
+			fstest.MountUnion(t, l, mode)
+			require.NoError(t, os.WriteFile(filepath.Join(l.Mount, "upper"), content, 0o644))
+			for _, name := range []string{"lower", "upper"} {
+				for _, flags := range []int{unix.O_RDONLY, unix.O_RDONLY | unix.O_DIRECT} {
+					fd, err := unix.Open(filepath.Join(l.Mount, name), flags, 0)
+					require.NoError(t, err)
+					buf := make([]byte, 64<<10+4096)
+					// O_DIRECT wants aligned buffers and offsets.
+					aligned := buf[4096-int(uintptr(unsafe.Pointer(&buf[0]))%4096):][:64<<10]
+					for _, off := range []int64{0, 65536, 98304, 102400} {
+						n, err := unix.Pread(fd, aligned, off)
+						require.NoError(t, err, "%s flags %#x off %d", name, flags, off)
+						want := content[min(off, int64(len(content))):min(off+int64(len(aligned)), int64(len(content)))]
+						assert.Equal(t, len(want), n, "%s flags %#x off %d", name, flags, off)
+						assert.True(t, bytes.Equal(want, aligned[:n]), "%s flags %#x off %d: data differs", name, flags, off)
+					}
+					unix.Close(fd)
+				}
+			}
+		})
+	}
 }
