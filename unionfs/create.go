@@ -45,17 +45,12 @@ func (n *node) create(ctx context.Context, obj newObject) (*found, error) {
 		return nil, unix.EPERM // reserved for whiteouts
 	}
 	parentPath := n.path()
-	if _, err := u.lookup(parentPath, n.state(), obj.name); err == nil {
-		return nil, unix.EEXIST
-	} else if !errors.Is(err, errNotFound) {
-		return nil, err
-	}
-	if err := u.copyUp(n, true); err != nil {
-		return nil, err
-	}
 	path := join(parentPath, obj.name)
+	// What stands at the name, from the top: an upper object (EEXIST
+	// unless it is a whiteout), an aufs whiteout beside it, or a lower
+	// object (EEXIST).
 	var existing unix.Stat_t
-	overWhiteout := false
+	overWhiteout, aufsWhiteout := false, false
 	if err := u.upper.lstat(path, &existing); err == nil {
 		if !u.markers.IsWhiteout(u.upper.fd, path, &existing) {
 			return nil, unix.EEXIST
@@ -63,8 +58,16 @@ func (n *node) create(ctx context.Context, obj newObject) (*found, error) {
 		overWhiteout = true
 	} else if !isNotFound(err) {
 		return nil, err
+	} else if aufsWhiteout = whiteout.HasAufsWhiteout(u.upper.fd, parentPath, obj.name); !aufsWhiteout {
+		if _, err := u.lookup(parentPath, nodeState{lowers: n.state().lowers}, obj.name); err == nil {
+			return nil, unix.EEXIST
+		} else if !errors.Is(err, errNotFound) {
+			return nil, err
+		}
 	}
-	aufsWhiteout := whiteout.HasAufsWhiteout(u.upper.fd, parentPath, obj.name)
+	if err := u.copyUp(n, true); err != nil {
+		return nil, err
+	}
 	tmp := tempName()
 	if err := obj.make(tmp); err != nil {
 		return nil, err
@@ -103,7 +106,12 @@ func (n *node) create(ctx context.Context, obj newObject) (*found, error) {
 	}
 	f.state.upper = true
 	f.top = layerRef{u.upper, path}
-	f.id = u.identity(f.top, &f.stat)
+	if obj.own {
+		// New: it cannot hold a recorded identity yet.
+		f.id = u.identityFrom(f.top, &f.stat, nil, unix.ENODATA)
+	} else {
+		f.id = u.identity(f.top, &f.stat)
+	}
 	return &f, nil
 }
 
@@ -199,7 +207,9 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	}
 	ino := n.entry(ctx, f, out)
 	child := ino.Operations().(*node)
-	handle, fuseFlags := child.openedFile(fd, openFlags, false)
+	// A new file has no capabilities: only the mode it was made with
+	// can give it set-id bits.
+	handle, fuseFlags := child.opened(fd, openFlags, false, mode&(unix.S_ISUID|unix.S_ISGID) != 0)
 	return ino, handle, fuseFlags, 0
 }
 

@@ -88,7 +88,12 @@ func (u *FS) flagsBelow(flags uint32, drop int) int {
 // through the kernel (writes, truncation, hole punching), which updates
 // or drops the cached pages itself.
 func (n *node) openedFile(fd, flags int, onLower bool) (*file, uint32) {
-	privileged := !onLower && flags&unix.O_ACCMODE != unix.O_RDONLY && hasPrivileges(fd)
+	return n.opened(fd, flags, onLower, !onLower && flags&unix.O_ACCMODE != unix.O_RDONLY && hasPrivileges(fd))
+}
+
+// opened is openedFile for a caller that knows whether writes through
+// fd must clear privileges.
+func (n *node) opened(fd, flags int, onLower, privileged bool) (*file, uint32) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	passthrough := n.ufs.passthrough.Load() && !onLower && n.cachedOpens == 0 &&

@@ -102,6 +102,11 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 	}
 	u.applyOverride(layerRef{u.upper, n.path()}, &s)
 	u.fillAttr(&out.Attr, &s)
+	out.Ino = n.StableAttr().Ino // the union's number, not the upper file's
+	// go-fuse leaves a SETATTR reply's timeout at 0 (it sets one for
+	// GETATTR only), which made the kernel ask again at the next stat:
+	// one more request per file in an untar (mtime, chown, chmod).
+	out.SetTimeout(u.opts.CacheTimeout)
 	return 0
 }
 
