@@ -63,3 +63,50 @@ func TestOpenInRootCannotEscapeThroughSymlinks(t *testing.T) {
 		assert.Equal(t, "inside", string(buf[:n]), "%s resolves inside the root", name)
 	}
 }
+
+// Xattr calls under a root fd act on the named entry itself, never on
+// what a symlink there points to, for one component and for longer
+// paths alike.
+func TestXattrCallsNeverFollowASymlinkOutOfTheRoot(t *testing.T) {
+	outside := filepath.Join(t.TempDir(), "target")
+	require.NoError(t, os.WriteFile(outside, nil, 0o644))
+	if err := unix.Setxattr(outside, "user.probe", []byte("1"), 0); err != nil {
+		t.Skipf("no user xattrs here: %v", err)
+	}
+	require.NoError(t, unix.Removexattr(outside, "user.probe"))
+	dir := t.TempDir()
+	require.NoError(t, os.Mkdir(filepath.Join(dir, "sub"), 0o755))
+	require.NoError(t, os.Symlink(outside, filepath.Join(dir, "link")))
+	require.NoError(t, os.Symlink(outside, filepath.Join(dir, "sub", "link")))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "sub", "file"), nil, 0o644))
+	root, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY, 0)
+	require.NoError(t, err)
+	defer unix.Close(root)
+
+	for _, path := range []string{"link", "sub/link"} {
+		// Linux refuses user xattrs on symlinks; on the target it
+		// would have succeeded.
+		assert.Error(t, Setxattr(root, path, "user.x", []byte("v"), 0), path)
+		_, err := Getxattr(root, path, "user.x")
+		assert.Error(t, err, path)
+		assert.False(t, HasAnyXattr(root, path, "user.x"), path)
+	}
+	_, err = unix.Getxattr(outside, "user.x", nil)
+	assert.Equal(t, unix.ENODATA, err, "the target outside the root is untouched")
+
+	require.NoError(t, Setxattr(root, "sub/file", "user.x", []byte("v"), 0))
+	v, err := Getxattr(root, "sub/file", "user.x")
+	require.NoError(t, err)
+	assert.Equal(t, "v", string(v))
+	names, err := Listxattr(root, "sub/file")
+	require.NoError(t, err)
+	assert.Contains(t, names, "user.x")
+	require.NoError(t, Removexattr(root, "sub/file", "user.x"))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "top"), nil, 0o644))
+	require.NoError(t, Setxattr(root, "top", "user.y", []byte("w"), 0))
+	v, err = Getxattr(root, "top", "user.y")
+	require.NoError(t, err)
+	assert.Equal(t, "w", string(v))
+	require.NoError(t, Removexattr(root, "top", "user.y"))
+	assert.False(t, HasAnyXattr(root, "top", "user.y"))
+}

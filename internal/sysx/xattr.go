@@ -90,8 +90,22 @@ func HasAnyXattr(root int, path string, names ...string) bool {
 	return false
 }
 
+// entryPath names a single component directly under the open directory
+// root for the l*xattr calls: nothing is traversed but root itself, and
+// the entry is not followed, so it needs no confined open. ok is false
+// for a longer path.
+func entryPath(root int, path string) (string, bool) {
+	if path == "" || path == "." || path == ".." || strings.Contains(path, "/") {
+		return "", false
+	}
+	return fmt.Sprintf("/proc/self/fd/%d/%s", root, path), true
+}
+
 // Setxattr sets attribute name of path under root.
 func Setxattr(root int, path, name string, value []byte, flags int) error {
+	if p, ok := entryPath(root, path); ok {
+		return unix.Lsetxattr(p, name, value, flags)
+	}
 	p, fd, err := objectPath(root, path)
 	if err != nil {
 		return err
@@ -102,6 +116,9 @@ func Setxattr(root int, path, name string, value []byte, flags int) error {
 
 // Removexattr removes attribute name of path under root.
 func Removexattr(root int, path, name string) error {
+	if p, ok := entryPath(root, path); ok {
+		return unix.Lremovexattr(p, name)
+	}
 	p, fd, err := objectPath(root, path)
 	if err != nil {
 		return err
@@ -145,9 +162,9 @@ func Listxattr(root int, path string) ([]string, error) {
 // never followed if a symlink) of the open directory dirfd: one system
 // call, where Getxattr needs three.
 func GetxattrAt(dirfd int, name, attr string) ([]byte, error) {
-	if name == "" || name == "." || name == ".." || strings.Contains(name, "/") {
+	p, ok := entryPath(dirfd, name)
+	if !ok {
 		return nil, unix.EINVAL
 	}
-	p := fmt.Sprintf("/proc/self/fd/%d/%s", dirfd, name)
 	return readXattr(func(buf []byte) (int, error) { return unix.Lgetxattr(p, attr, buf) })
 }
