@@ -8,6 +8,7 @@
 // unlink, rmdir, rename) hold ns for writing; the rest hold it for reading,
 // so the union-relative path of every node is stable while an operation
 // runs. node.mu guards the node's layer state and serializes its copy-up.
+// A directory handle's mu comes before ns: a listing is taken under it.
 package unionfs
 
 import (

@@ -66,7 +66,8 @@ type node struct {
 	goneAttr *fuse.Attr // guarded by mu
 
 	// copiedUp is set (after st.upper) when a copy-up moved the node's
-	// data to	// the upper layer, so that handles opened on the lower switch over.
+	// data to the upper layer, so that handles opened on the lower switch
+	// over.
 	copiedUp atomic.Bool
 }
 
