@@ -155,9 +155,12 @@ func (f *file) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
 	if err := unix.Fstat(fd, &st); err != nil {
 		return sysx.Errno(err)
 	}
-	f.n.ufs.fillAttr(&out.Attr, &st)
-	out.Ino = f.n.StableAttr().Ino
+	// As node.getattr: the recorded owner and mode first, then what
+	// the mount's options show of them.
+	out.Attr.FromStat(toSyscallStat(&st))
 	f.n.ufs.applyOverrideFd(fd, &out.Attr)
+	f.n.ufs.adjustAttr(&out.Attr)
+	out.Ino = f.n.StableAttr().Ino
 	return 0
 }
 

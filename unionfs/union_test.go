@@ -289,6 +289,21 @@ func TestContainerEngineOptionsChangeWhatIsShown(t *testing.T) {
 			require.NoError(t, unix.Fstat(int(f.Fd()), &fst))
 			assert.Equal(t, uint32(42), fst.Uid, "through an open file too")
 		}},
+		{[]string{"xattr_permissions=2", "squash_to_uid=42"}, func(t *testing.T, m string) {
+			// The owner is recorded in an xattr, then squashed on
+			// show: by name and through an open file alike.
+			require.NoError(t, os.Lchown(m+"/d/f", 77, 88))
+			st := lstat(t, m+"/d/f")
+			assert.Equal(t, [2]uint32{42, 88}, [2]uint32{st.Uid, st.Gid})
+			f, err := os.OpenFile(m+"/d/f", os.O_RDWR, 0)
+			require.NoError(t, err)
+			defer f.Close()
+			// Forced past the kernel's cache, so the daemon answers
+			// for the open file.
+			var fst unix.Statx_t
+			require.NoError(t, unix.Statx(int(f.Fd()), "", unix.AT_EMPTY_PATH|unix.AT_STATX_FORCE_SYNC, unix.STATX_BASIC_STATS, &fst))
+			assert.Equal(t, [2]uint32{42, 88}, [2]uint32{fst.Uid, fst.Gid}, "through an open file too")
+		}},
 		{[]string{"squash_to_gid=7"}, func(t *testing.T, m string) {
 			st := lstat(t, m+"/d/f")
 			assert.Equal(t, [2]uint32{1234, 7}, [2]uint32{st.Uid, st.Gid})
