@@ -57,7 +57,7 @@ fuzz:
 		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	done
 
-# The full comparison against the peers (about 15 minutes), then the Go
+# The full comparison against the peers (about 20 minutes), then the Go
 # benchmarks. Results: bench/results/ (table, JSON, charts).
 BENCH_DEPS := fio:fio fuse-overlayfs:fuse-overlayfs unionfs-fuse:unionfs-fuse qemu-img:qemu-utils \
 	qemu-nbd:qemu-utils nbdkit:nbdkit nbdinfo:libnbd-bin fusermount3:fuse3
