@@ -211,25 +211,22 @@ func ParseOptions(optionLists []string) (Options, error) {
 			case "nonempty":
 				o.NonEmpty = true
 			case "fsync":
-				switch value {
-				case "0":
-					o.NoFsync = true
-				case "1":
-					o.NoFsync = false
-				default:
-					return o, badOption("fsync=%q: want 0 or 1", value)
+				on, err := onOff(key, value)
+				if err != nil {
+					return o, err
 				}
+				o.NoFsync = !on
 			case "volatile":
 				o.NoFsync = true
 			case "passthrough":
-				switch value {
-				case "", "on", "1", "auto":
-					o.Passthrough = true
-				case "off", "0":
-					o.Passthrough = false
-				default:
-					return o, badOption("passthrough=%q: want on or off", value)
+				on, err := onOff(key, value)
+				if value == "" || value == "auto" {
+					on, err = true, nil
 				}
+				if err != nil {
+					return o, err
+				}
+				o.Passthrough = on
 			case "allow_other":
 				o.AllowOther = true
 			case "fsname":
@@ -237,23 +234,17 @@ func ParseOptions(optionLists []string) (Options, error) {
 			case "debug":
 				o.Debug = true
 			case "writeback":
-				switch value {
-				case "0", "off":
-					o.NoWriteback = true
-				case "1", "on":
-					o.NoWriteback = false
-				default:
-					return o, badOption("writeback=%q: want 0 or 1", value)
+				on, err := onOff(key, value)
+				if err != nil {
+					return o, err
 				}
+				o.NoWriteback = !on
 			case "metacopy":
-				switch value {
-				case "on":
-					o.Metacopy = true
-				case "off":
-					o.Metacopy = false
-				default:
-					return o, badOption("metacopy=%q: want on or off", value)
+				on, err := onOff(key, value)
+				if err != nil {
+					return o, err
 				}
+				o.Metacopy = on
 			case "index", "nfs_export", "uuid", "xino", "verity", "subtype":
 				// Kernel overlay features this union does not implement;
 				// accepted so that option strings written for the kernel
@@ -530,4 +521,15 @@ func sameFilesystem(upper, work string) error {
 		return badOption("work dir %s is on another filesystem than upper dir %s", work, upper)
 	}
 	return nil
+}
+
+// onOff parses the value of a switch option: on or 1, off or 0.
+func onOff(key, value string) (bool, error) {
+	switch value {
+	case "on", "1":
+		return true, nil
+	case "off", "0":
+		return false, nil
+	}
+	return false, badOption("%s=%q: want on or off (1 or 0)", key, value)
 }

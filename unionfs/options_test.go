@@ -86,6 +86,7 @@ func TestParseOptions(t *testing.T) {
 		"whiteout=glitter":      "whiteout",
 		"passthrough=sometimes": "passthrough",
 		"metacopy=yes":          "metacopy",
+		"writeback=2":           "writeback",
 	} {
 		_, err := ParseOptions([]string{bad})
 		require.ErrorIs(t, err, ErrBadOption, bad)
