@@ -108,8 +108,8 @@ func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuse.Server, *
 // FUSE device through a pipe that must hold the reply's header, its data
 // and a spare page, and pipes stop at /proc/sys/fs/pipe-max-size (1 MiB
 // by default): with 1 MiB requests every large read missed the splice
-// and was copied twice instead (sequential reads at half
-// fuse-overlayfs's speed without root).
+// and was copied twice instead (1 MiB sequential reads of a lower file
+// without passthrough: 2.9-3.1 GB/s against 4.1-4.3 spliced).
 const maxRequestData = 1<<20 - 2*4096
 
 // readaheadKiB is the readahead the union asks for. The kernel offers
