@@ -179,6 +179,32 @@ var fileBehaviours = []behaviour{
 		},
 	},
 	{
+		name:  "a descriptor whose name another file was renamed over closes without error",
+		lower: fstest.Spec{"lower": "lower", "a": "a", "b": "b"},
+		run: func(t *testing.T, m string) {
+			// With the writeback cache the kernel flushes the times it
+			// keeps at close, and the rename changed the replaced
+			// file's ctime: that flush is what close reports.
+			require.NoError(t, os.WriteFile(m+"/upper", []byte("upper"), 0o644))
+			for _, c := range []struct{ open, over string }{{"lower", "a"}, {"upper", "b"}} {
+				r, err := os.Open(m + "/" + c.open)
+				require.NoError(t, err)
+				w, err := os.OpenFile(m+"/"+c.over, os.O_WRONLY|os.O_APPEND, 0)
+				require.NoError(t, err)
+				_, err = w.WriteString(" appended")
+				require.NoError(t, err)
+				require.NoError(t, os.Rename(m+"/"+c.over, m+"/"+c.open))
+				data := make([]byte, 16)
+				n, err := r.Read(data)
+				require.NoError(t, err)
+				assert.Equal(t, c.open, string(data[:n]), "the replaced file reads on")
+				assert.NoError(t, r.Close(), "close of the replaced %s file", c.open)
+				assert.NoError(t, w.Close(), "close of the file renamed over it")
+				assert.Equal(t, c.over+" appended", readFile(t, m+"/"+c.open))
+			}
+		},
+	},
+	{
 		name:  "record and flock locks of two opens conflict and unlocking frees them",
 		lower: fstest.Spec{"d/f": "0123456789abcdef"},
 		run: func(t *testing.T, m string) {

@@ -70,6 +70,11 @@ var targets = []target{
 	{"unionmount", true, mountUnionWith()},
 	{"unionmount whiteout=xattr", true, mountUnionWith("whiteout=xattr")},
 	{"unionmount whiteout=aufs", true, mountUnionWith("whiteout=aufs")},
+	// Without passthrough the daemon serves every read and write, and
+	// the kernel keeps a writeback cache of the files: the mode of every
+	// mount without root.
+	{"unionmount passthrough=off", true, mountUnionWith("passthrough=off")},
+	{"unionmount passthrough=off writeback=0", true, mountUnionWith("passthrough=off", "writeback=0")},
 }
 
 func mountUnionWith(opts ...string) func(t *testing.T, lower fstest.Spec) string {
@@ -86,6 +91,7 @@ func TestBehaviourTable(t *testing.T) {
 	behaviours = append(behaviours, fileBehaviours...)
 	behaviours = append(behaviours, nameBehaviours...)
 	behaviours = append(behaviours, listingBehaviours...)
+	behaviours = append(behaviours, execBehaviours...)
 	for _, b := range behaviours {
 		t.Run(b.name, func(t *testing.T) {
 			for _, tg := range targets {

@@ -171,6 +171,7 @@ func (f *file) Release(ctx context.Context) syscall.Errno {
 	} else {
 		f.n.cachedOpens--
 	}
+	delete(f.n.openFiles, f)
 	f.n.mu.Unlock()
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -52,6 +52,9 @@ type node struct {
 	// cachedOpens counts open handles not using passthrough, and
 	// passthroughOpens those using it.
 	cachedOpens, passthroughOpens int // guarded by mu
+	// openFiles are the node's open handles, for a request that names
+	// the node but no handle once its name is gone (see setattrUnlinked).
+	openFiles map[*file]struct{} // guarded by mu
 	// pageCacheStale is set when a passthrough writer may have changed
 	// the file's data behind the kernel's page cache of it, so the next
 	// daemon-served open must drop that cache (see openedFile).

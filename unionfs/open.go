@@ -40,6 +40,12 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		openFlags = openFlags&^unix.O_ACCMODE | unix.O_WRONLY
 		fd, err = ref.l.open(ref.path, openFlags|unix.O_NOFOLLOW, 0)
 	}
+	if err == unix.EPERM && openFlags&unix.O_NOATIME != 0 {
+		// The kernel let the caller ask (it owns the file or has
+		// CAP_FOWNER); a mounter without that right reads with atime.
+		openFlags &^= unix.O_NOATIME
+		fd, err = ref.l.open(ref.path, openFlags|unix.O_NOFOLLOW, 0)
+	}
 	if err != nil {
 		return nil, 0, u.errno(err)
 	}
@@ -54,8 +60,11 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 }
 
 // flagsBelow are the open flags for the layer file behind a union open.
-// O_CREAT, O_EXCL and O_APPEND are the union's to handle, plus what drop
-// names. O_DIRECT is dropped too: the kernel's FUSE side still keeps the
+// Only flags that mean something for the layer file pass (layerOpenFlags,
+// less what drop names): the kernel's FUSE open carries its own bits too,
+// such as __FMODE_EXEC (0x20) for an execve, which openat2 refuses with
+// EINVAL, and O_CREAT, O_EXCL, O_APPEND and O_NOCTTY are the union's to
+// handle. O_DIRECT is dropped too: the kernel's FUSE side still keeps the
 // caller's I/O out of the union's page cache, and passthrough applies
 // the caller's O_DIRECT to the backing file itself; the reads and writes
 // the daemon serves go through the host's page cache, as fuse-overlayfs
@@ -64,12 +73,19 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 // opened for reading too: the kernel reads the rest of a page it writes
 // part of through any handle of the file.
 func (u *FS) flagsBelow(flags uint32, drop int) int {
-	f := int(flags) &^ (unix.O_CREAT | unix.O_EXCL | unix.O_APPEND | unix.O_NOCTTY | unix.O_DIRECT | drop)
+	f := int(flags) & layerOpenFlags &^ drop
 	if u.writeback && f&unix.O_ACCMODE == unix.O_WRONLY {
 		f = f&^unix.O_ACCMODE | unix.O_RDWR
 	}
 	return f
 }
+
+// layerOpenFlags are the open flags a union open hands on to the layer
+// file: the access mode, truncation, and the flags that change how the
+// file's own I/O behaves. Anything else a FUSE open carries is either the
+// union's to handle or the kernel's own business.
+const layerOpenFlags = unix.O_ACCMODE | unix.O_TRUNC | unix.O_NONBLOCK |
+	unix.O_DSYNC | unix.O_SYNC | unix.O_NOATIME | unix.O_LARGEFILE
 
 // openedFile wraps a freshly opened fd. The kernel refuses to mix
 // passthrough and cached opens of one inode, and go-fuse keeps one backing
@@ -112,6 +128,10 @@ func (n *node) opened(fd, flags int, onLower, privileged bool) (*file, uint32) {
 		n.pageCacheStale = false
 	}
 	f := newFile(n, fd, flags, onLower, passthrough)
+	if n.openFiles == nil {
+		n.openFiles = make(map[*file]struct{})
+	}
+	n.openFiles[f] = struct{}{}
 	f.dropPrivileges = privileged && !passthrough
 	return f, fuseFlags
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/unionmount/unionmount/internal/sysx"
 	"golang.org/x/sys/unix"
 )
 
@@ -27,11 +28,7 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 		}
 	}
 	if _, p := n.Parent(); p == nil && n.path() != "" {
-		// Unlinked and not open for writing: nothing left to change.
-		if f, ok := fh.(*file); ok {
-			return f.Getattr(ctx, out)
-		}
-		return syscall.ENOENT
+		return n.setattrUnlinked(ctx, fh, in, out)
 	}
 	var err error
 	if hasSize {
@@ -156,4 +153,76 @@ func setattrTimes(in *fuse.SetAttrIn) ([]unix.Timespec, bool) {
 		}
 	}
 	return ts, set
+}
+
+// setattrUnlinked changes an object whose name is gone (unlinked, or
+// renamed over) through one of its open handles: the one the request
+// names, or any. The kernel asks this of a file it holds open with the
+// writeback cache on: at close it flushes the times it kept, which a
+// rename over the name had just changed (its ctime), and a failure there
+// is close(2)'s EIO. A handle still on a lower file cannot change it;
+// the times the kernel flushes to it have nowhere to go (the file is
+// gone with its last close), so the answer is its attributes as they
+// are.
+func (n *node) setattrUnlinked(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn, out *fuse.AttrOut) syscall.Errno {
+	f, _ := fh.(*file)
+	if f == nil {
+		f = n.someOpenFile()
+	}
+	if f == nil {
+		return syscall.ENOENT
+	}
+	fd := f.current()
+	f.mu.RLock()
+	onLower := f.onLower
+	f.mu.RUnlock()
+	onlyTimes := in.Valid&^(fuse.FATTR_ATIME|fuse.FATTR_MTIME|fuse.FATTR_ATIME_NOW|fuse.FATTR_MTIME_NOW|fuse.FATTR_CTIME|fuse.FATTR_FH|fuse.FATTR_LOCKOWNER) == 0
+	if onLower {
+		if onlyTimes {
+			return f.Getattr(ctx, out)
+		}
+		return syscall.ENOENT
+	}
+	u := n.ufs
+	if mode, ok := in.GetMode(); ok {
+		if err := unix.Fchmod(fd, mode&0o7777); err != nil {
+			return u.errno(err)
+		}
+	}
+	uid, hasUID := in.GetUID()
+	gid, hasGID := in.GetGID()
+	if hasUID || hasGID {
+		su, sg, errno := u.storedOwner(uid, hasUID, gid, hasGID)
+		if errno != 0 {
+			return errno
+		}
+		if err := unix.Fchown(fd, su, sg); err != nil {
+			return u.errno(err)
+		}
+	}
+	if times, ok := setattrTimes(in); ok {
+		// A read-only fd cannot take futimens; its /proc name can.
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, sysx.FdPath(fd), times, 0); err != nil {
+			return u.errno(err)
+		}
+	}
+	return f.Getattr(ctx, out)
+}
+
+// someOpenFile returns one of the node's open handles, preferring one on
+// the upper copy, or nil if none is open.
+func (n *node) someOpenFile() *file {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var any *file
+	for f := range n.openFiles {
+		f.mu.RLock()
+		onLower := f.onLower
+		f.mu.RUnlock()
+		if !onLower {
+			return f
+		}
+		any = f
+	}
+	return any
 }

@@ -2,11 +2,11 @@ package unionfs
 
 import (
 	"context"
-	"fmt"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
+	"github.com/unionmount/unionmount/internal/sysx"
 	"golang.org/x/sys/unix"
 )
 
@@ -39,7 +39,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 			return nil, nil, 0, u.errno(err)
 		}
 	}
-	anon, err := unix.Open(fmt.Sprintf("/proc/self/fd/%d", fd), unix.O_PATH|unix.O_CLOEXEC, 0)
+	anon, err := unix.Open(sysx.FdPath(fd), unix.O_PATH|unix.O_CLOEXEC, 0)
 	if err != nil {
 		unix.Close(fd)
 		return nil, nil, 0, u.errno(err)
@@ -85,7 +85,7 @@ func (n *node) linkSource() (dirfd int, path string, flags int) {
 	anon := n.anonFd
 	n.mu.Unlock()
 	if anon > 0 {
-		return unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", anon), unix.AT_SYMLINK_FOLLOW
+		return unix.AT_FDCWD, sysx.FdPath(anon), unix.AT_SYMLINK_FOLLOW
 	}
 	return n.ufs.upper.fd, n.path(), 0
 }

@@ -106,8 +106,16 @@ func MountKernelOverlay(t testing.TB, l *Layers, extra ...string) {
 }
 
 // Spec describes a tree: a path ending in "/" is a directory, "->TARGET"
-// makes a symlink, anything else is a file's content.
+// makes a symlink, Executable(content) an executable file, anything else
+// is a file's content.
 type Spec map[string]string
+
+// executableMark starts a Spec value that makes an executable file; no
+// text file a test writes starts with a NUL.
+const executableMark = "\x00exec\x00"
+
+// Executable is a Spec value for a file of mode 0755 holding content.
+func Executable(content string) string { return executableMark + content }
 
 // WriteTree creates spec under dir.
 func WriteTree(t testing.TB, dir string, spec Spec) {
@@ -124,6 +132,10 @@ func WriteTree(t testing.TB, dir string, spec Spec) {
 			}
 		case strings.HasPrefix(v, "->"):
 			if err := os.Symlink(strings.TrimPrefix(v, "->"), full); err != nil {
+				t.Fatal(err)
+			}
+		case strings.HasPrefix(v, executableMark):
+			if err := os.WriteFile(full, []byte(strings.TrimPrefix(v, executableMark)), 0o755); err != nil {
 				t.Fatal(err)
 			}
 		default:

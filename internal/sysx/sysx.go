@@ -153,3 +153,10 @@ func Errno(err error) syscall.Errno {
 	}
 	return syscall.EIO
 }
+
+// FdPath names the object behind an open fd as /proc/self/fd/FD: the
+// calls that take a name but no fd (utimensat on a read-only fd, an
+// O_PATH reopen, linkat of an unnamed file) reach it through there.
+func FdPath(fd int) string {
+	return fmt.Sprintf("/proc/self/fd/%d", fd)
+}

@@ -20,7 +20,7 @@ import (
 func readPath(root int, path string) (string, func(string, string, []byte) (int, error)) {
 	if path == "" || path == "." {
 		// The root itself: the magic link must be followed.
-		return fmt.Sprintf("/proc/self/fd/%d", root), unix.Getxattr
+		return FdPath(root), unix.Getxattr
 	}
 	return fmt.Sprintf("/proc/self/fd/%d/%s", root, path), unix.Lgetxattr
 }
@@ -29,13 +29,13 @@ func readPath(root int, path string) (string, func(string, string, []byte) (int,
 // that the xattr calls accept, with the fd to close afterwards.
 func objectPath(root int, path string) (string, int, error) {
 	if path == "" || path == "." {
-		return fmt.Sprintf("/proc/self/fd/%d", root), -1, nil
+		return FdPath(root), -1, nil
 	}
 	fd, err := OpenInRoot(root, path, unix.O_PATH|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		return "", -1, err
 	}
-	return fmt.Sprintf("/proc/self/fd/%d", fd), fd, nil
+	return FdPath(fd), fd, nil
 }
 
 func closeFd(fd int) {
