@@ -12,6 +12,7 @@
 package unionfs
 
 import (
+	"crypto/rand"
 	"fmt"
 	"hash/fnv"
 	"log"
@@ -59,6 +60,11 @@ type FS struct {
 	// mounted is closed once Mount has returned (see crashPoint).
 	mounted chan struct{}
 
+	// orphanedPath is the path given to a node whose name is gone: a
+	// name with a random part made at mount, so no layer holds it and
+	// every call on it fails with ENOENT.
+	orphanedPath string
+
 	refusedMu sync.Mutex
 	refused   map[string]bool // guarded by refusedMu
 }
@@ -76,7 +82,8 @@ func New(opts Options, logger *log.Logger) (*FS, error) {
 	if logger == nil {
 		logger = log.New(os.Stderr, "unionmount: ", log.LstdFlags)
 	}
-	u := &FS{opts: opts, work: -1, logger: logger, mounted: make(chan struct{})}
+	u := &FS{opts: opts, work: -1, logger: logger, mounted: make(chan struct{}),
+		orphanedPath: ".unionmount-orphaned-" + rand.Text() + "/deleted"}
 	var err error
 	if u.wformat, u.wauto, err = whiteout.ParseFormat(opts.Whiteout); err != nil {
 		return nil, badOption("%v", err)

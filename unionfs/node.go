@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -96,9 +97,24 @@ func (n *node) setState(st nodeState) {
 	}
 }
 
-// path is the node's union-relative path; "" for the root.
+// path is the node's union-relative path; "" for the root. A node whose
+// name is gone (unlinked, renamed over, or under a directory that is)
+// gets FS.orphanedPath, which names nothing in any layer. go-fuse's own
+// Path would log a line for each such call, one per unlinked file an
+// untar or a build removes.
 func (n *node) path() string {
-	return n.Path(n.Root())
+	root := n.Root()
+	var names []string
+	for p := &n.Inode; p != root; {
+		name, parent := p.Parent()
+		if parent == nil {
+			return n.ufs.orphanedPath
+		}
+		names = append(names, name)
+		p = parent
+	}
+	slices.Reverse(names)
+	return strings.Join(names, "/")
 }
 
 // parentNode returns the node's parent, or nil for the root.

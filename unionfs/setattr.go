@@ -27,7 +27,7 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 			hasSize = false
 		}
 	}
-	if _, p := n.Parent(); p == nil && n.path() != "" {
+	if n.path() == u.orphanedPath {
 		return n.setattrUnlinked(ctx, fh, in, out)
 	}
 	var err error

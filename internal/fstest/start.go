@@ -86,3 +86,6 @@ func StartKernelOverlay(l *Layers, extra ...string) (func() error, error) {
 		return fmt.Errorf("unmount %s: %w", l.Mount, err)
 	}, nil
 }
+
+// Logs returns what the mount has logged so far.
+func (m *Mounted) Logs() string { return m.logs.String() }
