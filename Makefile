@@ -21,10 +21,14 @@ FUZZ_TARGETS := ./thinblock/txn:FuzzDecodeSuperblock ./thinblock/btree:FuzzDecod
 
 all: build
 
+# --version names the commit: stamp it whenever the tree is a git checkout
+# (some environments set GOFLAGS=-buildvcs=false).
+BUILDFLAGS ?= $(shell git rev-parse --git-dir >/dev/null 2>&1 && echo -buildvcs=true)
+
 build:
-	$(GO) build -o $(BIN)/unionmount ./cmd/unionmount
-	$(GO) build -o $(BIN)/thinblock ./cmd/thinblock
-	$(GO) build -o $(BIN)/unionbench ./cmd/unionbench
+	$(GO) build $(BUILDFLAGS) -o $(BIN)/unionmount ./cmd/unionmount
+	$(GO) build $(BUILDFLAGS) -o $(BIN)/thinblock ./cmd/thinblock
+	$(GO) build $(BUILDFLAGS) -o $(BIN)/unionbench ./cmd/unionbench
 
 deps-demo:
 	@scripts/ensure-deps.sh $(DEMO_DEPS)

@@ -17,12 +17,15 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/unionmount/unionmount/internal/version"
 	"github.com/unionmount/unionmount/unionfs"
 )
 
 const usage = `usage: unionmount [-f] [-d] -o OPTIONS [SOURCE] MOUNTPOINT
        unionmount convert --to overlay|aufs DIR       (see unionmount convert --help)
        unionmount apply LAYER.tar DIR                 (see unionmount apply --help)
+       unionmount status [--json]                     the mounted unions, their layers and daemons
+       unionmount --version
 
 Mounts a union of directories at MOUNTPOINT.
 
@@ -67,6 +70,8 @@ func run(args []string, stderr io.Writer) int {
 			return runConvert(args[1:], os.Stdout, stderr)
 		case "apply":
 			return runApply(args[1:], os.Stdout, stderr)
+		case "status":
+			return runStatus(args[1:], os.Stdout, stderr)
 		}
 	}
 	flags := pflag.NewFlagSet("unionmount", pflag.ContinueOnError)
@@ -76,6 +81,7 @@ func run(args []string, stderr io.Writer) int {
 		foreground = flags.BoolP("foreground", "f", false, "stay in the foreground")
 		debug      = flags.BoolP("debug", "d", false, "trace FUSE operations (implies -f)")
 		help       = flags.BoolP("help", "h", false, "show this help")
+		showVer    = flags.Bool("version", false, "print the version and exit")
 	)
 	flags.StringArrayVarP(&optLists, "options", "o", nil, "mount options")
 	flags.Usage = func() {
@@ -88,6 +94,10 @@ func run(args []string, stderr io.Writer) int {
 	}
 	if *help {
 		flags.Usage()
+		return 0
+	}
+	if *showVer {
+		fmt.Println(version.String("unionmount"))
 		return 0
 	}
 	var source, mountpoint string
@@ -118,7 +128,7 @@ func run(args []string, stderr io.Writer) int {
 		*foreground = true
 	}
 	if *foreground || isDaemon() {
-		return serve(mountpoint, opts, stderr)
+		return serve(mountpoint, optLists, opts, stderr)
 	}
 	return daemonize(stderr)
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"log/syslog"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -65,16 +64,17 @@ func daemonize(stderr io.Writer) int {
 }
 
 // serve mounts and serves until unmounted or signalled.
-func serve(mountpoint string, opts unionfs.Options, stderr io.Writer) int {
+func serve(mountpoint string, given []string, opts unionfs.Options, stderr io.Writer) int {
 	ready := readyPipe()
 	logger := log.New(stderr, "unionmount: ", log.LstdFlags)
+	logPath := ""
 	if ready != nil {
-		// In the background nobody reads stderr: log to syslog.
-		if sl, err := syslog.New(syslog.LOG_DAEMON|syslog.LOG_WARNING, "unionmount"); err == nil {
-			logger = log.New(sl, "", 0)
-		} else {
-			logger = log.New(io.Discard, "", 0)
-		}
+		// In the background nobody reads stderr: log to a file the
+		// user can find (status names it), and to syslog where the
+		// machine has one.
+		var closeLog func()
+		logger, logPath, closeLog = backgroundLogger(mountpoint)
+		defer closeLog()
 	}
 	// Signals are caught from before the mount is visible: a SIGTERM that
 	// comes the moment the mount shows still unmounts cleanly.
@@ -100,6 +100,11 @@ func serve(mountpoint string, opts unionfs.Options, stderr io.Writer) int {
 			defer func() { pprof.StopCPUProfile(); f.Close() }()
 		}
 	}
+	if remove, err := writeRecord(mountpoint, given, opts, ufs, logPath); err != nil {
+		logger.Printf("%s: no status record: %v", mountpoint, err)
+	} else {
+		defer remove()
+	}
 	if ready != nil {
 		fmt.Fprintln(ready, "ok")
 		ready.Close()
@@ -108,7 +113,9 @@ func serve(mountpoint string, opts unionfs.Options, stderr io.Writer) int {
 	go func() {
 		for sig := range signals {
 			if err := server.Unmount(); err != nil {
-				logger.Printf("%v: unmount %s: %v (still serving)", sig, mountpoint, err)
+				// fusermount's message spans lines: keep one.
+				msg := strings.Join(strings.Fields(err.Error()), " ")
+				logger.Printf("%v: unmount %s: %s (still serving)", sig, mountpoint, msg)
 			}
 		}
 	}()
