@@ -7,12 +7,14 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
 
+	"github.com/unionmount/unionmount/internal/mountstate"
 	"github.com/unionmount/unionmount/unionfs"
 )
 
@@ -100,7 +102,11 @@ func serve(mountpoint string, given []string, opts unionfs.Options, stderr io.Wr
 			defer func() { pprof.StopCPUProfile(); f.Close() }()
 		}
 	}
-	if remove, err := writeRecord(mountpoint, given, opts, ufs, logPath); err != nil {
+	abs, _ := filepath.Abs(mountpoint)
+	dev, err := mountstate.DeviceOf(abs)
+	if err != nil {
+		logger.Printf("%s: %v", mountpoint, err)
+	} else if remove, err := writeRecord(abs, dev, given, opts, ufs, logPath); err != nil {
 		logger.Printf("%s: no status record: %v", mountpoint, err)
 	} else {
 		defer remove()
@@ -110,17 +116,49 @@ func serve(mountpoint string, given []string, opts unionfs.Options, stderr io.Wr
 		ready.Close()
 		detachStdio()
 	}
+	served := make(chan struct{})
 	go func() {
-		for sig := range signals {
-			if err := server.Unmount(); err != nil {
-				// fusermount's message spans lines: keep one.
-				msg := strings.Join(strings.Fields(err.Error()), " ")
-				logger.Printf("%v: unmount %s: %s (still serving)", sig, mountpoint, msg)
-			}
-		}
+		server.Wait()
+		close(served)
 	}()
-	server.Wait()
-	return 0
+	for {
+		select {
+		case <-served:
+			return 0
+		case sig := <-signals:
+			err := server.Unmount()
+			if err == nil {
+				continue // served closes once the requests have drained
+			}
+			if dev != "" && !mountedHere(abs, dev) {
+				// Unmounted here while a copy of the mount lives in
+				// another mount namespace: nothing here can unmount
+				// that, and a daemon left serving it would never end.
+				// Ending closes the FUSE device, which aborts the
+				// connection for every copy.
+				logger.Printf("%v: %s is no longer mounted in this mount namespace; ending the connection that copies in other namespaces still use", sig, mountpoint)
+				return 0
+			}
+			// fusermount's message spans lines: keep one.
+			msg := strings.Join(strings.Fields(err.Error()), " ")
+			logger.Printf("%v: unmount %s: %s (still serving)", sig, mountpoint, msg)
+		}
+	}
+}
+
+// mountedHere reports whether the union with device dev is still mounted
+// at mountpoint in this mount namespace.
+func mountedHere(mountpoint, dev string) bool {
+	mounts, err := mountstate.List("", fsType)
+	if err != nil {
+		return true // cannot tell: keep serving
+	}
+	for _, m := range mounts {
+		if m.Mountpoint == mountpoint && m.Device == dev {
+			return true
+		}
+	}
+	return false
 }
 
 // readyPipe returns the readiness pipe of a background server.

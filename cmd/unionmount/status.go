@@ -125,17 +125,9 @@ func describeMode(m unionfs.Mode) string {
 }
 
 // writeRecord leaves the record status reads, once the mount is ready.
-func writeRecord(mountpoint string, given []string, opts unionfs.Options, ufs *unionfs.FS, logPath string) (func(), error) {
-	abs, err := filepath.Abs(mountpoint)
-	if err != nil {
-		return nil, err
-	}
-	dev, err := mountstate.DeviceOf(abs)
-	if err != nil {
-		return nil, err
-	}
+func writeRecord(mountpoint, dev string, given []string, opts unionfs.Options, ufs *unionfs.FS, logPath string) (func(), error) {
 	return mountstate.Write(mountstate.Dir(), mountstate.Record{
-		Mountpoint: abs,
+		Mountpoint: mountpoint,
 		PID:        os.Getpid(),
 		Lowers:     opts.Lowers,
 		Upper:      opts.Upper,

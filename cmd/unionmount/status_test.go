@@ -128,3 +128,38 @@ func TestVersionNamesTheCommand(t *testing.T) {
 	require.NoError(t, err)
 	assert.Regexp(t, `^unionmount \S+ .*go1\.\d+`, string(out))
 }
+
+// A daemon whose mount was taken away in its own mount namespace while
+// a copy lives on in another (a container's, say) ends on SIGTERM: no
+// unmount can reach the copy from here.
+func TestSIGTERMEndsADaemonWhoseMountLivesOnlyInAnotherNamespace(t *testing.T) {
+	fstest.RequireFUSE(t)
+	fstest.RequireRoot(t)
+	bin := binary(t)
+	l := layers(t)
+	out, err := exec.Command(bin, "-o", "lower="+l.Lowers[0]+",upper="+l.Upper+",work="+l.Work, l.Mount).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	m, ok := statusOf(t, bin, l.Mount)
+	require.True(t, ok)
+	require.NotNil(t, m.Record)
+	pid := m.Record.PID
+
+	// Another mount namespace keeps a copy of every mount, ours too.
+	holder := exec.Command("unshare", "--mount", "--propagation", "private", "sleep", "60")
+	require.NoError(t, holder.Start())
+	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	require.True(t, fstest.WaitFor(5*time.Second, func() bool {
+		data, _ := os.ReadFile("/proc/" + strconv.Itoa(holder.Process.Pid) + "/mountinfo")
+		self, _ := os.Readlink("/proc/self/ns/mnt")
+		ns, _ := os.Readlink("/proc/" + strconv.Itoa(holder.Process.Pid) + "/ns/mnt")
+		return ns != self && strings.Contains(string(data), " "+l.Mount+" ")
+	}), "the holder's namespace has a copy of the mount")
+	require.NoError(t, exec.Command("umount", "-l", l.Mount).Run())
+
+	require.NoError(t, syscall.Kill(pid, syscall.SIGTERM))
+	assert.True(t, fstest.WaitFor(10*time.Second, func() bool {
+		return syscall.Kill(pid, 0) == syscall.ESRCH
+	}), "the daemon ended")
+	data, _ := os.ReadFile(m.Record.Log)
+	assert.Contains(t, string(data), "no longer mounted in this mount namespace")
+}

@@ -107,9 +107,12 @@ func Write(dir string, r Record) (remove func(), err error) {
 }
 
 // List returns every mount of fstype in this mount namespace, joined
-// with the records in dir whose daemon still runs.
+// with the records in dir whose daemon still runs (none for dir "").
 func List(dir, fstype string) ([]Mount, error) {
-	records := readRecords(dir)
+	var records map[string]*Record
+	if dir != "" {
+		records = readRecords(dir)
+	}
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return nil, err
