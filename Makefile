@@ -7,7 +7,8 @@ TESTTIMEOUT ?= 14m
 LONG    ?=
 
 # Commands the targets need, as command:debian-package.
-DEMO_DEPS := fusermount3:fuse3 mount.fuse3:fuse3
+DEMO_DEPS := fusermount3:fuse3 mount.fuse3:fuse3 getfattr:attr mkfs.ext4:e2fsprogs losetup:mount \
+	fstrim:util-linux nbdinfo:libnbd-bin
 TEST_DEPS := $(DEMO_DEPS) unshare:util-linux thin_check:thin-provisioning-tools \
 	nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils qemu-io:qemu-utils qemu-nbd:qemu-utils fio:fio \
 	mkfs.ext4:e2fsprogs losetup:mount nbdkit:nbdkit fuse-overlayfs:fuse-overlayfs unionfs-fuse:unionfs-fuse
@@ -36,8 +37,11 @@ deps-demo:
 deps-test:
 	@scripts/ensure-deps.sh $(TEST_DEPS)
 
-demo: deps-demo build
-	scripts/demo.sh $(BIN)/unionmount
+# The demo builds only the two binaries it runs.
+demo: deps-demo
+	$(GO) build $(BUILDFLAGS) -o $(BIN)/unionmount ./cmd/unionmount
+	$(GO) build $(BUILDFLAGS) -o $(BIN)/thinblock ./cmd/thinblock
+	scripts/demo.sh $(BIN)
 
 test: deps-test build lint
 	UNIONMOUNT_BIN=$(CURDIR)/$(BIN)/unionmount THINBLOCK_BIN=$(CURDIR)/$(BIN)/thinblock \
