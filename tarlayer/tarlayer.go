@@ -1,7 +1,8 @@
 // Package tarlayer applies an OCI or Docker image layer tarball (plain or
 // gzip-compressed, with ".wh.NAME" whiteouts and ".wh..wh..opq" opaque
 // markers) to a layer directory, writing the markers in the union
-// format the caller chooses.
+// format the caller chooses, or to a full tree, where the markers
+// delete what they hide (Options.Flatten).
 //
 // A layer is untrusted input: every name is checked before anything is
 // written, so a tarball that names a path outside the target (through
@@ -33,6 +34,12 @@ type Options struct {
 	Format whiteout.Format
 	// Markers gives the xattr namespace of overlay markers.
 	Markers whiteout.Markers
+	// Flatten applies the layer onto a full tree rather than a layer
+	// dir: a whiteout deletes what it names and an opaque marker what
+	// its directory held before, and no marker is written (a thin
+	// volume's filesystem, as Docker's devicemapper driver applies
+	// layers).
+	Flatten bool
 }
 
 // Stats counts what Apply wrote.

@@ -202,3 +202,31 @@ func TestUnsafeTarballsAreRefusedAndWriteNothing(t *testing.T) {
 	require.ErrorIs(t, err, tarlayer.ErrUnsafe)
 	assert.Empty(t, walk(t, outside))
 }
+
+// Applied flattened onto a full tree (the base layer's files, as a thin
+// volume's filesystem holds them), a layer leaves the tree the union of
+// the two shows, and no marker of any format.
+func TestFlattenedLayerLeavesTheMergedTreeAndNoMarkers(t *testing.T) {
+	for _, gz := range []bool{false, true} {
+		dir := t.TempDir()
+		fstest.WriteTree(t, dir, baseLayer)
+		st, err := tarlayer.Apply(appLayer(t, gz), dir, tarlayer.Options{Flatten: true, Format: whiteout.Chardev, Markers: whiteout.Markers{Prefix: whiteout.TrustedPrefix}})
+		require.NoError(t, err)
+		assert.Equal(t, tarlayer.Stats{Entries: 12, Whiteouts: 2, Opaques: 1}, st)
+		assert.Equal(t, wantMerged, walk(t, dir))
+		data, err := os.ReadFile(dir + "/app/lib/z")
+		require.NoError(t, err)
+		assert.Equal(t, "new lib", string(data))
+		data, err = os.ReadFile(dir + "/etc/passwd")
+		require.NoError(t, err)
+		assert.Equal(t, "root:x:0:0", string(data), "the tree's own files stay")
+		for _, p := range walk(t, dir) {
+			var s unix.Stat_t
+			require.NoError(t, unix.Lstat(filepath.Join(dir, p), &s))
+			assert.NotEqual(t, uint32(unix.S_IFCHR), s.Mode&unix.S_IFMT, "%s: no whiteout device", p)
+			names := make([]byte, 4096)
+			n, _ := unix.Llistxattr(filepath.Join(dir, p), names)
+			assert.NotContains(t, string(names[:n]), "overlay.", "%s: no overlay marker", p)
+		}
+	}
+}

@@ -236,6 +236,9 @@ func (w *writer) whiteout(p string) error {
 	}
 	delete(w.created, p)
 	w.stats.Whiteouts++
+	if w.opts.Flatten {
+		return nil // deleting it was all
+	}
 	m := w.opts.Markers
 	target := name
 	if w.opts.Format == whiteout.Aufs {
@@ -287,6 +290,9 @@ func (w *writer) opaque(dir string) error {
 		}
 	}
 	w.stats.Opaques++
+	if w.opts.Flatten {
+		return nil
+	}
 	return w.opts.Markers.SetOpaqueFormat(fd, ".", w.opts.Format)
 }
 

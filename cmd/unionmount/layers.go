@@ -24,12 +24,19 @@ so that the layer hides the same names at every moment.
 `
 
 const applyUsage = `usage: unionmount apply [--whiteout chardev|xattr|aufs] [--userxattr] LAYER.tar[.gz] DIR
+       unionmount apply --flatten LAYER.tar[.gz] DIR
 
 Applies an OCI or Docker layer tarball onto the layer directory DIR: its
 .wh.NAME entries become whiteouts and .wh..wh..opq opaque directories in
-the chosen format (default chardev, as kernel overlay writes). A tarball
-naming anything outside DIR (../, an absolute name, a path under a
-symlink) is refused before anything is written.
+the chosen format (default chardev, as kernel overlay writes).
+
+With --flatten, DIR is a full tree (the filesystem of a thin volume that
+holds the layers below, as Docker's devicemapper driver keeps them): a
+whiteout deletes what it names, an opaque marker deletes what its
+directory held before, and nothing of the layer format stays behind.
+
+A tarball naming anything outside DIR (../, an absolute name, a path
+under a symlink) is refused before anything is written.
 
 `
 
@@ -118,6 +125,7 @@ func runConvert(args []string, stdout, stderr io.Writer) int {
 
 func runApply(args []string, stdout, stderr io.Writer) int {
 	f := newLayerFlags("apply", applyUsage, "chardev", stderr)
+	flatten := f.flags.Bool("flatten", false, "apply onto a full tree: whiteouts and opaque markers delete what they hide")
 	if err := f.flags.Parse(args); err != nil {
 		if errors.Is(err, pflag.ErrHelp) {
 			return 0
@@ -126,6 +134,9 @@ func runApply(args []string, stdout, stderr io.Writer) int {
 	}
 	if f.flags.NArg() != 2 {
 		return layerFail(stderr, "apply", fmt.Errorf("%w: want LAYER.tar and DIR, got %d arguments", errUsage, f.flags.NArg()))
+	}
+	if *flatten && (f.flags.Changed("whiteout") || *f.userXattr) {
+		return layerFail(stderr, "apply", fmt.Errorf("%w: --flatten writes no markers: --whiteout and --userxattr do not go with it", errUsage))
 	}
 	format, auto, err := whiteout.ParseFormat(*f.whiteout)
 	if err != nil || auto {
@@ -142,9 +153,14 @@ func runApply(args []string, stdout, stderr io.Writer) int {
 		return layerFail(stderr, "apply", err)
 	}
 	unix.Close(root)
-	st, err := tarlayer.Apply(file, dir, tarlayer.Options{Format: format, Markers: f.markers()})
+	st, err := tarlayer.Apply(file, dir, tarlayer.Options{Format: format, Markers: f.markers(), Flatten: *flatten})
 	if err != nil {
 		return layerFail(stderr, "apply", err)
+	}
+	if *flatten {
+		fmt.Fprintf(stdout, "%s: applied %d entries to %s (%d whiteouts and %d opaque dirs deleted what they hide)\n",
+			tarPath, st.Entries, dir, st.Whiteouts, st.Opaques)
+		return 0
 	}
 	fmt.Fprintf(stdout, "%s: applied %d entries (%d whiteouts, %d opaque dirs, as %s) to %s\n",
 		tarPath, st.Entries, st.Whiteouts, st.Opaques, format, dir)

@@ -84,6 +84,7 @@ func TestBadInputExitsTwoWithOneLineAndWritesNothing(t *testing.T) {
 		{"apply of a missing tarball", []string{"apply", root + "/nope.tar", lower}, "nope.tar"},
 		{"apply onto a file", []string{"apply", file, file}, "not a directory"},
 		{"apply with whiteout=auto", []string{"apply", "--whiteout", "auto", file, lower}, "--whiteout"},
+		{"apply --flatten with a whiteout format", []string{"apply", "--flatten", "--whiteout", "aufs", file, lower}, "--flatten"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -306,6 +307,18 @@ func TestApplyAndConvertCommands(t *testing.T) {
 	require.NoError(t, unix.Lstat(layer+"/etc/old", &st))
 	assert.Equal(t, uint32(unix.S_IFCHR), st.Mode&unix.S_IFMT)
 	assert.NoFileExists(t, layer+"/etc/.wh.old")
+
+	// --flatten onto a full tree: the whiteout deletes, nothing is left
+	// of the format.
+	tree := root + "/tree"
+	fstest.WriteTree(t, tree, fstest.Spec{"etc/old": "old", "etc/keep": "k"})
+	out, err = exec.Command(bin, "apply", "--flatten", tarball, tree).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), "1 whiteouts and 0 opaque dirs deleted what they hide")
+	assert.NoFileExists(t, tree+"/etc/old")
+	assert.NoFileExists(t, tree+"/etc/.wh.old")
+	assert.FileExists(t, tree+"/etc/keep")
+	assert.FileExists(t, tree+"/etc/new")
 
 	// A traversal is refused with exit 2 and nothing written.
 	evil := root + "/evil.tar"
