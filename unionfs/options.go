@@ -5,13 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/unionmount/unionmount/whiteout"
 )
 
 // RedirectMode is kernel overlayfs's redirect_dir setting: whether a
@@ -103,171 +100,41 @@ func badOption(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrBadOption, fmt.Sprintf(format, args...))
 }
 
-// genericMountOptions are the mount(8) and FUSE options a union accepts
-// and leaves to the kernel or ignores, so that fstab lines and
-// mount -t fuse.unionmount work unchanged.
-var genericMountOptions = map[string]bool{
-	"rw": true, "dev": true, "nodev": true, "suid": true, "nosuid": true,
-	"exec": true, "noexec": true, "atime": true, "noatime": true,
-	"relatime": true, "norelatime": true, "strictatime": true, "nodiratime": true,
-	"diratime": true, "lazytime": true, "nolazytime": true, "sync": true, "async": true,
-	"dirsync": true, "auto": true, "noauto": true, "user": true, "nouser": true,
-	"users": true, "owner": true, "nofail": true, "_netdev": true, "defaults": true,
-	"silent": true, "loud": true, "mand": true, "nomand": true, "iversion": true,
-	"noiversion": true, "default_permissions": true, "allow_root": true,
-	"auto_unmount": true,
-}
-
 // ParseOptions parses comma-separated option strings, as given to -o,
-// into Options. Commas and colons inside values can be escaped with a
-// backslash.
+// into Options (optionTable says what each option does). Commas and
+// colons inside values can be escaped with a backslash.
 func ParseOptions(optionLists []string) (Options, error) {
-	o := Options{Passthrough: true, AllowOther: os.Geteuid() == 0, SquashUID: -1, SquashGID: -1, CacheTimeout: DefaultCacheTimeout}
-	squashRoot := false
-	var lowers []string
-	var branches string
+	p := optionParse{o: Options{Passthrough: true, AllowOther: os.Geteuid() == 0, SquashUID: -1, SquashGID: -1, CacheTimeout: DefaultCacheTimeout}}
 	for _, list := range optionLists {
 		for _, opt := range splitEscaped(list, ',') {
 			if opt == "" {
 				continue
 			}
 			key, value, hasValue := strings.Cut(opt, "=")
-			switch key {
-			case "lower", "lowerdir":
-				if !hasValue || value == "" {
-					return o, badOption("%s needs a value", key)
-				}
-				lowers = append(lowers, splitEscaped(value, ':')...)
-			case "br", "dirs":
-				if !hasValue || value == "" {
-					return o, badOption("%s needs a value: DIR[=rw|ro][:DIR[=ro]...]", key)
-				}
-				branches = value
-			case "upper", "upperdir":
-				o.Upper = unescape(value)
-			case "work", "workdir":
-				o.Work = unescape(value)
-			case "redirect_dir":
-				switch value {
-				case "on":
-					o.Redirect = RedirectOn
-				case "follow", "off":
-					// Kernel overlay's "off" means "follow" under its
-					// default redirect_always_follow=Y.
-					o.Redirect = RedirectFollow
-				case "nofollow":
-					o.Redirect = RedirectNoFollow
-				default:
-					return o, badOption("redirect_dir=%q: want on, follow, off or nofollow", value)
-				}
-			case "userxattr":
-				o.UserXattr = true
-			case "squash_to_root":
-				squashRoot = true
-			case "squash_to_uid", "squash_to_gid":
-				id, err := strconv.ParseUint(value, 10, 32)
-				if err != nil {
-					return o, badOption("%s=%q: want a numeric id", key, value)
-				}
-				if key == "squash_to_uid" {
-					o.SquashUID = int64(id)
-				} else {
-					o.SquashGID = int64(id)
-				}
-			case "uidmapping", "gidmapping":
-				m, err := ParseIDMap(value)
-				if err != nil {
-					return o, badOption("%s=%v", key, err)
-				}
-				if key == "uidmapping" {
-					o.UIDMap = m
-				} else {
-					o.GIDMap = m
-				}
-			case "xattr_permissions":
-				switch value {
-				case "0", "1", "2":
-					o.XattrPermissions = int(value[0] - '0')
-				default:
-					return o, badOption("xattr_permissions=%q: want 0, 1 (security.* xattr) or 2 (user.* xattr)", value)
-				}
-			case "timeout":
-				secs, err := strconv.ParseFloat(value, 64)
-				if err != nil || secs < 0 || secs > 1e6 {
-					return o, badOption("timeout=%q: want seconds the kernel may cache names and attributes", value)
-				}
-				o.CacheTimeout = time.Duration(secs * float64(time.Second))
-			case "static_nlink":
-				o.StaticNlink = true
-			case "noacl":
-				o.NoACL = true
-			case "whiteout":
-				if _, _, err := whiteout.ParseFormat(value); err != nil {
-					return o, badOption("%v", err)
-				}
-				o.Whiteout = value
-			case "ro":
-				o.ReadOnly = true
-			case "nonempty":
-				o.NonEmpty = true
-			case "fsync":
-				on, err := onOff(key, value)
-				if err != nil {
-					return o, err
-				}
-				o.NoFsync = !on
-			case "volatile":
-				o.NoFsync = true
-			case "passthrough":
-				on, err := onOff(key, value)
-				if value == "" || value == "auto" {
-					on, err = true, nil
-				}
-				if err != nil {
-					return o, err
-				}
-				o.Passthrough = on
-			case "allow_other":
-				o.AllowOther = true
-			case "fsname":
-				o.FsName = value
-			case "debug":
-				o.Debug = true
-			case "writeback":
-				on, err := onOff(key, value)
-				if err != nil {
-					return o, err
-				}
-				o.NoWriteback = !on
-			case "metacopy":
-				on, err := onOff(key, value)
-				if err != nil {
-					return o, err
-				}
-				o.Metacopy = on
-			case "index", "nfs_export", "uuid", "xino", "verity", "subtype":
-				// Kernel overlay features this union does not implement;
-				// accepted so that option strings written for the kernel
-				// work. "off" is what they mean here.
-			default:
-				if genericMountOptions[key] && !hasValue {
-					continue
-				}
-				if key == "context" || key == "fscontext" || key == "defcontext" || key == "rootcontext" ||
-					key == "max_read" || key == "blksize" || key == "uid" || key == "gid" || key == "user_id" ||
-					key == "group_id" || key == "fd" || key == "rootmode" {
-					continue
-				}
-				return o, badOption("unknown option %q", opt)
+			spec, ok := lookupOption(key)
+			switch {
+			case !ok:
+				return p.o, badOption("unknown option %q", opt)
+			case spec.value == "" && hasValue:
+				return p.o, badOption("option %s takes no value (got %q)", key, opt)
+			case spec.value != "" && !hasValue && !spec.valueOptional:
+				return p.o, badOption("option %s needs a value: %s=%s", key, key, spec.value)
+			case spec.ignored:
+				continue
+			}
+			if err := spec.set(&p, key, value); err != nil {
+				return p.o, err
 			}
 		}
 	}
-	if branches != "" {
+	o := p.o
+	lowers := p.lowers
+	if p.branches != "" {
 		if len(lowers) > 0 || o.Upper != "" {
 			return o, badOption("br= names every branch: it cannot be mixed with lowerdir= or upperdir=")
 		}
 		var err error
-		if o.Upper, lowers, err = parseBranches(branches); err != nil {
+		if o.Upper, lowers, err = parseBranches(p.branches); err != nil {
 			return o, err
 		}
 		if o.Whiteout == "" {
@@ -275,7 +142,7 @@ func ParseOptions(optionLists []string) (Options, error) {
 		}
 	}
 	// squash_to_uid and squash_to_gid take precedence over squash_to_root.
-	if squashRoot {
+	if p.squashRoot {
 		if o.SquashUID < 0 {
 			o.SquashUID = 0
 		}

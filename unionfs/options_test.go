@@ -3,6 +3,7 @@ package unionfs
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -73,7 +74,7 @@ func TestParseOptions(t *testing.T) {
 		})
 	}
 	for bad, says := range map[string]string{
-		"lower": "needs a value", "frob=1": "unknown option", "redirect_dir=maybe": "redirect_dir", "fsync=2": "fsync", "rw=1": "unknown",
+		"lower": "needs a value", "frob=1": "unknown option", "redirect_dir=maybe": "redirect_dir", "fsync=2": "fsync", "rw=1": "takes no value",
 		"br=/a=rw:/b=rw":        "several writable branches",
 		"br=/a=ro:/b=rw":        "must be the leftmost",
 		"br=/a=rw":              "at least one read-only branch",
@@ -104,4 +105,48 @@ func TestValidateDefaultsTheWorkDirBesideTheUpper(t *testing.T) {
 	assert.Equal(t, filepath.Join(root, ".u.unionmount-work"), o.Work)
 	_, err := os.Stat(o.Work)
 	assert.True(t, os.IsNotExist(err), "validation writes nothing")
+}
+
+// The option table in the README is the one --help shows: both come
+// from optionTable, and this keeps the README's copy in step.
+// UNIONMOUNT_UPDATE_DOCS=1 rewrites it.
+func TestDocumentedOptionsMatchTheTable(t *testing.T) {
+	const begin, end = "<!-- options:begin", "<!-- options:end -->"
+	path := "../README.md"
+	data, err := os.ReadFile(path)
+	require.NoError(t, err)
+	text := string(data)
+	i, j := strings.Index(text, begin), strings.Index(text, end)
+	require.True(t, i >= 0 && j > i, "%s has the option table's markers", path)
+	i += strings.Index(text[i:], "\n") + 1
+	if os.Getenv("UNIONMOUNT_UPDATE_DOCS") != "" {
+		text = text[:i] + OptionsMarkdown() + text[j:]
+		require.NoError(t, os.WriteFile(path, []byte(text), 0o644))
+		return
+	}
+	assert.Equal(t, OptionsMarkdown(), text[i:j], "run UNIONMOUNT_UPDATE_DOCS=1 go test -run %s ./unionfs", t.Name())
+}
+
+// Every option the parser takes is in --help, and nothing else is.
+func TestHelpListsEveryOption(t *testing.T) {
+	help := OptionsHelp()
+	for _, s := range optionTable {
+		for _, n := range s.names {
+			assert.Contains(t, help, n)
+			if s.ignored {
+				continue
+			}
+			opt := n
+			if s.value != "" && !s.valueOptional {
+				opt += "=" + map[bool]string{true: "1", false: "x"}[strings.Contains(s.value, "on|off")]
+			}
+			_, err := ParseOptions([]string{opt})
+			if err != nil {
+				assert.NotContains(t, err.Error(), "unknown option", "%s is in the table but not parsed", n)
+			}
+		}
+	}
+	for _, n := range []string{"metacopy=", "writeback=", "timeout=", "passthrough"} {
+		assert.Contains(t, help, n)
+	}
 }

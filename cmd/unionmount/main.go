@@ -30,34 +30,8 @@ const usage = `usage: unionmount [-f] [-d] -o OPTIONS [SOURCE] MOUNTPOINT
 Mounts a union of directories at MOUNTPOINT.
 
 Options (-o, comma-separated, may be repeated):
-  lower=DIR[:DIR...]   lower layers, topmost first (also lowerdir=); "\:" escapes a colon
-  br=DIR=rw:DIR=ro...  aufs branches, leftmost on top (also dirs=); one writable
-                       branch, on top; aufs whiteouts unless whiteout= says otherwise
-  upper=DIR            the writable layer (also upperdir=); none means read-only
-  work=DIR             scratch dir on upper's filesystem (also workdir=);
-                       default: a hidden sibling of the upper dir
-  redirect_dir=on|follow|off|nofollow
-                       on (default): renaming a lower directory works;
-                       off/follow/nofollow: it fails with EXDEV, as kernel overlay
-  userxattr            keep markers in user.overlay.* xattrs
-  ro                   read-only
-  nonempty             allow a non-empty mount point
-  fsync=0, volatile    do not fsync copied-up files
-  passthrough=on|off   FUSE passthrough for open upper files (default on, root only)
-  whiteout=auto|chardev|xattr|aufs
-                       format of new whiteouts (auto: chardev, else xattr)
-  uidmapping=S:M:N[:S:M:N...], gidmapping=...
-                       ids S..S+N-1 in the layers show as M..M+N-1; others as 65534
-  xattr_permissions=1|2
-                       keep owners and modes in an xattr (2: user.containers.override_stat)
-  squash_to_root, squash_to_uid=ID, squash_to_gid=ID
-                       show every object owned by root / by ID
-  static_nlink         show directories with one link
-  noacl                refuse POSIX ACLs
-  generic mount options (rw, dev, suid, noatime, ...) are accepted
-
-Flags:
 `
+
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stderr))
@@ -86,6 +60,8 @@ func run(args []string, stderr io.Writer) int {
 	flags.StringArrayVarP(&optLists, "options", "o", nil, "mount options")
 	flags.Usage = func() {
 		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, unionfs.OptionsHelp())
+		fmt.Fprint(stderr, "\nFlags:\n")
 		flags.PrintDefaults()
 	}
 	if err := flags.Parse(args); err != nil {
