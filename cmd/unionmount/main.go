@@ -32,7 +32,6 @@ Mounts a union of directories at MOUNTPOINT.
 Options (-o, comma-separated, may be repeated):
 `
 
-
 func main() {
 	os.Exit(run(os.Args[1:], os.Stderr))
 }
