@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/unionmount/unionmount/bench"
+	"github.com/unionmount/unionmount/internal/version"
 )
 
 func main() {
@@ -38,12 +39,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	unionmount := fs.String("unionmount", "", "unionmount binary (default: beside this one, then PATH)")
 	thinblock := fs.String("thinblock", "", "thinblock binary (default: beside this one, then PATH)")
 	list := fs.Bool("list", false, "list the targets and workloads and exit")
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	rootless := fs.Bool("userns", true, "also run the union workloads on "+strings.Join(bench.RootlessTargets, " and ")+
 		" as root of a user namespace, as rootless containers run (needs root to map the ids)")
 	inside := fs.Bool(insideFlag[2:], false, "")
 	fs.MarkHidden(insideFlag[2:])
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, version.String("unionbench"))
+		return 0
 	}
 	cfg := &bench.Config{Quick: *quick, Repeat: *repeat,
 		UnionmountBin: findBinary(*unionmount, "unionmount"), ThinblockBin: findBinary(*thinblock, "thinblock")}
@@ -90,9 +96,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	defer os.RemoveAll(scratch)
 	cfg.Dir = scratch
 	if isTerminal(stderr) {
+		// A progress line on a terminal; a log or CI gets only the
+		// results and what went wrong.
 		cfg.Progress = func(line string) { fmt.Fprintf(stderr, "\r\033[K%s", line) }
-	} else {
-		cfg.Progress = func(line string) { fmt.Fprintln(stderr, line) }
 	}
 	jobs, err := bench.WriteJobFiles(scratch)
 	if err != nil {

@@ -159,3 +159,9 @@ func TestBadInputStillRunsWhatItCan(t *testing.T) {
 	assert.Equal(t, 2, run([]string{"compare", "only-one.json"}, &stdout, &stderr))
 	assert.Equal(t, 2, run([]string{"--frobnicate"}, &stdout, &stderr))
 }
+
+func TestVersionNamesTheCommand(t *testing.T) {
+	var out, errOut bytes.Buffer
+	require.Equal(t, 0, run([]string{"--version"}, &out, &errOut), errOut.String())
+	assert.Regexp(t, `^unionbench \S+ .*go1\.\d+`, out.String())
+}
