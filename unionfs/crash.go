@@ -1,7 +1,5 @@
 package unionfs
 
-import "os"
-
 // Named crash points of copy-up. A crash at any of them must leave either
 // no upper copy or a whole one, and nothing a remount does not clear.
 const (
@@ -19,18 +17,16 @@ func CrashPoints() []string {
 	return []string{CrashCopyUpData, CrashCopyUpBeforeInstall, CrashCopyUpAfterInstall}
 }
 
-// crashExitCode is the status a crash point exits with.
-const crashExitCode = 86
-
-// crashPoint ends the process when the options name this point, without
-// any cleanup, as a power cut or kill -9 would. It waits until Mount has
-// returned: until then go-fuse may hold a file of the mount open (its
-// epoll probe), and a process that dies closing a file of its own mount
-// waits forever for the FLUSH it can no longer answer.
+// crashPoint calls the options' Crash hook, if any, with this point's
+// name. The hook of a crash test ends the process there, without any
+// cleanup, as a power cut or kill -9 would; the library itself never
+// exits. It is called only once Mount has returned: until then go-fuse
+// may hold a file of the mount open (its epoll probe), and a process that
+// dies closing a file of its own mount waits forever for the FLUSH it can
+// no longer answer.
 func (u *FS) crashPoint(name string) {
-	if u.opts.CrashAt == name {
+	if u.opts.Crash != nil {
 		<-u.mounted
-		u.logger.Printf("crash point %s reached: exiting", name)
-		os.Exit(crashExitCode)
+		u.opts.Crash(name)
 	}
 }

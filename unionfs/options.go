@@ -83,9 +83,10 @@ type Options struct {
 	// CacheTimeout is how long the kernel may cache names and
 	// attributes (timeout=SECONDS).
 	CacheTimeout time.Duration
-	// CrashAt names a crash point (see crashPoints) where the process
-	// exits at once, as a crash would stop it; for crash tests only.
-	CrashAt string
+	// Crash is the fault-injection seam of crash tests: called with the
+	// name of each crash point (CrashPoints) a copy-up passes; nil
+	// otherwise.
+	Crash func(point string)
 }
 
 // DefaultCacheTimeout is how long the kernel caches names and attributes

@@ -94,7 +94,14 @@ func run(args []string, stderr io.Writer) int {
 		return exitCode(err)
 	}
 	// Crash tests stop the server at a named point (unionfs.CrashPoints).
-	opts.CrashAt = os.Getenv("UNIONMOUNT_CRASH_AT")
+	if at := os.Getenv("UNIONMOUNT_CRASH_AT"); at != "" {
+		opts.Crash = func(point string) {
+			if point == at {
+				fmt.Fprintf(stderr, "unionmount: crash point %s reached: exiting\n", point)
+				os.Exit(crashExitCode)
+			}
+		}
+	}
 	if opts.FsName == "" && source != "" && source != "none" {
 		opts.FsName = source
 	}
@@ -107,6 +114,10 @@ func run(args []string, stderr io.Writer) int {
 	}
 	return daemonize(stderr)
 }
+
+// crashExitCode is the status a crash point (UNIONMOUNT_CRASH_AT) exits
+// with, so a crash test tells it from other endings.
+const crashExitCode = 86
 
 func exitCode(err error) int {
 	if errors.Is(err, unionfs.ErrBadOption) {
