@@ -94,9 +94,7 @@ func (f *file) PassthroughFd() (int, bool) {
 // to the FUSE device rather than copied through a buffer. go-fuse's
 // splice costs six syscalls (header into the pipe, file to pipe, pipe to
 // device, draining the pipe) where a copy costs two, which only pays on
-// the largest reads: 1016 KiB ones ran 40 % faster spliced, the kernel's
-// default 128 KiB readahead ones 10-20 % slower, and 4 KiB ones 1.6x
-// slower.
+// the largest reads (docs/measurements.md).
 const spliceReadMin = 256 << 10
 
 func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {

@@ -42,7 +42,7 @@ func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuse.Server, *
 	}
 	// Without passthrough every write is a request to the daemon, unless
 	// the kernel caches writes and sends them in pages, as fuse-overlayfs
-	// has it do (random 4 KiB writes 4.8x faster here). Passthrough writes
+	// has it do (docs/measurements.md). Passthrough writes
 	// go straight to the upper file, and the two are not mixed.
 	// Passthrough and the readahead setting need root of the initial
 	// user namespace.
@@ -108,8 +108,7 @@ func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuse.Server, *
 // FUSE device through a pipe that must hold the reply's header, its data
 // and a spare page, and pipes stop at /proc/sys/fs/pipe-max-size (1 MiB
 // by default): with 1 MiB requests every large read missed the splice
-// and was copied twice instead (1 MiB sequential reads of a lower file
-// without passthrough: 2.9-3.1 GB/s against 4.1-4.3 spliced).
+// and was copied twice instead (docs/measurements.md).
 const maxRequestData = 1<<20 - 2*4096
 
 // readaheadKiB is the readahead the union asks for. The kernel offers

@@ -195,9 +195,7 @@ func detachStdio() {
 // processor: with every processor so held, the runtime's monitor keeps
 // taking them back and waking threads to run nothing, every 20 µs
 // while the union is busy. Spare processors stay idle instead, and a
-// daemon blocked on a cold disk stops churning (measured on find over a
-// cold tree: 16k futex and 25k nanosleep calls for 2.7k requests; with
-// two spare processors a quarter of the daemon's CPU time went away).
+// daemon blocked on a cold disk stops churning (docs/measurements.md).
 func spareProcessors() {
 	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 2)
 }
