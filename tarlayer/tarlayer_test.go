@@ -16,6 +16,7 @@ import (
 
 	"github.com/unionmount/unionmount/internal/fstest"
 	"github.com/unionmount/unionmount/tarlayer"
+	"github.com/unionmount/unionmount/unionfs/uniontest"
 	"github.com/unionmount/unionmount/whiteout"
 )
 
@@ -124,7 +125,7 @@ func TestAppliedLayerMountsAsTheExpectedMergedTree(t *testing.T) {
 			require.NoError(t, err)
 			assert.True(t, os.SameFile(fi, hard), "a hard link in the tarball is one")
 
-			fstest.MountUnion(t, l)
+			uniontest.Mount(t, l)
 			assert.Equal(t, wantMerged, walk(t, l.Mount))
 			data, err := os.ReadFile(l.Mount + "/app/lib/z")
 			require.NoError(t, err)

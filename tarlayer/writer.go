@@ -99,7 +99,7 @@ func (w *writer) make(p string, h *tar.Header, data io.Reader) error {
 	var st unix.Stat_t
 	exists := unix.Fstatat(dfd, name, &st, unix.AT_SYMLINK_NOFOLLOW) == nil
 	if exists && !(h.Typeflag == tar.TypeDir && st.Mode&unix.S_IFMT == unix.S_IFDIR) {
-		if err := whiteout.RemoveAllAt(dfd, name); err != nil {
+		if err := sysx.RemoveAllAt(dfd, name); err != nil {
 			return err
 		}
 	}
@@ -231,7 +231,7 @@ func (w *writer) whiteout(p string) error {
 		return err
 	}
 	defer unix.Close(dfd)
-	if err := whiteout.RemoveAllAt(dfd, name); err != nil {
+	if err := sysx.RemoveAllAt(dfd, name); err != nil {
 		return err
 	}
 	delete(w.created, p)
@@ -278,13 +278,13 @@ func (w *writer) opaque(dir string) error {
 		return fmt.Errorf("open %s: %w", dir, err)
 	}
 	defer unix.Close(fd)
-	names, err := readDir(fd)
+	names, err := sysx.ReadNames(fd, ".")
 	if err != nil {
 		return err
 	}
 	for _, n := range names {
 		if !w.created[path.Join(dir, n)] {
-			if err := whiteout.RemoveAllAt(fd, n); err != nil {
+			if err := sysx.RemoveAllAt(fd, n); err != nil {
 				return err
 			}
 		}
@@ -294,16 +294,6 @@ func (w *writer) opaque(dir string) error {
 		return nil
 	}
 	return w.opts.Markers.SetOpaqueFormat(fd, ".", w.opts.Format)
-}
-
-func readDir(fd int) ([]string, error) {
-	dup, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, err
-	}
-	f := os.NewFile(uintptr(dup), "dir")
-	defer f.Close()
-	return f.Readdirnames(-1)
 }
 
 // finish sets the directories' times, deepest first.

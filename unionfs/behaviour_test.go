@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/unionmount/unionmount/internal/fstest"
+	"github.com/unionmount/unionmount/unionfs/uniontest"
 )
 
 // A behaviour check runs against a merged view whose lower layer held
@@ -81,7 +82,7 @@ func mountUnionWith(opts ...string) func(t *testing.T, lower fstest.Spec) string
 	return func(t *testing.T, lower fstest.Spec) string {
 		l := fstest.NewLayers(t, 1)
 		fstest.WriteTree(t, l.Lowers[0], lower)
-		fstest.MountUnion(t, l, opts...)
+		uniontest.Mount(t, l, opts...)
 		return l.Mount
 	}
 }

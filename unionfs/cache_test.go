@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/unionmount/unionmount/internal/fstest"
+	"github.com/unionmount/unionmount/unionfs/uniontest"
 )
 
 // The kernel caches names, attributes and listings for an hour: every
@@ -20,7 +21,7 @@ func TestLongCachesNeverServeStaleNames(t *testing.T) {
 	fstest.RequireFUSE(t)
 	l := fstest.NewLayers(t, 1)
 	fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"d/a": "lower a", "d/b": "lower b", "d/sub/x": "x", "f": "f"})
-	fstest.MountUnion(t, l)
+	uniontest.Mount(t, l)
 	m := l.Mount
 
 	// Fill the caches.
@@ -70,7 +71,7 @@ func TestKeptPageCacheNeverServesStaleData(t *testing.T) {
 	fstest.RequireFUSE(t)
 	l := fstest.NewLayers(t, 1)
 	fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"f": "old data 1234", "g": "lower g"})
-	m := fstest.MountUnion(t, l)
+	m := uniontest.Mount(t, l)
 	f := l.Mount + "/f"
 
 	// Cache the lower data through a daemon-served open.

@@ -87,12 +87,12 @@ func (n *node) create(ctx context.Context, obj newObject) (*found, error) {
 	}
 	if obj.isDir && (overWhiteout || aufsWhiteout) {
 		if err := u.markers.SetOpaqueFormat(u.work, tmp, u.wformat); err != nil {
-			whiteout.RemoveAllAt(u.work, tmp)
+			sysx.RemoveAllAt(u.work, tmp)
 			return nil, err
 		}
 	}
 	if err := u.installOver(tmp, path, obj.isDir, overWhiteout); err != nil {
-		whiteout.RemoveAllAt(u.work, tmp)
+		sysx.RemoveAllAt(u.work, tmp)
 		return nil, err
 	}
 	if aufsWhiteout {

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/unionmount/unionmount/internal/fstest"
+	"github.com/unionmount/unionmount/unionfs/uniontest"
 )
 
 // Each whiteout format leaves its own markers in the upper, and the
@@ -20,7 +21,7 @@ func TestWhiteoutFormatsLeaveTheirMarkers(t *testing.T) {
 		t.Run(format, func(t *testing.T) {
 			l := fstest.NewLayers(t, 1)
 			fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"d/gone": "x", "d/kept": "y", "dir/f": "z"})
-			fstest.MountUnion(t, l, "whiteout="+format)
+			uniontest.Mount(t, l, "whiteout="+format)
 			require.NoError(t, os.Remove(l.Mount+"/d/gone"))
 			require.NoError(t, os.RemoveAll(l.Mount+"/dir"))
 			require.NoError(t, os.Mkdir(l.Mount+"/dir", 0o755))
@@ -75,7 +76,7 @@ func TestAllFormatsAreReadInEveryMode(t *testing.T) {
 			fstest.WriteTree(t, top, fstest.Spec{"xo/new": "n", "ao/new": "n", "plain/new": "n"})
 			require.NoError(t, xattr.LSet(filepath.Join(top, "xo"), "trusted.overlay.opaque", []byte("y")))
 			require.NoError(t, os.WriteFile(filepath.Join(top, "ao", ".wh..wh..opq"), nil, 0o444))
-			fstest.MountUnion(t, l, "whiteout="+format)
+			uniontest.Mount(t, l, "whiteout="+format)
 			assert.Equal(t, []string{"ao", "keep", "plain", "xo"}, names(t, l.Mount))
 			for _, gone := range []string{"a", "b", "c", ".wh.c"} {
 				_, err := os.Lstat(l.Mount + "/" + gone)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/unionmount/unionmount/internal/fstest"
 	"github.com/unionmount/unionmount/unionfs"
+	"github.com/unionmount/unionmount/unionfs/uniontest"
 )
 
 func TestParseIDMap(t *testing.T) {
@@ -45,7 +46,7 @@ func TestUIDMappingShiftsOwners(t *testing.T) {
 		require.NoError(t, os.Lchown(filepath.Join(l.Lowers[0], name), id, id))
 	}
 	require.NoError(t, os.Chmod(filepath.Join(l.Lowers[0], "d"), 0o755))
-	fstest.MountUnion(t, l, "uidmapping=0:1000:1:1:100000:1000", "gidmapping=0:1000:1:1:100000:1000")
+	uniontest.Mount(t, l, "uidmapping=0:1000:1:1:100000:1000", "gidmapping=0:1000:1:1:100000:1000")
 	m := l.Mount
 	for name, want := range map[string]uint32{"d": 1000, "root": 1000, "one": 100000, "stray": unionfs.OverflowID} {
 		st := lstat(t, m+"/"+name)
@@ -77,7 +78,7 @@ func TestXattrPermissionsKeepOwnersInAnXattr(t *testing.T) {
 	l := fstest.NewLayers(t, 1)
 	fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"recorded": "r", "plain": "p"})
 	require.NoError(t, xattr.LSet(filepath.Join(l.Lowers[0], "recorded"), "user.containers.override_stat", []byte("7:8:04750")))
-	fstest.MountUnion(t, l, "xattr_permissions=2")
+	uniontest.Mount(t, l, "xattr_permissions=2")
 	m := l.Mount
 
 	st := lstat(t, m+"/recorded")

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/unionmount/unionmount/internal/fstest"
+	"github.com/unionmount/unionmount/unionfs/uniontest"
 )
 
 // Files used while their names go away (an untar over old files, a build
@@ -19,7 +20,7 @@ func TestNamelessFilesLogNothing(t *testing.T) {
 		t.Run(opts[0], func(t *testing.T) {
 			l := fstest.NewLayers(t, 1)
 			fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"lower": "lower"})
-			m := fstest.MountUnion(t, l, opts...)
+			m := uniontest.Mount(t, l, opts...)
 			for i := 0; i < 20; i++ {
 				name := fmt.Sprintf("%s/f%d", l.Mount, i)
 				require.NoError(t, os.WriteFile(name, []byte("data"), 0o644))

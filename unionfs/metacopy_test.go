@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/unionmount/unionmount/internal/fstest"
+	"github.com/unionmount/unionmount/unionfs/uniontest"
 )
 
 const metacopyXattr = "trusted.overlay.metacopy"
@@ -33,7 +34,7 @@ func TestMetacopyKeepsDataBelowUntilTheFirstWrite(t *testing.T) {
 	data := pattern(64 << 10)
 	l := fstest.NewLayers(t, 1)
 	fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"f": data, "g": data, "empty": ""})
-	m := fstest.MountUnion(t, l, "metacopy=on")
+	m := uniontest.Mount(t, l, "metacopy=on")
 	f := l.Mount + "/f"
 	before := lstat(t, f)
 	lowerSt := lstat(t, l.Lowers[0]+"/f")
@@ -91,7 +92,7 @@ func TestMetacopyKeepsDataBelowUntilTheFirstWrite(t *testing.T) {
 	fstest.RequireKernelOverlay(t)
 	require.NoError(t, os.Chmod(l.Lowers[0], 0o755))
 	fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"h": data})
-	m2, err := fstest.StartUnion(l, "metacopy=on")
+	m2, err := uniontest.Start(l, "metacopy=on")
 	require.NoError(t, err)
 	require.NoError(t, os.Chmod(l.Mount+"/h", 0o640))
 	require.NoError(t, m2.Unmount())
@@ -102,7 +103,7 @@ func TestMetacopyKeepsDataBelowUntilTheFirstWrite(t *testing.T) {
 	// And this reads the kernel's metadata-only copies.
 	require.NoError(t, os.Chmod(l.Mount+"/h", 0o604))
 	require.NoError(t, unmount())
-	fstest.MountUnion(t, l, "metacopy=on")
+	uniontest.Mount(t, l, "metacopy=on")
 	assert.Equal(t, data, readFile(t, l.Mount+"/h"))
 	assert.Equal(t, uint32(0o604), lstat(t, l.Mount+"/h").Mode&0o7777)
 }

@@ -14,6 +14,7 @@ import (
 	"pgregory.net/rapid"
 
 	"github.com/unionmount/unionmount/internal/fstest"
+	"github.com/unionmount/unionmount/unionfs/uniontest"
 )
 
 // The lower layers both sides of the random comparison start from: two
@@ -180,7 +181,7 @@ func randomAgainstKernel(t *testing.T, format string, metacopy bool, unionExtra 
 			// As the kernel there: no redirects (see kernelOverlayOptions).
 			unionOpts = append(unionOpts, "redirect_dir=nofollow")
 		}
-		mounted, err := fstest.StartUnion(union, unionOpts...)
+		mounted, err := uniontest.Start(union, unionOpts...)
 		if err != nil {
 			unmountKernel()
 			rt.Fatal(err)
@@ -217,7 +218,7 @@ func randomAgainstKernel(t *testing.T, format string, metacopy bool, unionExtra 
 			// linked files metadata-only, which needs its index to survive
 			// a remount; this union copies their data): what a remount
 			// shows must not.
-			remounted, err := fstest.StartUnion(union, unionOpts...)
+			remounted, err := uniontest.Start(union, unionOpts...)
 			if err != nil {
 				rt.Fatal(err)
 			}

@@ -108,7 +108,7 @@ func (u *FS) removeUpperDir(path string, needWhiteout bool) error {
 		if err := u.makeWhiteout(path); err != nil {
 			return err
 		}
-		return whiteout.RemoveAllAt(u.work, tmp)
+		return sysx.RemoveAllAt(u.work, tmp)
 	}
 	if needWhiteout {
 		if err := whiteout.MakeWhiteout(u.work, tmp); err != nil {
@@ -121,5 +121,5 @@ func (u *FS) removeUpperDir(path string, needWhiteout bool) error {
 	} else if err := sysx.Rename(u.upper.fd, path, u.work, tmp, unix.RENAME_NOREPLACE); err != nil {
 		return fmt.Errorf("move %s to the work dir: %w", path, err)
 	}
-	return whiteout.RemoveAllAt(u.work, tmp)
+	return sysx.RemoveAllAt(u.work, tmp)
 }

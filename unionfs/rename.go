@@ -259,7 +259,7 @@ func clearDirAt(dirfd int, path string) error {
 		return err
 	}
 	for _, e := range ents {
-		if err := whiteout.RemoveAllAt(fd, e.name); err != nil {
+		if err := sysx.RemoveAllAt(fd, e.name); err != nil {
 			return err
 		}
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/unionmount/unionmount/internal/fstest"
 	"github.com/unionmount/unionmount/unionfs"
+	"github.com/unionmount/unionmount/unionfs/uniontest"
 )
 
 func TestCopyUpKeepsModeOwnerTimesXattrsAndHoles(t *testing.T) {
@@ -33,7 +34,7 @@ func TestCopyUpKeepsModeOwnerTimesXattrsAndHoles(t *testing.T) {
 	require.NoError(t, xattr.LSet(lower, "trusted.kept", []byte("also")))
 	times := []unix.Timespec{{Sec: 1111, Nsec: 1}, {Sec: 2222, Nsec: 2}}
 	require.NoError(t, unix.UtimesNanoAt(unix.AT_FDCWD, lower, times, unix.AT_SYMLINK_NOFOLLOW))
-	fstest.MountUnion(t, l)
+	uniontest.Mount(t, l)
 
 	// A metadata change copies the file up without touching data or times.
 	require.NoError(t, xattr.LSet(l.Mount+"/f", "user.added", []byte("1")))
@@ -60,7 +61,7 @@ func TestCopyUpKeepsModeOwnerTimesXattrsAndHoles(t *testing.T) {
 func TestUnlinkLeavesAWhiteoutDevice(t *testing.T) {
 	l := fstest.NewLayers(t, 1)
 	fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"d/gone": "x", "d/kept": "y"})
-	fstest.MountUnion(t, l)
+	uniontest.Mount(t, l)
 	require.NoError(t, os.Remove(l.Mount+"/d/gone"))
 	st := lstat(t, l.Upper+"/d/gone")
 	assert.Equal(t, uint32(unix.S_IFCHR), st.Mode&unix.S_IFMT)
@@ -72,7 +73,7 @@ func TestUnlinkLeavesAWhiteoutDevice(t *testing.T) {
 func TestMkdirOverRemovedDirIsOpaque(t *testing.T) {
 	l := fstest.NewLayers(t, 1)
 	fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"d/f": "x"})
-	fstest.MountUnion(t, l)
+	uniontest.Mount(t, l)
 	require.NoError(t, os.RemoveAll(l.Mount+"/d"))
 	assert.Equal(t, uint64(0), lstat(t, l.Upper+"/d").Rdev)
 	require.NoError(t, os.Mkdir(l.Mount+"/d", 0o755))
@@ -87,7 +88,7 @@ func TestMkdirOverRemovedDirIsOpaque(t *testing.T) {
 func TestDirectoryRenameRecordsARedirectThatSurvivesRemount(t *testing.T) {
 	l := fstest.NewLayers(t, 1)
 	fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"a/b/f": "F", "z/": ""})
-	m, err := fstest.StartUnion(l)
+	m, err := uniontest.Start(l)
 	require.NoError(t, err)
 	require.NoError(t, os.Rename(l.Mount+"/a/b", l.Mount+"/z/moved"))
 	require.NoError(t, m.Unmount())
@@ -97,7 +98,7 @@ func TestDirectoryRenameRecordsARedirectThatSurvivesRemount(t *testing.T) {
 	assert.Equal(t, "/a/b", string(v))
 	assert.Equal(t, uint64(0), lstat(t, l.Upper+"/a/b").Rdev, "old name is whited out")
 
-	fstest.MountUnion(t, l)
+	uniontest.Mount(t, l)
 	assert.Equal(t, "F", readFile(t, l.Mount+"/z/moved/f"))
 	assert.Equal(t, []string{}, append([]string{}, names(t, l.Mount+"/a")...))
 }
@@ -105,7 +106,7 @@ func TestDirectoryRenameRecordsARedirectThatSurvivesRemount(t *testing.T) {
 func TestRedirectDirOffRefusesLowerDirRenameWithEXDEV(t *testing.T) {
 	l := fstest.NewLayers(t, 1)
 	fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"a/f": "F"})
-	fstest.MountUnion(t, l, "redirect_dir=off")
+	uniontest.Mount(t, l, "redirect_dir=off")
 	assert.Equal(t, unix.EXDEV, errnoOf(unix.Rename(l.Mount+"/a", l.Mount+"/b")))
 	require.NoError(t, os.Mkdir(l.Mount+"/new", 0o755))
 	assert.NoError(t, unix.Rename(l.Mount+"/new", l.Mount+"/renamed"), "a pure upper dir still moves")
@@ -114,7 +115,7 @@ func TestRedirectDirOffRefusesLowerDirRenameWithEXDEV(t *testing.T) {
 func TestInodeNumbersSurviveCopyUpAndRemount(t *testing.T) {
 	l := fstest.NewLayers(t, 1)
 	fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"d/f": "x", "g": "y"})
-	m, err := fstest.StartUnion(l)
+	m, err := uniontest.Start(l)
 	require.NoError(t, err)
 	before := map[string]uint64{}
 	for _, p := range []string{"d", "d/f", "g"} {
@@ -123,7 +124,7 @@ func TestInodeNumbersSurviveCopyUpAndRemount(t *testing.T) {
 	require.NoError(t, os.WriteFile(l.Mount+"/d/f", []byte("changed"), 0o644))
 	require.NoError(t, os.Chmod(l.Mount+"/g", 0o600))
 	require.NoError(t, m.Unmount())
-	fstest.MountUnion(t, l)
+	uniontest.Mount(t, l)
 	for p, ino := range before {
 		assert.Equal(t, ino, lstat(t, l.Mount+"/"+p).Ino, p)
 	}
@@ -137,7 +138,7 @@ func TestReadOnlyUnionRefusesChanges(t *testing.T) {
 	fstest.WriteTree(t, lower, fstest.Spec{"f": "x"})
 	fstest.RequireFUSE(t)
 	l := &fstest.Layers{Lowers: []string{lower}, Mount: mnt}
-	m, err := fstest.StartUnion(l)
+	m, err := uniontest.Start(l)
 	require.NoError(t, err)
 	defer func() { assert.NoError(t, m.Unmount()) }()
 	assert.Equal(t, "x", readFile(t, mnt+"/f"))
@@ -149,7 +150,7 @@ func TestRacingWritersCopyUpOnce(t *testing.T) {
 	l := fstest.NewLayers(t, 1)
 	const writers = 8
 	fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"f": string(make([]byte, writers))})
-	fstest.MountUnion(t, l)
+	uniontest.Mount(t, l)
 	var wg sync.WaitGroup
 	start := make(chan struct{})
 	errs := make(chan error, writers)
@@ -213,7 +214,7 @@ func TestReadsLayersWrittenByKernelOverlay(t *testing.T) {
 	require.NoError(t, unix.Mount("overlay", kernel.Mount, "overlay", unix.MS_RDONLY,
 		"lowerdir="+stack[0]+":"+stack[1]))
 	defer unix.Unmount(kernel.Mount, 0)
-	m, err := fstest.StartUnion(union)
+	m, err := uniontest.Start(union)
 	require.NoError(t, err)
 	defer func() { assert.NoError(t, m.Unmount()) }()
 
@@ -230,7 +231,7 @@ func TestReadsLayersWrittenByKernelOverlay(t *testing.T) {
 func TestCopiedUpFileKeepsServingItsOpenReaders(t *testing.T) {
 	l := fstest.NewLayers(t, 1)
 	fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"f": "old data"})
-	fstest.MountUnion(t, l)
+	uniontest.Mount(t, l)
 	readers := make([]*os.File, 3)
 	for i := range readers {
 		f, err := os.Open(l.Mount + "/f")
@@ -253,7 +254,7 @@ func TestCopiedUpFileKeepsServingItsOpenReaders(t *testing.T) {
 func TestUpperFilesUsePassthroughWhenTheKernelOffersIt(t *testing.T) {
 	l := fstest.NewLayers(t, 1)
 	fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"lower": "from the lower layer"})
-	m := fstest.MountUnion(t, l)
+	m := uniontest.Mount(t, l)
 	if !m.FS.Passthrough() {
 		t.Skip("the kernel did not offer FUSE passthrough (needs root and Linux 6.9+)")
 	}
@@ -324,7 +325,7 @@ func TestContainerEngineOptionsChangeWhatIsShown(t *testing.T) {
 			l := fstest.NewLayers(t, 1)
 			fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"d/f": "x"})
 			require.NoError(t, os.Lchown(filepath.Join(l.Lowers[0], "d/f"), 1234, 5678))
-			fstest.MountUnion(t, l, c.opts...)
+			uniontest.Mount(t, l, c.opts...)
 			c.check(t, l.Mount)
 		})
 	}
@@ -344,7 +345,7 @@ func TestReadsPastTheEndComeBackShort(t *testing.T) {
 				content[i] = byte(i*7 + i/4096)
 			}
 			require.NoError(t, os.WriteFile(filepath.Join(l.Lowers[0], "lower"), content, 0o644))
-			fstest.MountUnion(t, l, mode)
+			uniontest.Mount(t, l, mode)
 			require.NoError(t, os.WriteFile(filepath.Join(l.Mount, "upper"), content, 0o644))
 			for _, name := range []string{"lower", "upper"} {
 				for _, flags := range []int{unix.O_RDONLY, unix.O_RDONLY | unix.O_DIRECT} {

@@ -3,7 +3,6 @@ package whiteout
 import (
 	"errors"
 	"fmt"
-	"strings"
 
 	"golang.org/x/sys/unix"
 
@@ -31,7 +30,7 @@ func (m Markers) Convert(root int, to Format) (ConvertStats, error) {
 }
 
 func (m Markers) convertDir(root int, dir string, to Format, st *ConvertStats) error {
-	names, err := readNames(root, dir)
+	names, err := sysx.ReadNames(root, dir)
 	if err != nil {
 		return err
 	}
@@ -39,7 +38,7 @@ func (m Markers) convertDir(root int, dir string, to Format, st *ConvertStats) e
 	for _, name := range names {
 		path := join(dir, name)
 		if to != Aufs && aufsInternal[name] {
-			if err := removeAllAt(root, path); err != nil {
+			if err := sysx.RemoveAllAt(root, path); err != nil {
 				return err
 			}
 			st.Dropped++
@@ -202,55 +201,4 @@ func dirOrDot(dir string) string {
 		return "."
 	}
 	return dir
-}
-
-// readNames lists a directory under root without following symlinks.
-func readNames(root int, dir string) ([]string, error) {
-	fd, err := unix.Openat(root, dirOrDot(dir), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", dirOrDot(dir), err)
-	}
-	defer unix.Close(fd)
-	var names []string
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := unix.ReadDirent(fd, buf)
-		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", dirOrDot(dir), err)
-		}
-		if n == 0 {
-			return names, nil
-		}
-		_, _, names = unix.ParseDirent(buf[:n], -1, names)
-	}
-}
-
-// removeAllAt removes path under root and everything below it.
-func removeAllAt(root int, path string) error {
-	err := unix.Unlinkat(root, path, 0)
-	if err == nil || errors.Is(err, unix.ENOENT) {
-		return nil
-	}
-	if !errors.Is(err, unix.EISDIR) && !errors.Is(err, unix.EPERM) {
-		return fmt.Errorf("remove %s: %w", path, err)
-	}
-	names, err := readNames(root, path)
-	if err != nil {
-		return err
-	}
-	for _, n := range names {
-		if err := removeAllAt(root, join(path, n)); err != nil {
-			return err
-		}
-	}
-	if err := unix.Unlinkat(root, path, unix.AT_REMOVEDIR); err != nil && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("remove %s: %w", path, err)
-	}
-	return nil
-}
-
-// RemoveAllAt removes path under root (a directory fd) and everything
-// below it, never following a symlink out of root.
-func RemoveAllAt(root int, path string) error {
-	return removeAllAt(root, strings.TrimPrefix(path, "/"))
 }

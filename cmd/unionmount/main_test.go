@@ -18,6 +18,7 @@ import (
 
 	"github.com/unionmount/unionmount/internal/fstest"
 	"github.com/unionmount/unionmount/unionfs"
+	"github.com/unionmount/unionmount/unionfs/uniontest"
 )
 
 // binary is the unionmount under test: $UNIONMOUNT_BIN (make test sets
@@ -204,7 +205,7 @@ func crashDuringCopyUp(t *testing.T, bin, point string, metacopy bool) {
 	if metacopy {
 		fstest.RequireRoot(t) // trusted.* xattrs
 		opts += ",metacopy=on"
-		m, err := fstest.StartUnion(l, "metacopy=on")
+		m, err := uniontest.Start(l, "metacopy=on")
 		require.NoError(t, err)
 		require.NoError(t, os.Chmod(l.Mount+"/f", 0o600))
 		require.NoError(t, m.Unmount())
@@ -243,7 +244,7 @@ func crashDuringCopyUp(t *testing.T, bin, point string, metacopy bool) {
 	if metacopy {
 		extra = append(extra, "metacopy=on")
 	}
-	fstest.MountUnion(t, l, extra...)
+	uniontest.Mount(t, l, extra...)
 	data, err := os.ReadFile(l.Mount + "/f")
 	require.NoError(t, err)
 	assert.Equal(t, "lower data", string(data))

@@ -78,9 +78,9 @@ func (l *Layers) OverlayOptions() string {
 	return "lowerdir=" + strings.Join(l.Lowers, ":") + ",upperdir=" + l.Upper + ",workdir=" + l.Work
 }
 
-// escapedOptions is OverlayOptions with commas and colons inside paths
+// EscapedOptions is OverlayOptions with commas and colons inside paths
 // escaped, as unionmount reads them (kernel overlay cannot).
-func (l *Layers) escapedOptions() string {
+func (l *Layers) EscapedOptions() string {
 	esc := strings.NewReplacer(`\`, `\\`, ",", `\,`, ":", `\:`)
 	lowers := make([]string, len(l.Lowers))
 	for i, p := range l.Lowers {

@@ -110,3 +110,24 @@ func TestXattrCallsNeverFollowASymlinkOutOfTheRoot(t *testing.T) {
 	require.NoError(t, Removexattr(root, "top", "user.y"))
 	assert.False(t, HasAnyXattr(root, "top", "user.y"))
 }
+
+// RemoveAllAt takes a tree away under its root and never reaches through
+// a symlink: what the link points at stays.
+func TestRemoveAllAtStaysUnderItsRoot(t *testing.T) {
+	root, outside := t.TempDir(), t.TempDir()
+	require.NoError(t, os.WriteFile(outside+"/keep", []byte("k"), 0o644))
+	require.NoError(t, os.MkdirAll(root+"/tree/sub", 0o755))
+	require.NoError(t, os.WriteFile(root+"/tree/sub/f", []byte("f"), 0o644))
+	require.NoError(t, os.Symlink(outside, root+"/tree/link"))
+	fd, err := unix.Open(root, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	require.NoError(t, err)
+	defer unix.Close(fd)
+	names, err := ReadNames(fd, "tree")
+	require.NoError(t, err)
+	assert.ElementsMatch(t, []string{"sub", "link"}, names)
+	require.NoError(t, RemoveAllAt(fd, "/tree"))
+	_, err = os.Lstat(root + "/tree")
+	assert.True(t, os.IsNotExist(err), "the tree is gone")
+	assert.FileExists(t, outside+"/keep", "nothing outside the root is touched")
+	assert.NoError(t, RemoveAllAt(fd, "tree"), "removing what is not there is no error")
+}

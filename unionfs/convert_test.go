@@ -1,4 +1,4 @@
-package whiteout_test
+package unionfs_test
 
 import (
 	"os"
@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/unionmount/unionmount/internal/fstest"
+	"github.com/unionmount/unionmount/unionfs/uniontest"
 	"github.com/unionmount/unionmount/whiteout"
 )
 
@@ -35,7 +36,7 @@ func TestConvertKeepsTheMergedView(t *testing.T) {
 		l := fstest.NewLayers(t, 2)
 		fstest.CopyTree(t, k.Upper, l.Lowers[0])
 		fstest.CopyTree(t, k.Lowers[0], l.Lowers[1])
-		m, err := fstest.StartUnion(&fstest.Layers{Lowers: l.Lowers, Mount: l.Mount})
+		m, err := uniontest.Start(&fstest.Layers{Lowers: l.Lowers, Mount: l.Mount})
 		require.NoError(t, err)
 		defer func() { require.NoError(t, m.Unmount()) }()
 		s, err := fstest.TakeSnapshot(l.Mount)

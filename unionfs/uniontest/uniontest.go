@@ -1,0 +1,111 @@
+// Package uniontest mounts unionmount in the test process, for the tests
+// of unionfs and of the packages that need a union to check their work.
+// It is the union-specific half of the test helpers; internal/fstest holds
+// the generic half (layers, trees, kernel overlay, requirements), so that
+// a package's tests build the union only when they mount one.
+package uniontest
+
+import (
+	"bytes"
+	"fmt"
+	"log"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/unionmount/unionmount/internal/fstest"
+	"github.com/unionmount/unionmount/unionfs"
+)
+
+// syncBuffer collects the daemon's log lines.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// Mount mounts unionmount in this process over l, with extra -o
+// options, and unmounts it at cleanup. Set UNIONMOUNT_TRACE=1 to trace
+// FUSE operations. A test whose mount logged an internal fault fails.
+func Mount(t testing.TB, l *fstest.Layers, extra ...string) *Mounted {
+	t.Helper()
+	fstest.RequireFUSE(t)
+	m, err := Start(l, extra...)
+	if err != nil {
+		t.Fatalf("mount: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := m.Unmount(); err != nil {
+			t.Error(err)
+		}
+	})
+	return m
+}
+
+// Mounted is a union served by this process, for tests that manage the
+// mount's lifetime themselves (many mounts in one randomized test).
+type Mounted struct {
+	// FS is the mounted union, for tests that look at its counters.
+	FS    *unionfs.FS
+	dir   string
+	stop  func() error
+	logs  *syncBuffer
+	close func()
+}
+
+// Start mounts unionmount over l with extra -o options.
+func Start(l *fstest.Layers, extra ...string) (*Mounted, error) {
+	opts, err := unionfs.ParseOptions(append([]string{l.EscapedOptions()}, extra...))
+	if err != nil {
+		return nil, err
+	}
+	if err := opts.Validate(l.Mount); err != nil {
+		return nil, err
+	}
+	opts.Debug = os.Getenv("UNIONMOUNT_TRACE") != ""
+	logs := &syncBuffer{}
+	server, ufs, err := unionfs.Mount(l.Mount, opts, log.New(logs, "", 0))
+	if err != nil {
+		return nil, err
+	}
+	return &Mounted{FS: ufs, dir: l.Mount, stop: server.Unmount, logs: logs, close: func() {
+		server.Wait()
+		ufs.Close()
+	}}, nil
+}
+
+// Unmount unmounts the union; it fails if the unmount does, or if the
+// mount logged an internal fault.
+func (m *Mounted) Unmount() error {
+	var err error
+	for i := 0; i < 50; i++ {
+		if err = m.stop(); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("unmount %s: %w", m.dir, err)
+	}
+	m.close()
+	if out := m.logs.String(); strings.Contains(out, "internal") || strings.Contains(out, "panic") {
+		return fmt.Errorf("the mount logged faults:\n%s", out)
+	}
+	return nil
+}
+
+// Logs returns what the mount has logged so far.
+func (m *Mounted) Logs() string { return m.logs.String() }
