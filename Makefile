@@ -1,5 +1,6 @@
 # unionmount: userspace container storage. See README.md.
 GO      ?= go
+SHELL   := /bin/bash
 BIN     := bin
 PREFIX  ?= /usr/local
 # Test timeout for `go test`; LONG=1 runs the longer randomized budgets.
@@ -43,10 +44,14 @@ demo: deps-demo
 	$(GO) build $(BUILDFLAGS) -o $(BIN)/thinblock ./cmd/thinblock
 	scripts/demo.sh $(BIN)
 
+# Every test, summarized: each package as it ends, failed tests' output,
+# then the skipped tests with their reasons and "N passed, M failed, K
+# skipped" (internal/tools/testsummary).
 test: deps-test build lint
-	UNIONMOUNT_BIN=$(CURDIR)/$(BIN)/unionmount THINBLOCK_BIN=$(CURDIR)/$(BIN)/thinblock \
+	@$(GO) build -o $(BIN)/testsummary ./internal/tools/testsummary
+	set -o pipefail; UNIONMOUNT_BIN=$(CURDIR)/$(BIN)/unionmount THINBLOCK_BIN=$(CURDIR)/$(BIN)/thinblock \
 		UNIONBENCH_BIN=$(CURDIR)/$(BIN)/unionbench UNIONMOUNT_LONG=$(LONG) \
-		$(GO) test -count=1 -timeout $(TESTTIMEOUT) ./...
+		$(GO) test -json -count=1 -timeout $(TESTTIMEOUT) ./... | $(BIN)/testsummary
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

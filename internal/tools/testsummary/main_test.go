@@ -1,0 +1,41 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+)
+
+func TestSummaryShowsFailuresSkipsAndTheCount(t *testing.T) {
+	in := strings.Join([]string{
+		`{"Action":"run","Package":"m/p","Test":"TestOK"}`,
+		`{"Action":"output","Package":"m/p","Test":"TestOK","Output":"=== RUN   TestOK\n"}`,
+		`{"Action":"output","Package":"m/p","Test":"TestOK","Output":"chatter of a passing test\n"}`,
+		`{"Action":"pass","Package":"m/p","Test":"TestOK"}`,
+		`{"Action":"output","Package":"m/p","Test":"TestSkip","Output":"    x_test.go:9: needs root\n"}`,
+		`{"Action":"skip","Package":"m/p","Test":"TestSkip"}`,
+		`{"Action":"output","Package":"m/p","Test":"TestBad/case","Output":"    x_test.go:20: want 1, got 2\n"}`,
+		`{"Action":"fail","Package":"m/p","Test":"TestBad/case"}`,
+		`{"Action":"output","Package":"m/p","Test":"TestBad","Output":"--- FAIL: TestBad (0.00s)\n"}`,
+		`{"Action":"fail","Package":"m/p","Test":"TestBad"}`,
+		`{"Action":"fail","Package":"m/p","Elapsed":1.5}`,
+		`{"Action":"pass","Package":"m/q","Test":"TestQ"}`,
+		`{"Action":"pass","Package":"m/q","Elapsed":0.2}`,
+	}, "\n")
+	var out strings.Builder
+	code := summarize(strings.NewReader(in), &out)
+	assert.Equal(t, 1, code)
+	s := out.String()
+	assert.Contains(t, s, "want 1, got 2", "a failed subtest's output is shown")
+	assert.NotContains(t, s, "chatter of a passing test")
+	assert.Contains(t, s, "FAIL\tm/p\t1.5s")
+	assert.Contains(t, s, "ok  \tm/q\t0.2s")
+	assert.Contains(t, s, "m/p TestSkip: needs root")
+	assert.True(t, strings.HasSuffix(s, "\n2 passed, 2 failed, 1 skipped\n"), "closing line: %q", s)
+}
+
+func TestNothingRunIsAFailure(t *testing.T) {
+	var out strings.Builder
+	assert.Equal(t, 1, summarize(strings.NewReader(""), &out))
+}
