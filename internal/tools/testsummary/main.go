@@ -152,4 +152,3 @@ func skipReason(b *strings.Builder) string {
 func shortPkg(p string) string {
 	return strings.TrimPrefix(p, "github.com/unionmount/unionmount/")
 }
-
