@@ -56,22 +56,48 @@ func newFile(n *node, fd, flags int, onLower, passthrough bool) *file {
 // current returns the fd to use, switching a lower read-only handle to
 // the upper copy after a copy-up. The fd stays open until Release (a
 // splice may still read the old one after a switch).
+//
+// Preconditions: the caller does not hold ns (see currentNsHeld).
 func (f *file) current() int {
+	if fd, done := f.fastCurrent(); done {
+		return fd
+	}
+	u := f.n.ufs
+	u.ns.RLock()
+	defer u.ns.RUnlock()
+	return f.switchToUpperNsHeld()
+}
+
+// currentNsHeld is current for a caller that holds ns (Setattr).
+//
+// Preconditions: ns is held, for reading or writing.
+func (f *file) currentNsHeld() int {
+	if fd, done := f.fastCurrent(); done {
+		return fd
+	}
+	return f.switchToUpperNsHeld()
+}
+
+// fastCurrent returns the fd when no switch is due, without ns.
+func (f *file) fastCurrent() (fd int, done bool) {
 	f.mu.RLock()
 	fd, onLower := f.fd, f.onLower
 	f.mu.RUnlock()
-	if !onLower || !f.n.copiedUp.Load() {
-		return fd
-	}
+	return fd, !onLower || !f.n.copiedUp.Load()
+}
+
+// switchToUpperNsHeld moves the handle to the upper copy. ns is taken
+// before file.mu (the package's lock order), and held so that the
+// node's path names the copy that was made.
+//
+// Preconditions: ns is held.
+func (f *file) switchToUpperNsHeld() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.onLower {
 		return f.fd
 	}
-	u := f.n.ufs
-	u.ns.RLock()
-	upperFd, err := u.upper.open(f.n.path(), unix.O_RDONLY|unix.O_NOFOLLOW, 0)
-	u.ns.RUnlock()
+	upperFd, err := f.n.ufs.upper.open(f.n.path(), unix.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		// The upper copy went away (unlinked): keep reading the old one.
 		return f.fd
@@ -139,16 +165,40 @@ func (f *file) Write(ctx context.Context, data []byte, off int64) (uint32, sysca
 	return uint32(n), 0
 }
 
+// Getattr is fstat of the open file.
+//
+// Preconditions: the caller does not hold ns (see getattrNsHeld).
 func (f *file) Getattr(ctx context.Context, out *fuse.AttrOut) syscall.Errno {
-	fd := f.current()
+	if f.metadataElsewhere() {
+		u := f.n.ufs
+		u.ns.RLock()
+		defer u.ns.RUnlock()
+		return f.n.getattr(out)
+	}
+	return f.fstat(f.current(), out)
+}
+
+// getattrNsHeld is Getattr for a caller that holds ns (Setattr).
+//
+// Preconditions: ns is held.
+func (f *file) getattrNsHeld(out *fuse.AttrOut) syscall.Errno {
+	if f.metadataElsewhere() {
+		return f.n.getattr(out)
+	}
+	return f.fstat(f.currentNsHeld(), out)
+}
+
+// metadataElsewhere reports whether the handle reads a metadata-only
+// file's data below while its metadata lives in the upper copy.
+func (f *file) metadataElsewhere() bool {
 	f.mu.RLock()
 	onLower := f.onLower
 	f.mu.RUnlock()
-	if onLower && f.n.state().metacopy {
-		// The lower fd has the data, the upper copy the metadata. No
-		// ns here: Setattr calls this holding it.
-		return f.n.getattr(out)
-	}
+	return onLower && f.n.state().metacopy
+}
+
+// fstat fills out from the open layer file fd.
+func (f *file) fstat(fd int, out *fuse.AttrOut) syscall.Errno {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return sysx.Errno(err)
@@ -261,8 +311,10 @@ func (f *file) lock(lk *fuse.FileLock, flags uint32, wait bool) syscall.Errno {
 // truncate applies a size change through the open fd, which works even
 // after the name was unlinked. It returns false when the handle cannot
 // (a read-only lower handle).
-func (f *file) truncate(size uint64) (bool, syscall.Errno) {
-	f.current()
+//
+// Preconditions: ns is held (Setattr).
+func (f *file) truncateNsHeld(size uint64) (bool, syscall.Errno) {
+	f.currentNsHeld()
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	if f.onLower || f.flags&unix.O_ACCMODE == unix.O_RDONLY {

@@ -3,12 +3,27 @@
 // atomic copy-up through a work directory, whiteouts, opaque directories
 // and redirected directory renames.
 //
-// Lock order: FS.ns (the namespace lock) before any node.mu, and a parent's
-// node.mu before its child's. Operations that change names (create, link,
-// unlink, rmdir, rename) hold ns for writing; the rest hold it for reading,
-// so the union-relative path of every node is stable while an operation
-// runs. node.mu guards the node's layer state and serializes its copy-up.
-// A directory handle's mu comes before ns: a listing is taken under it.
+// Locks, in the order they are taken (a lock is only ever taken while
+// holding the ones above it on its branch):
+//
+//	dirHandle.mu                 a directory listing is taken under it
+//	└── FS.ns                    the namespace lock
+//	    ├── node.mu              a parent's before its child's
+//	    │   └── file.mu          (opened: a handle is made under node.mu)
+//	    └── file.mu              switching a handle to the upper copy
+//
+// FS.ns: operations that change names (create, link, unlink, rmdir,
+// rename) hold it for writing, the rest for reading, so the union-relative
+// path of every node is stable while an operation runs. No path takes it
+// for reading while it already holds it (a writer waiting in between
+// would deadlock both): functions that expect it held end in NsHeld or
+// say so in a Preconditions line, and their counterparts without the
+// suffix take it themselves.
+//
+// node.mu guards the node's layer state, open-handle counts and
+// serializes its copy-up. file.mu guards a handle's fd and whether it is
+// still on the lower file. FS.refusedMu and the identity caches' locks
+// are leaves: nothing is taken while holding them.
 package unionfs
 
 import (

@@ -21,7 +21,7 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 	defer u.ns.RUnlock()
 	size, hasSize := in.GetSize()
 	if f, ok := fh.(*file); ok && hasSize {
-		if done, errno := f.truncate(size); errno != 0 {
+		if done, errno := f.truncateNsHeld(size); errno != 0 {
 			return errno
 		} else if done {
 			hasSize = false
@@ -172,14 +172,14 @@ func (n *node) setattrUnlinked(ctx context.Context, fh fs.FileHandle, in *fuse.S
 	if f == nil {
 		return syscall.ENOENT
 	}
-	fd := f.current()
+	fd := f.currentNsHeld()
 	f.mu.RLock()
 	onLower := f.onLower
 	f.mu.RUnlock()
 	onlyTimes := in.Valid&^(fuse.FATTR_ATIME|fuse.FATTR_MTIME|fuse.FATTR_ATIME_NOW|fuse.FATTR_MTIME_NOW|fuse.FATTR_CTIME|fuse.FATTR_FH|fuse.FATTR_LOCKOWNER) == 0
 	if onLower {
 		if onlyTimes {
-			return f.Getattr(ctx, out)
+			return f.getattrNsHeld(out)
 		}
 		return syscall.ENOENT
 	}
@@ -206,7 +206,7 @@ func (n *node) setattrUnlinked(ctx context.Context, fh fs.FileHandle, in *fuse.S
 			return u.errno(err)
 		}
 	}
-	return f.Getattr(ctx, out)
+	return f.getattrNsHeld(out)
 }
 
 // someOpenFile returns one of the node's open handles, preferring one on
