@@ -209,7 +209,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	child := ino.Operations().(*node)
 	// A new file has no capabilities: only the mode it was made with
 	// can give it set-id bits.
-	handle, fuseFlags := child.opened(fd, openFlags, false, mode&(unix.S_ISUID|unix.S_ISGID) != 0)
+	handle, fuseFlags := child.newHandleWithPrivileges(fd, openFlags, false, mode&(unix.S_ISUID|unix.S_ISGID) != 0)
 	return ino, handle, fuseFlags, 0
 }
 

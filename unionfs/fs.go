@@ -9,7 +9,7 @@
 //	dirHandle.mu                 a directory listing is taken under it
 //	└── FS.ns                    the namespace lock
 //	    ├── node.mu              a parent's before its child's
-//	    │   └── file.mu          (opened: a handle is made under node.mu)
+//	    │   └── file.mu          (newHandle: a handle is made under node.mu)
 //	    └── file.mu              switching a handle to the upper copy
 //
 // FS.ns: operations that change names (create, link, unlink, rmdir,

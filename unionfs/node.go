@@ -58,7 +58,7 @@ type node struct {
 	openFiles map[*file]struct{} // guarded by mu
 	// pageCacheStale is set when a passthrough writer may have changed
 	// the file's data behind the kernel's page cache of it, so the next
-	// daemon-served open must drop that cache (see openedFile).
+	// daemon-served open must drop that cache (see newHandle).
 	pageCacheStale bool // guarded by mu
 	// anonFd is an O_PATH fd of an unnamed (O_TMPFILE) file, 0 if none.
 	anonFd int // guarded by mu

@@ -55,7 +55,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			return nil, 0, u.errno(err)
 		}
 	}
-	f, fuseFlags := n.openedFile(fd, openFlags, !st.dataUpper())
+	f, fuseFlags := n.newHandle(fd, openFlags, !st.dataUpper())
 	return f, fuseFlags, 0
 }
 
@@ -87,8 +87,9 @@ func (u *FS) flagsBelow(flags uint32, drop int) int {
 const layerOpenFlags = unix.O_ACCMODE | unix.O_TRUNC | unix.O_NONBLOCK |
 	unix.O_DSYNC | unix.O_SYNC | unix.O_NOATIME | unix.O_LARGEFILE
 
-// openedFile wraps a freshly opened fd. The kernel refuses to mix
-// passthrough and cached opens of one inode, and go-fuse keeps one backing
+// newHandle wraps a freshly opened layer fd as a union file handle. The
+// kernel refuses to mix passthrough and cached opens of one inode, and
+// go-fuse keeps one backing
 // file per inode, so passthrough is used only for upper files with no
 // cached open: a lower file is always served by the daemon, because a
 // copy-up must be able to move its readers to the upper copy.
@@ -103,13 +104,13 @@ const layerOpenFlags = unix.O_ACCMODE | unix.O_TRUNC | unix.O_NONBLOCK |
 // last open that dropped it: every other change of a file's data goes
 // through the kernel (writes, truncation, hole punching), which updates
 // or drops the cached pages itself.
-func (n *node) openedFile(fd, flags int, onLower bool) (*file, uint32) {
-	return n.opened(fd, flags, onLower, !onLower && flags&unix.O_ACCMODE != unix.O_RDONLY && hasPrivileges(fd))
+func (n *node) newHandle(fd, flags int, onLower bool) (*file, uint32) {
+	return n.newHandleWithPrivileges(fd, flags, onLower, !onLower && flags&unix.O_ACCMODE != unix.O_RDONLY && hasPrivileges(fd))
 }
 
-// opened is openedFile for a caller that knows whether writes through
-// fd must clear privileges.
-func (n *node) opened(fd, flags int, onLower, privileged bool) (*file, uint32) {
+// newHandleWithPrivileges is newHandle for a caller that knows whether
+// writes through fd must clear privileges.
+func (n *node) newHandleWithPrivileges(fd, flags int, onLower, privileged bool) (*file, uint32) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	passthrough := n.ufs.passthrough.Load() && !onLower && n.cachedOpens == 0 &&

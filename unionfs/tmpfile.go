@@ -57,7 +57,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	out.Attr.FromStat(toSyscallStat(&st))
 	u.applyOverrideFd(fd, &out.Attr)
 	u.adjustAttr(&out.Attr)
-	f, fuseFlags := child.openedFile(fd, openFlags, false)
+	f, fuseFlags := child.newHandle(fd, openFlags, false)
 	return ino, f, fuseFlags, 0
 }
 
