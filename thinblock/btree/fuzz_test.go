@@ -1,6 +1,8 @@
 package btree
 
 import (
+	"bytes"
+	"slices"
 	"testing"
 
 	"github.com/unionmount/unionmount/thinblock/blockdev"
@@ -26,6 +28,21 @@ func FuzzDecodeNode(f *testing.F) {
 		for i := 1; i < len(n.keys); i++ {
 			if n.keys[i] <= n.keys[i-1] {
 				t.Fatal("keys out of order accepted")
+			}
+		}
+		// What decodes encodes back to a node that decodes the same.
+		again := make([]byte, blockdev.BlockSize)
+		n.encode(again, valueSize)
+		m, err := decodeNode(nr, again, valueSize)
+		if err != nil {
+			t.Fatalf("a decoded node does not decode once re-encoded: %v", err)
+		}
+		if m.leaf != n.leaf || !slices.Equal(m.keys, n.keys) || len(m.vals) != len(n.vals) {
+			t.Fatalf("round trip changed the node: %+v then %+v", n, m)
+		}
+		for i := range n.vals {
+			if !bytes.Equal(m.vals[i], n.vals[i]) {
+				t.Fatalf("round trip changed value %d", i)
 			}
 		}
 	})

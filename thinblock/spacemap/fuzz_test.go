@@ -1,6 +1,7 @@
 package spacemap
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/unionmount/unionmount/thinblock/blockdev"
@@ -14,6 +15,14 @@ func FuzzDecodeCounts(f *testing.F) {
 		buf := make([]byte, blockdev.BlockSize)
 		copy(buf, data)
 		DecodeCounts(b, i, buf)
-		DecodeCounts(b, i, data)
+		counts, err := DecodeCounts(b, i, data)
+		if err != nil {
+			return
+		}
+		// What decodes encodes back to the same counts.
+		again, err := DecodeCounts(b, i, encodeCounts(b, i, counts))
+		if err != nil || !slices.Equal(again, counts) {
+			t.Fatalf("round trip of the counts of block %d failed: %v", b, err)
+		}
 	})
 }
