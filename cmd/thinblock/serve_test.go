@@ -286,9 +286,16 @@ func dialExport(t *testing.T, sock, name string) *rawClient {
 
 func (c *rawClient) request(t *testing.T, typ uint16, cookie, off uint64, length uint32, data []byte) uint32 {
 	t.Helper()
+	return c.requestFlags(t, 0, typ, cookie, off, length, data)
+}
+
+// requestFlags sends one request with the given command flags and
+// returns the reply's errno (reading the data of a successful READ).
+func (c *rawClient) requestFlags(t *testing.T, flags, typ uint16, cookie, off uint64, length uint32, data []byte) uint32 {
+	t.Helper()
 	be := binary.BigEndian
 	req := be.AppendUint32(nil, 0x25609513)
-	req = be.AppendUint16(req, 0)
+	req = be.AppendUint16(req, flags)
 	req = be.AppendUint16(req, typ)
 	req = be.AppendUint64(req, cookie)
 	req = be.AppendUint64(req, off)
@@ -321,5 +328,56 @@ func TestSIGTERMFinishesAndCommitsAcknowledgedWrites(t *testing.T) {
 	assert.Contains(t, mustRun(t, "check", "--pool", dir), "metadata is consistent")
 	s = serve(t, bin, dir)
 	runTool(t, "qemu-io", "-f", "raw", "-c", "read -P 0x77 0 4M", s.uri("1"))
+	s.stop(t)
+}
+
+// Finding 7 of issue 14: every request is validated whole before
+// dispatch; unknown or misplaced flags get EINVAL, each refusal is named
+// in the log, and the connection stays usable.
+func TestRequestValidationOverARealConnection(t *testing.T) {
+	needTools(t, "qemu-io")
+	bin := thinblockBinary(t, "")
+	s, dir := startServer(t, bin, map[string]string{"1": "1M"})
+	c := dialExport(t, s.sock, "1")
+	cases := []struct {
+		name       string
+		flags, typ uint16
+		off        uint64
+		length     uint32
+		payload    []byte
+		errno      uint32
+	}{
+		{"a READ with flags 0xffff", 0xffff, 0, 0, 4096, nil, 22},
+		{"a WRITE with NO_HOLE (payload still consumed)", 1 << 1, 1, 0, 4, []byte("nope"), 22},
+		{"a READ with REQ_ONE", 1 << 3, 0, 0, 4096, nil, 22},
+		{"a TRIM with FAST_ZERO", 1 << 4, 4, 0, 4096, nil, 22},
+		{"a READ with DF but simple replies", 1 << 2, 0, 0, 4096, nil, 22},
+		{"an unknown command", 0, 42, 0, 4096, nil, 22},
+		{"BLOCK_STATUS never negotiated", 0, 7, 0, 4096, nil, 22},
+		{"a FLUSH with an offset", 0, 3, 4096, 0, nil, 22},
+		{"a READ of length 0", 0, 0, 0, 0, nil, 22},
+		{"a READ past the end", 0, 0, 1 << 20, 1, nil, 22},
+		{"a WRITE past the end", 0, 1, 1<<20 - 2, 4, []byte("long"), 28},
+	}
+	for i, tc := range cases {
+		assert.Equal(t, tc.errno, c.requestFlags(t, tc.flags, tc.typ, uint64(100+i), tc.off, tc.length, tc.payload), tc.name)
+	}
+	// FUA is valid on every command; the refused WRITE wrote nothing.
+	assert.Equal(t, uint32(0), c.requestFlags(t, 1, 0, 1, 0, 4, nil), "FUA on a READ")
+	assert.Equal(t, []byte{0, 0, 0, 0}, c.lastData)
+	assert.Equal(t, uint32(0), c.request(t, 1, 2, 0, 4, []byte("good")))
+	assert.Equal(t, uint32(0), c.request(t, 0, 3, 0, 4, nil))
+	assert.Equal(t, "good", string(c.lastData))
+	// A read-only export refuses writes with EPERM.
+	s.stop(t)
+	s = serve(t, bin, dir, "--read-only")
+	ro := dialExport(t, s.sock, "1")
+	assert.Equal(t, uint32(1), ro.request(t, 1, 1, 0, 4, []byte("nope")))
+	assert.Equal(t, uint32(1), ro.request(t, 4, 2, 0, 4096, nil), "TRIM")
+	runTool(t, "qemu-io", "-r", "-f", "raw", "-c", "read -P 0x67 0 1", "-c", "read -P 0 4 4092", s.uri("1"))
+	log := s.stop(t)
+	assert.Contains(t, log, "refused WRITE on read-only export")
+	s = serve(t, bin, dir)
+	runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 64k 64k", "-c", "read -P 0x5a 64k 64k", s.uri("1"))
 	s.stop(t)
 }

@@ -325,6 +325,14 @@ func (c *conn) readRequests(sem chan struct{}) error {
 		if req.typ == cmdDisc {
 			return io.EOF
 		}
+		if r := c.validate(req); r != nil {
+			c.s.logf("nbd: export %q: refused %s", c.export.Name, r.why)
+			if payload != nil {
+				c.s.buffers.put(payload)
+			}
+			c.reply(req, r.errno, nil)
+			continue
+		}
 		sem <- struct{}{}
 		c.workers.Add(1)
 		go func() {
@@ -391,33 +399,12 @@ func (c *conn) reply(req request, errno uint32, data []byte) {
 	}
 }
 
-// handle serves one request.
+// handle serves one request that validate accepted.
 func (c *conn) handle(req request, payload []byte) {
-	e := c.export
-	b := e.Backend
-	size := b.Size()
-	end := req.offset + uint64(req.length)
-	outOfRange := end < req.offset || end > size
-	writing := req.typ == cmdWrite || req.typ == cmdTrim || req.typ == cmdWriteZeroes
-	if writing && e.ReadOnly {
-		c.reply(req, errPerm, nil)
-		return
-	}
-	if outOfRange && req.typ != cmdFlush {
-		if writing {
-			c.reply(req, errNoSpc, nil)
-		} else {
-			c.reply(req, errInval, nil)
-		}
-		return
-	}
+	b := c.export.Backend
 	var err error
 	switch req.typ {
 	case cmdRead:
-		if req.length > c.maxRequest {
-			c.reply(req, errOverflow, nil)
-			return
-		}
 		buf := c.s.buffers.get(int(req.length))
 		if _, err = b.ReadAt(buf, int64(req.offset)); err == nil {
 			c.s.bytesRead.Add(uint64(len(buf)))
@@ -452,18 +439,11 @@ func (c *conn) handle(req request, payload []byte) {
 	case cmdCache:
 		// Nothing to prefetch: data is read from the pool on demand.
 	case cmdBlockStatus:
-		if !c.allocation || req.length == 0 {
-			c.reply(req, errInval, nil)
-			return
-		}
 		c.blockStatus(req)
-		return
-	default:
-		c.reply(req, errInval, nil)
 		return
 	}
 	if err != nil {
-		c.s.logf("nbd: %s request %d at %d+%d: %v", c.export.Name, req.typ, req.offset, req.length, err)
+		c.s.logf("nbd: %s %s at %d+%d: %v", c.export.Name, commandName(req.typ), req.offset, req.length, err)
 		c.reply(req, wireErrno(err), nil)
 		return
 	}

@@ -5,8 +5,11 @@
 //
 // wire.go holds the wire format, conn.go one connection's state machine:
 // one goroutine reads requests, workers serve them, one writer sends the
-// replies, which may complete out of order. A backend error becomes an
-// error reply, never a dropped connection.
+// replies, which may complete out of order. validate.go checks each
+// request whole (command, flags against the command and the
+// negotiation, offset, length, read-only) before it is dispatched, so
+// dispatch assumes a valid request. A backend error becomes an error
+// reply, never a dropped connection.
 package nbd
 
 import (
