@@ -38,6 +38,7 @@ Metadata:
 
 Serving:
   serve nbd  --pool DIR [--listen unix://PATH|tcp://HOST:PORT] [--read-only] [--writable-snapshots]
+             [--max-inflight 256M] [--max-inflight-per-conn 64M] [--handshake-timeout 10s]
   serve fuse --pool DIR MOUNTDIR [--read-only] [--writable-snapshots]
 
 SIZE takes K, M, G, T suffixes (powers of 1024). Run "thinblock COMMAND --help" for a command's flags.

@@ -381,3 +381,89 @@ func TestRequestValidationOverARealConnection(t *testing.T) {
 	runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 64k 64k", "-c", "read -P 0x5a 64k 64k", s.uri("1"))
 	s.stop(t)
 }
+
+// procStatus reads a field of /proc/PID/status in bytes (VmRSS, VmHWM).
+func procStatus(t *testing.T, pid int, field string) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	require.NoError(t, err)
+	m := regexp.MustCompile(`(?m)^` + field + `:\s+(\d+) kB`).FindSubmatch(b)
+	require.NotNil(t, m, "no %s in /proc/%d/status", field, pid)
+	n, _ := strconv.ParseInt(string(m[1]), 10, 64)
+	return n << 10
+}
+
+// slowReader sends n READs of size bytes and never reads a reply.
+func slowReader(t *testing.T, sock, export string, n int, size uint32) *rawClient {
+	t.Helper()
+	c := dialExport(t, sock, export)
+	be := binary.BigEndian
+	var reqs []byte
+	for i := 0; i < n; i++ {
+		req := be.AppendUint32(nil, 0x25609513)
+		req = be.AppendUint16(req, 0)
+		req = be.AppendUint16(req, 0)
+		req = be.AppendUint64(req, uint64(i))
+		req = be.AppendUint64(req, 0)
+		reqs = append(be.AppendUint32(req, size), reqs...)
+	}
+	go c.conn.Write(reqs) // may block once the server stops reading
+	return c
+}
+
+// Finding 2 of issue 14: clients that send 200 READs of 32 MiB and never
+// read a reply are held back at the per-connection bound instead of
+// being served into memory (2.66 GB each before); other clients are
+// served meanwhile, and the memory goes back once they close.
+func TestSlowReadersStayWithinTheInFlightBound(t *testing.T) {
+	needTools(t, "qemu-io", "nbdinfo")
+	s, _ := startServer(t, thinblockBinary(t, ""), map[string]string{"1": "64M"})
+	pid := s.cmd.Process.Pid
+	runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0x3c 0 1M", s.uri("1"))
+	base := procStatus(t, pid, "VmRSS")
+	slow := []*rawClient{slowReader(t, s.sock, "1", 200, 32<<20), slowReader(t, s.sock, "1", 200, 32<<20)}
+	time.Sleep(3 * time.Second)
+	// Others are served while the slow ones are stuck.
+	runTool(t, "qemu-io", "-f", "raw", "-c", "read -P 0x3c 0 1M", "-c", "write -P 0x4d 2M 1M", s.uri("1"))
+	assert.Contains(t, runTool(t, "nbdinfo", s.uri("1")), "export-size: 67108864")
+	time.Sleep(time.Second)
+	// Two connections at 64 MiB each, plus a margin of 96 MiB for the
+	// runtime, the pooled buffers and the other clients.
+	const bound, margin = 2 * 64 << 20, 96 << 20
+	peak := procStatus(t, pid, "VmHWM")
+	t.Logf("RSS before %d MiB, peak with two slow readers %d MiB", base>>20, peak>>20)
+	assert.Less(t, peak, base+bound+margin, "peak RSS %d MiB", peak>>20)
+	for _, c := range slow {
+		c.conn.Close()
+	}
+	var rss int64
+	for i := 0; i < 100; i++ {
+		if rss = procStatus(t, pid, "VmRSS"); rss < base+48<<20 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("RSS after the slow readers closed: %d MiB", rss>>20)
+	assert.Less(t, rss, base+48<<20, "memory is given back after the load")
+	s.stop(t)
+}
+
+// A client idle in the negotiation is disconnected after the timeout.
+func TestAClientIdleInTheHandshakeIsDisconnected(t *testing.T) {
+	s, _ := startServer(t, thinblockBinary(t, ""), map[string]string{"1": "1M"}, "--handshake-timeout", "1s")
+	conn, err := net.Dial("unix", s.sock)
+	require.NoError(t, err)
+	defer conn.Close()
+	start := time.Now()
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := io.Copy(io.Discard, conn) // the greeting, then EOF
+	require.NoError(t, err, "the server closes the connection (not our deadline)")
+	assert.Equal(t, int64(18), n, "only the greeting")
+	took := time.Since(start)
+	assert.InDelta(t, time.Second.Seconds(), took.Seconds(), 0.8, "closed after %v", took)
+	// A client that finishes in time is not affected.
+	c := dialExport(t, s.sock, "1")
+	time.Sleep(1500 * time.Millisecond)
+	assert.Equal(t, uint32(0), c.request(t, 0, 1, 0, 4096, nil))
+	assert.Contains(t, s.stop(t), "no export chosen within 1s")
+}
