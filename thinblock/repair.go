@@ -17,6 +17,9 @@ func RepairSpaceMap(meta, data blockdev.Device, opts Options) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	if err := checkRecovery(tm, opts); err != nil {
+		return 0, err
+	}
 	p := newPool(meta, data, tm, opts)
 	counts := map[uint64]uint32{}
 	var leafErr error
@@ -69,6 +72,9 @@ func RepairSpaceMap(meta, data blockdev.Device, opts Options) (uint64, error) {
 	})
 	p.dirty = true
 	if err := p.Commit(); err != nil {
+		return 0, err
+	}
+	if err := tm.Settle(); err != nil {
 		return 0, err
 	}
 	return uint64(len(counts)), nil

@@ -248,7 +248,7 @@ func cmdCheck(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if !*repair {
 		return exitError(1)
 	}
-	if r.ErrorCount != int(r.SpaceMapWrong) {
+	if r.Recovery.Lost || r.ErrorCount != int(r.SpaceMapWrong) {
 		fmt.Fprintln(stderr, "thinblock check: the problems are not all in the space map; --repair only rebuilds the space map")
 		return exitError(1)
 	}
@@ -272,8 +272,17 @@ func printReport(w io.Writer, r *check.Report) {
 	}
 	fmt.Fprintf(w, "transaction %d, %d volumes, %d mappings, %d data blocks in use, %d metadata blocks in use\n",
 		r.Superblock.TxnID, r.Volumes, r.Mappings, r.DataUsed, r.MetadataUsed)
+	for _, warn := range r.Warnings() {
+		fmt.Fprintf(w, "warning: %s\n", warn)
+	}
 	if r.OK() {
 		fmt.Fprintln(w, "metadata is consistent")
+		return
+	}
+	if r.Recovery.Lost {
+		fmt.Fprintf(w, "ROLLBACK: %s\n  %s\n", r.Recovery, rollbackAdvice)
+	}
+	if r.ErrorCount == 0 {
 		return
 	}
 	fmt.Fprintf(w, "%d problems:\n  %s\n", r.ErrorCount, strings.Join(r.Errors, "\n  "))

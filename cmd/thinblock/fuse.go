@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/unionmount/unionmount/thinblock"
 	"github.com/unionmount/unionmount/thinblock/fuseexport"
 )
 
@@ -23,6 +24,7 @@ func serveFUSE(args []string, stderr io.Writer) error {
 	fs.BoolVar(&o.ReadOnly, "read-only", false, "export every volume read-only")
 	fs.BoolVar(&o.WritableSnapshots, "writable-snapshots", false, "export snapshots writable too")
 	fs.BoolVarP(&o.Debug, "debug", "d", false, "trace FUSE operations")
+	acceptRollback := fs.Bool("accept-rollback", false, "serve even if the newest superblock is damaged and its committed transaction would be lost (see thinblock check)")
 	rest, err := parse(fs, args, 1)
 	if err != nil {
 		return err
@@ -30,7 +32,7 @@ func serveFUSE(args []string, stderr io.Writer) error {
 	if st, err := os.Stat(rest[0]); err != nil || !st.IsDir() {
 		return fmt.Errorf("%w: mount point %s is not a directory", errUsage, rest[0])
 	}
-	p, err := openPool(&pf)
+	p, err := openPoolWith(&pf, thinblock.Options{AcceptRollback: *acceptRollback})
 	if err != nil {
 		return err
 	}

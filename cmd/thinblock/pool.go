@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/unionmount/unionmount/thinblock"
 	"github.com/unionmount/unionmount/thinblock/blockdev"
+	"github.com/unionmount/unionmount/thinblock/txn"
 )
 
 // poolFlags name a pool's files.
@@ -126,16 +128,26 @@ func openFiles(f *poolFlags, create bool) (*blockdev.File, *blockdev.File, error
 	return meta, data, nil
 }
 
+// rollbackAdvice says what to do about a damaged newest superblock.
+const rollbackAdvice = "restore the metadata from a backup, or accept the loss with `thinblock serve ... --accept-rollback` (the older transaction is then kept for good)"
+
 // openPool opens an existing pool for changes.
 func openPool(f *poolFlags) (*openedPool, error) {
+	return openPoolWith(f, thinblock.Options{})
+}
+
+func openPoolWith(f *poolFlags, opts thinblock.Options) (*openedPool, error) {
 	meta, data, err := openFiles(f, false)
 	if err != nil {
 		return nil, err
 	}
-	p, err := thinblock.Open(meta, data, thinblock.Options{})
+	p, err := thinblock.Open(meta, data, opts)
 	if err != nil {
 		meta.Close()
 		data.Close()
+		if errors.Is(err, txn.ErrRollback) {
+			return nil, fmt.Errorf("%w\n  %s", err, rollbackAdvice)
+		}
 		return nil, err
 	}
 	return &openedPool{Pool: p, meta: meta, data: data}, nil

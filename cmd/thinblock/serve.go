@@ -126,6 +126,7 @@ func serveNBD(args []string, stderr io.Writer) error {
 	fs.BoolVar(&eo.writableSnapshots, "writable-snapshots", false, "export snapshots writable too")
 	maxInFlight := fs.String("max-inflight", "256M", "bytes of requests in flight for the whole server (reads and writes not yet answered)")
 	maxPerConn := fs.String("max-inflight-per-conn", "64M", "bytes of requests in flight per connection; over it the connection is not read until its replies drain")
+	acceptRollback := fs.Bool("accept-rollback", false, "serve even if the newest superblock is damaged and its committed transaction would be lost (see thinblock check)")
 	handshake := fs.Duration("handshake-timeout", nbd.DefaultHandshakeTimeout, "disconnect a client that has not chosen an export by then")
 	if _, err := parse(fs, args, 0); err != nil {
 		return err
@@ -141,7 +142,7 @@ func serveNBD(args []string, stderr io.Writer) error {
 		}
 		*addr = "unix://" + filepath.Join(filepath.Dir(meta), "nbd.sock")
 	}
-	p, err := openPool(&pf)
+	p, err := openPoolWith(&pf, thinblock.Options{AcceptRollback: *acceptRollback})
 	if err != nil {
 		return err
 	}
