@@ -24,6 +24,7 @@ func serveFUSE(args []string, stderr io.Writer) error {
 	fs.BoolVar(&o.ReadOnly, "read-only", false, "export every volume read-only")
 	fs.BoolVar(&o.WritableSnapshots, "writable-snapshots", false, "export snapshots writable too")
 	fs.BoolVarP(&o.Debug, "debug", "d", false, "trace FUSE operations")
+	skipCheck := fs.Bool("skip-check", false, "do not check the metadata before serving (for pools too large to check at every start)")
 	acceptRollback := fs.Bool("accept-rollback", false, "serve even if the newest superblock is damaged and its committed transaction would be lost (see thinblock check)")
 	rest, err := parse(fs, args, 1)
 	if err != nil {
@@ -32,11 +33,11 @@ func serveFUSE(args []string, stderr io.Writer) error {
 	if st, err := os.Stat(rest[0]); err != nil || !st.IsDir() {
 		return fmt.Errorf("%w: mount point %s is not a directory", errUsage, rest[0])
 	}
-	p, err := openPoolWith(&pf, thinblock.Options{AcceptRollback: *acceptRollback})
+	o.Logger = log.New(stderr, "thinblock serve: ", log.LstdFlags)
+	p, err := openServedPool(&pf, thinblock.Options{AcceptRollback: *acceptRollback}, *skipCheck, o.Logger.Printf)
 	if err != nil {
 		return err
 	}
-	o.Logger = log.New(stderr, "thinblock serve: ", log.LstdFlags)
 	// Caught from before the mount is visible (see unionmount's serve).
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)

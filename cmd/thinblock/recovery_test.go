@@ -2,16 +2,20 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"os"
+	"os/exec"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/unionmount/unionmount/thinblock"
 	"github.com/unionmount/unionmount/thinblock/blockdev"
+	"github.com/unionmount/unionmount/thinblock/btree"
 	"github.com/unionmount/unionmount/thinblock/txn"
 )
 
@@ -127,4 +131,71 @@ func TestALostCommitIsReportedAndNotServedSilently(t *testing.T) {
 			assert.Contains(t, mustRun(t, "check", "--pool", dir), "metadata is consistent")
 		})
 	}
+}
+
+// corruptSpaceMapBlock flips a byte in the first block of data block
+// counts, as the finding's harness did.
+func corruptSpaceMapBlock(t *testing.T, dir string) {
+	meta, err := blockdev.OpenFile(dir+"/metadata", false)
+	require.NoError(t, err)
+	defer meta.Close()
+	sb, _, err := txn.ReadSuperblock(meta)
+	require.NoError(t, err)
+	buf := make([]byte, 4096)
+	require.NoError(t, blockdev.ReadBlock(meta, sb.DataSMRoot, buf))
+	n, err := btree.Decode(sb.DataSMRoot, buf, 8)
+	require.NoError(t, err)
+	require.True(t, n.Leaf, "a small pool's space map index is one leaf")
+	counts := binary.LittleEndian.Uint64(n.Values[0])
+	require.NoError(t, blockdev.ReadBlock(meta, counts, buf))
+	buf[100] ^= 0xff
+	require.NoError(t, blockdev.WriteBlock(meta, counts, buf))
+}
+
+// runBounded runs the binary and fails if it is still running after
+// the timeout (a server that started instead of refusing).
+func runBounded(t *testing.T, timeout time.Duration, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, thinblockBinary(t, ""), args...)
+	out, _ := cmd.CombinedOutput()
+	require.NoError(t, ctx.Err(), "thinblock %v did not refuse: %s", args, out)
+	return string(out), cmd.ProcessState.ExitCode()
+}
+
+// Finding 4 of issue 14: a pool whose metadata the checker rejects is
+// not served (it was, with no exports); the message says what is wrong
+// and what to run.
+func TestAPoolTheCheckerRejectsIsNotServed(t *testing.T) {
+	t.Run("a corrupt space map block", func(t *testing.T) {
+		dir := samplePool(t)
+		corruptSpaceMapBlock(t, dir)
+		_, _, code := thinblockCmd("check", "--pool", dir)
+		require.Equal(t, 1, code, "the checker rejects it")
+		out, code := runBounded(t, 10*time.Second, "serve", "nbd", "--pool", dir)
+		assert.Equal(t, 1, code, out)
+		assert.Contains(t, out, "fails the check, so it is not served")
+		assert.Contains(t, out, "checksum")
+		assert.Contains(t, out, "thinblock check --pool "+dir)
+		mnt := t.TempDir()
+		out, code = runBounded(t, 10*time.Second, "serve", "fuse", "--pool", dir, mnt)
+		assert.Equal(t, 1, code, out)
+		assert.Contains(t, out, "not served")
+	})
+	t.Run("a wrong data block count", func(t *testing.T) {
+		dir := samplePool(t)
+		meta, _ := blockdev.OpenFile(dir+"/metadata", false)
+		data, _ := blockdev.OpenFile(dir+"/data", false)
+		p, err := thinblock.Open(meta, data, thinblock.Options{CommitInterval: -1})
+		require.NoError(t, err)
+		require.NoError(t, thinblock.CorruptDataCountForTest(p, 0, 7))
+		require.NoError(t, p.Close())
+		meta.Close()
+		data.Close()
+		out, code := runBounded(t, 10*time.Second, "serve", "nbd", "--pool", dir)
+		assert.Equal(t, 1, code, out)
+		assert.Contains(t, out, "data block 0 has count 7")
+		assert.Contains(t, out, "--repair` rebuilds the space map")
+	})
 }

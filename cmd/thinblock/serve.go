@@ -126,6 +126,7 @@ func serveNBD(args []string, stderr io.Writer) error {
 	fs.BoolVar(&eo.writableSnapshots, "writable-snapshots", false, "export snapshots writable too")
 	maxInFlight := fs.String("max-inflight", "256M", "bytes of requests in flight for the whole server (reads and writes not yet answered)")
 	maxPerConn := fs.String("max-inflight-per-conn", "64M", "bytes of requests in flight per connection; over it the connection is not read until its replies drain")
+	skipCheck := fs.Bool("skip-check", false, "do not check the metadata before serving (for pools too large to check at every start)")
 	acceptRollback := fs.Bool("accept-rollback", false, "serve even if the newest superblock is damaged and its committed transaction would be lost (see thinblock check)")
 	handshake := fs.Duration("handshake-timeout", nbd.DefaultHandshakeTimeout, "disconnect a client that has not chosen an export by then")
 	if _, err := parse(fs, args, 0); err != nil {
@@ -142,11 +143,11 @@ func serveNBD(args []string, stderr io.Writer) error {
 		}
 		*addr = "unix://" + filepath.Join(filepath.Dir(meta), "nbd.sock")
 	}
-	p, err := openPoolWith(&pf, thinblock.Options{AcceptRollback: *acceptRollback})
+	logger := log.New(stderr, "thinblock serve: ", log.LstdFlags)
+	p, err := openServedPool(&pf, thinblock.Options{AcceptRollback: *acceptRollback}, *skipCheck, logger.Printf)
 	if err != nil {
 		return err
 	}
-	logger := log.New(stderr, "thinblock serve: ", log.LstdFlags)
 	if path := os.Getenv("THINBLOCK_CPUPROFILE"); path != "" {
 		// For performance work: a CPU profile of the whole serve.
 		if f, err := os.Create(path); err == nil {
