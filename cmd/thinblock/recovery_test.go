@@ -199,3 +199,75 @@ func TestAPoolTheCheckerRejectsIsNotServed(t *testing.T) {
 		assert.Contains(t, out, "--repair` rebuilds the space map")
 	})
 }
+
+// redirectMapping changes volume id's first mapping to data block
+// to in its leaf and reseals the node, as a bug or an attacker that knows
+// the format would: the node's checksum holds, only the space map
+// disagrees. It assumes one-node device and mapping trees, and returns
+// the volume block and the data block it mapped before.
+func redirectMapping(t *testing.T, meta blockdev.Device, id, to uint64) (vb, from uint64) {
+	t.Helper()
+	sb, _, err := txn.ReadSuperblock(meta)
+	require.NoError(t, err)
+	buf := make([]byte, blockdev.BlockSize)
+	require.NoError(t, blockdev.ReadBlock(meta, sb.DevicesRoot, buf))
+	devs, err := btree.Decode(sb.DevicesRoot, buf, thinblock.DetailsValueSize)
+	require.NoError(t, err)
+	require.True(t, devs.Leaf)
+	var root uint64
+	for i, k := range devs.Keys {
+		if k == id {
+			d, err := thinblock.DecodeDeviceDetails(devs.Values[i])
+			require.NoError(t, err)
+			root = d.MappingRoot
+		}
+	}
+	require.NotZero(t, root, "volume %d", id)
+	require.NoError(t, blockdev.ReadBlock(meta, root, buf))
+	n, err := btree.Decode(root, buf, thinblock.MappingValueSize)
+	require.NoError(t, err)
+	require.True(t, n.Leaf)
+	require.NotEmpty(t, n.Keys)
+	from, _ = thinblock.UnpackMapping(n.Values[0])
+	// Keys then values, 8 bytes each, after the 32-byte header.
+	const capa = (blockdev.BlockSize - 32) / 16
+	off := 32 + 8*capa
+	v := binary.LittleEndian.Uint64(buf[off:])
+	binary.LittleEndian.PutUint64(buf[off:], v&^(1<<40-1)|to)
+	blockdev.Seal(buf, 0x6e0de5) // the B-tree's checksum salt
+	require.NoError(t, blockdev.WriteBlock(meta, root, buf))
+	return n.Keys[0], from
+}
+
+// Finding 5 of issue 14: after a mapping is changed and its node
+// resealed, check --repair no longer makes the space map agree with the
+// wrong mapping and report success: it names the mapping, changes
+// nothing and exits 1; --trust-mappings rebuilds, saying what it trusted.
+func TestCheckRepairDoesNotVouchForAChangedMapping(t *testing.T) {
+	dir := samplePool(t)
+	meta, err := blockdev.OpenFile(dir+"/metadata", false)
+	require.NoError(t, err)
+	vb, from := redirectMapping(t, meta, 2, 500)
+	meta.Close()
+	out, _, code := thinblockCmd("check", "--pool", dir)
+	assert.Equal(t, 1, code, out)
+	assert.Contains(t, out, "data block 500 has count 0, the mappings give 1")
+	before, err := os.ReadFile(dir + "/metadata")
+	require.NoError(t, err)
+	out, errOut, code := thinblockCmd("check", "--pool", dir, "--repair")
+	assert.Equal(t, 1, code, out+errOut)
+	assert.NotRegexp(t, `(?m)^repaired:`, out)
+	assert.Contains(t, out, "NOT repaired")
+	assert.Contains(t, out, fmt.Sprintf("volume 2 block %d -> data block 500", vb))
+	assert.Contains(t, out, fmt.Sprintf("may be there): %d", from))
+	after, err := os.ReadFile(dir + "/metadata")
+	require.NoError(t, err)
+	assert.True(t, bytes.Equal(before, after), "nothing changed")
+	out, code = runBounded(t, 10*time.Second, "serve", "nbd", "--pool", dir)
+	assert.Equal(t, 1, code, "not served: %s", out)
+
+	out, errOut, code = thinblockCmd("check", "--pool", dir, "--repair", "--trust-mappings")
+	assert.Equal(t, 0, code, out+errOut)
+	assert.Contains(t, out, "trusted (--trust-mappings) 1 mappings")
+	assert.Contains(t, out, fmt.Sprintf("freed 1 data blocks no mapping refers to: %d", from))
+}
