@@ -460,7 +460,8 @@ func TestAClientIdleInTheHandshakeIsDisconnected(t *testing.T) {
 	require.NoError(t, err, "the server closes the connection (not our deadline)")
 	assert.Equal(t, int64(18), n, "only the greeting")
 	took := time.Since(start)
-	assert.InDelta(t, time.Second.Seconds(), took.Seconds(), 0.8, "closed after %v", took)
+	assert.Greater(t, took, 500*time.Millisecond, "not before the timeout")
+	assert.Less(t, took, 4*time.Second, "closed after %v", took)
 	// A client that finishes in time is not affected.
 	c := dialExport(t, s.sock, "1")
 	time.Sleep(1500 * time.Millisecond)
