@@ -75,6 +75,19 @@ type Options struct {
 	// Crash is the fault-injection seam: called at each named crash
 	// point, an error it returns stops the commit there.
 	Crash func(point string) error
+	// AcceptRollback opens a pool whose newest superblock is damaged
+	// although its transaction was (or may have been) committed, at the
+	// older transaction; without it Open refuses with txn.ErrRollback.
+	AcceptRollback bool
+}
+
+// checkRecovery refuses a pool that would silently lose a committed
+// transaction.
+func checkRecovery(tm *txn.Manager, opts Options) error {
+	if r := tm.Recovery(); r.Lost && !opts.AcceptRollback {
+		return fmt.Errorf("%w: %s", txn.ErrRollback, r)
+	}
+	return nil
 }
 
 // CreateOptions describe a new pool.
@@ -192,6 +205,9 @@ func newPool(meta, data blockdev.Device, tm *txn.Manager, opts Options) *Pool {
 func Open(meta, data blockdev.Device, opts Options) (*Pool, error) {
 	tm, err := txn.Open(meta, cacheBlocks(opts))
 	if err != nil {
+		return nil, err
+	}
+	if err := checkRecovery(tm, opts); err != nil {
 		return nil, err
 	}
 	p := newPool(meta, data, tm, opts)
@@ -323,14 +339,20 @@ func (p *Pool) fail(err error) error {
 	return err
 }
 
-// Close commits and closes the pool (not the devices).
+// Close commits and closes the pool (not the devices): both superblock
+// slots then hold the last transaction, flagged as a clean close.
 func (p *Pool) Close() error {
 	if p.stop != nil {
 		close(p.stop)
 		<-p.done
 		p.stop = nil
 	}
-	return p.Commit()
+	if err := p.Commit(); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.tm.Settle()
 }
 
 // BlockSize is the data block size in bytes.

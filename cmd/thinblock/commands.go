@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -220,6 +221,7 @@ func cmdCheck(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var pf poolFlags
 	pf.register(fs)
 	repair := fs.Bool("repair", false, "rebuild the data space map from the mappings")
+	trust := fs.Bool("trust-mappings", false, "with --repair: rebuild even where a mapping points at a data block the space map did not count for it (you vouch for the mappings)")
 	quiet := fs.BoolP("quiet", "q", false, "print nothing, only set the exit status")
 	if _, err := parse(fs, args, 0); err != nil {
 		return err
@@ -248,7 +250,7 @@ func cmdCheck(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	if !*repair {
 		return exitError(1)
 	}
-	if r.ErrorCount != int(r.SpaceMapWrong) {
+	if r.Recovery.Lost || r.ErrorCount != int(r.SpaceMapWrong) {
 		fmt.Fprintln(stderr, "thinblock check: the problems are not all in the space map; --repair only rebuilds the space map")
 		return exitError(1)
 	}
@@ -258,12 +260,55 @@ func cmdCheck(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		return fmt.Errorf("data: %w", err)
 	}
 	defer data.Close()
-	used, err := thinblock.RepairSpaceMap(meta, data, thinblock.Options{})
+	rep, err := thinblock.RepairSpaceMap(meta, data, thinblock.Options{}, *trust)
+	if errors.Is(err, thinblock.ErrUnverified) {
+		fmt.Fprintf(stdout, "NOT repaired: %d mappings point at data blocks the space map did not count for them:\n", len(rep.Unverified))
+		printUnverified(stdout, rep)
+		fmt.Fprintln(stdout, "Either the space map lost counts or these mappings were changed and read another block's data;")
+		fmt.Fprintln(stdout, "the repair cannot tell which, so nothing was changed. Restore the metadata from a dump or backup,")
+		fmt.Fprintln(stdout, "or, if you know the mappings are right, rerun with --repair --trust-mappings.")
+		return exitError(1)
+	}
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "repaired: data space map rebuilt (%d blocks in use)\n", used)
+	fmt.Fprintf(stdout, "repaired: data space map rebuilt (%d blocks in use)\n", rep.InUse)
+	if len(rep.Unverified) > 0 {
+		fmt.Fprintf(stdout, "trusted (--trust-mappings) %d mappings the space map did not vouch for:\n", len(rep.Unverified))
+		printUnverified(stdout, rep)
+	}
+	if len(rep.Freed) > 0 {
+		fmt.Fprintf(stdout, "freed %d data blocks no mapping refers to: %s\n", len(rep.Freed), blockList(rep.Freed))
+	}
 	return nil
+}
+
+// printUnverified lists the mappings a repair could not vouch for, and
+// the blocks that lost their last reference (a redirected mapping's old
+// data is in one of them).
+func printUnverified(w io.Writer, rep *thinblock.RepairReport) {
+	for i, u := range rep.Unverified {
+		if i == 20 {
+			fmt.Fprintf(w, "  (and %d more)\n", len(rep.Unverified)-i)
+			break
+		}
+		fmt.Fprintf(w, "  %s\n", u)
+	}
+	if len(rep.Freed) > 0 {
+		fmt.Fprintf(w, "data blocks the space map counts but no mapping refers to (a changed mapping's old data may be there): %s\n", blockList(rep.Freed))
+	}
+}
+
+func blockList(bs []uint64) string {
+	var parts []string
+	for i, b := range bs {
+		if i == 20 {
+			parts = append(parts, fmt.Sprintf("and %d more", len(bs)-i))
+			break
+		}
+		parts = append(parts, strconv.FormatUint(b, 10))
+	}
+	return strings.Join(parts, ", ")
 }
 
 func printReport(w io.Writer, r *check.Report) {
@@ -272,8 +317,17 @@ func printReport(w io.Writer, r *check.Report) {
 	}
 	fmt.Fprintf(w, "transaction %d, %d volumes, %d mappings, %d data blocks in use, %d metadata blocks in use\n",
 		r.Superblock.TxnID, r.Volumes, r.Mappings, r.DataUsed, r.MetadataUsed)
+	for _, warn := range r.Warnings() {
+		fmt.Fprintf(w, "warning: %s\n", warn)
+	}
 	if r.OK() {
 		fmt.Fprintln(w, "metadata is consistent")
+		return
+	}
+	if r.Recovery.Lost {
+		fmt.Fprintf(w, "ROLLBACK: %s\n  %s\n", r.Recovery, rollbackAdvice)
+	}
+	if r.ErrorCount == 0 {
 		return
 	}
 	fmt.Fprintf(w, "%d problems:\n  %s\n", r.ErrorCount, strings.Join(r.Errors, "\n  "))

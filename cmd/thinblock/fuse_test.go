@@ -165,3 +165,74 @@ func TestLoopDeviceOverTheFUSEExport(t *testing.T) {
 	ls := mustRun(t, "ls", "--pool", dir)
 	assert.Regexp(t, `(?m)^\s+2\s+256\.0 MiB`, ls)
 }
+
+// waitExit waits for the server to exit and returns its exit status.
+func (s *fuseServer) waitExit(t *testing.T, within time.Duration) int {
+	t.Helper()
+	done := make(chan struct{})
+	go func() { s.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+		return s.cmd.ProcessState.ExitCode()
+	case <-time.After(within):
+		t.Fatalf("the server did not exit within %v:\n%s", within, s.stderr.String())
+	}
+	return -1
+}
+
+// Finding 6 of issue 14: SIGTERM while a loop device holds a volume file
+// no longer leaves a silent server with the pool locked: it says which
+// loop device holds which volume, exits once the device is detached, or
+// after --stop-timeout detaches what it can and says what it left.
+func TestSIGTERMWhileALoopDeviceHoldsAVolume(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for loop devices and mounts")
+	}
+	needTools(t, "losetup", "mkfs.ext4")
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("needs /dev/fuse")
+	}
+	bin := thinblockBinary(t, "")
+	dir := filepath.Join(t.TempDir(), "pool")
+	mustRun(t, "pool", "create", "--pool", dir, "--size", "1G")
+	mustRun(t, "create", "--pool", dir, "1", "--size", "64M")
+	mustRun(t, "create", "--pool", dir, "2", "--size", "64M")
+
+	t.Run("it exits once the holder is detached", func(t *testing.T) {
+		s := serveFuse(t, bin, dir)
+		dev := attach(t, s.mnt+"/1", false)
+		require.NoError(t, s.cmd.Process.Signal(syscall.SIGTERM))
+		time.Sleep(time.Second)
+		require.Nil(t, s.cmd.ProcessState, "still serving the loop device")
+		assert.Contains(t, s.stderr.String(), dev+" holds volume 1")
+		detach(t, dev)
+		assert.Equal(t, 0, s.waitExit(t, 10*time.Second), s.stderr.String())
+		mustRun(t, "ls", "--pool", dir) // the pool is unlocked
+	})
+	t.Run("after the timeout it detaches an idle loop device", func(t *testing.T) {
+		s := serveFuse(t, bin, dir, "--stop-timeout", "2s")
+		dev := attach(t, s.mnt+"/2", false)
+		start := time.Now()
+		require.NoError(t, s.cmd.Process.Signal(syscall.SIGTERM))
+		assert.Equal(t, 0, s.waitExit(t, 15*time.Second), s.stderr.String())
+		t.Logf("exited %v after SIGTERM:\n%s", time.Since(start), s.stderr.String())
+		assert.Contains(t, s.stderr.String(), "detached "+dev+" (volume 2)")
+		_, err := os.Stat("/sys/block/" + filepath.Base(dev) + "/loop")
+		assert.True(t, os.IsNotExist(err), "the loop device is gone")
+		mustRun(t, "ls", "--pool", dir)
+	})
+	t.Run("after the timeout it says what it left", func(t *testing.T) {
+		s := serveFuse(t, bin, dir, "--stop-timeout", "1s")
+		dev := attach(t, s.mnt+"/1", false)
+		runTool(t, "mkfs.ext4", "-q", "-E", "nodiscard", dev)
+		fsdir := mountDev(t, dev)
+		require.NoError(t, s.cmd.Process.Signal(syscall.SIGTERM))
+		assert.Equal(t, 1, s.waitExit(t, 20*time.Second), s.stderr.String())
+		assert.Contains(t, s.stderr.String(), dev+" (volume 1) is still open")
+		assert.Contains(t, s.stderr.String(), "left attached")
+		t.Log(s.stderr.String())
+		syscall.Unmount(fsdir, unix.MNT_DETACH)
+		mustRun(t, "ls", "--pool", dir)
+	})
+	assert.Contains(t, mustRun(t, "check", "--pool", dir), "metadata is consistent")
+}

@@ -37,8 +37,9 @@ Metadata:
   restore  --pool DIR [-i FILE] [--data-size SIZE]   (default: standard input)
 
 Serving:
-  serve nbd  --pool DIR [--listen unix://PATH|tcp://HOST:PORT] [--read-only] [--writable-snapshots]
-  serve fuse --pool DIR MOUNTDIR [--read-only] [--writable-snapshots]
+  serve nbd  --pool DIR [--listen unix://PATH|tcp://HOST:PORT] [--read-only] [--writable-snapshots] [--accept-rollback] [--skip-check]
+             [--max-inflight 256M] [--max-inflight-per-conn 64M] [--handshake-timeout 10s]
+  serve fuse --pool DIR MOUNTDIR [--read-only] [--writable-snapshots] [--accept-rollback] [--skip-check] [--stop-timeout 30s]
 
 SIZE takes K, M, G, T suffixes (powers of 1024). Run "thinblock COMMAND --help" for a command's flags.
 `

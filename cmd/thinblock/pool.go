@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/unionmount/unionmount/thinblock"
 	"github.com/unionmount/unionmount/thinblock/blockdev"
+	"github.com/unionmount/unionmount/thinblock/check"
+	"github.com/unionmount/unionmount/thinblock/txn"
 )
 
 // poolFlags name a pool's files.
@@ -126,20 +129,93 @@ func openFiles(f *poolFlags, create bool) (*blockdev.File, *blockdev.File, error
 	return meta, data, nil
 }
 
+// rollbackAdvice says what to do about a damaged newest superblock.
+const rollbackAdvice = "restore the metadata from a backup, or accept the loss with `thinblock serve ... --accept-rollback` (the older transaction is then kept for good)"
+
 // openPool opens an existing pool for changes.
 func openPool(f *poolFlags) (*openedPool, error) {
+	return openPoolWith(f, thinblock.Options{})
+}
+
+func openPoolWith(f *poolFlags, opts thinblock.Options) (*openedPool, error) {
 	meta, data, err := openFiles(f, false)
 	if err != nil {
 		return nil, err
 	}
-	p, err := thinblock.Open(meta, data, thinblock.Options{})
+	p, err := thinblock.Open(meta, data, opts)
 	if err != nil {
 		meta.Close()
 		data.Close()
+		if errors.Is(err, txn.ErrRollback) {
+			return nil, fmt.Errorf("%w\n  %s", err, rollbackAdvice)
+		}
 		return nil, err
 	}
 	return &openedPool{Pool: p, meta: meta, data: data}, nil
 }
+
+// openServedPool opens a pool to serve it, after the checker has passed
+// its metadata (as LVM runs thin_check before it activates a pool): a
+// pool with damaged metadata is refused with what is wrong and what to
+// run, rather than served with missing exports or wrong data. Warnings
+// (a damaged superblock copy, nothing lost) go to logf.
+func openServedPool(f *poolFlags, opts thinblock.Options, skipCheck bool, logf func(string, ...any)) (*openedPool, error) {
+	meta, data, err := openFiles(f, false)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*openedPool, error) {
+		meta.Close()
+		data.Close()
+		return nil, err
+	}
+	if !skipCheck {
+		r, err := check.Run(meta, nil)
+		if err != nil {
+			return fail(fmt.Errorf("check metadata: %w", err))
+		}
+		for _, w := range r.Warnings() {
+			logf("warning: %s", w)
+		}
+		where := "--pool " + f.dir
+		if f.dir == "" {
+			where = "--meta " + f.meta
+		}
+		if r.Recovery.Lost && !opts.AcceptRollback {
+			return fail(fmt.Errorf("%w: %s\n  %s", txn.ErrRollback, r.Recovery, rollbackAdvice))
+		}
+		if r.ErrorCount > 0 {
+			more := ""
+			if r.ErrorCount > 1 {
+				more = fmt.Sprintf(" (and %d more)", r.ErrorCount-1)
+			}
+			advice := "restore the metadata from a dump or backup"
+			if r.ErrorCount == int(r.SpaceMapWrong) {
+				advice = fmt.Sprintf("`thinblock check %s --repair` rebuilds the space map", where)
+			}
+			return fail(fmt.Errorf("%w: the pool's metadata fails the check, so it is not served: %s%s\n  run `thinblock check %s` for the full report; %s",
+				errDamaged, r.Errors[0], more, where, advice))
+		}
+	}
+	p, err := thinblock.Open(meta, data, opts)
+	if err != nil {
+		if errors.Is(err, txn.ErrRollback) {
+			err = fmt.Errorf("%w\n  %s", err, rollbackAdvice)
+		}
+		return fail(err)
+	}
+	op := &openedPool{Pool: p, meta: meta, data: data}
+	// What the checker cannot see (a tree it passed that still fails to
+	// load) must not become a server with no exports.
+	if _, err := p.Volumes(); err != nil {
+		op.Close()
+		return nil, fmt.Errorf("%w: list volumes: %v", errDamaged, err)
+	}
+	return op, nil
+}
+
+// errDamaged marks a pool refused for damaged metadata.
+var errDamaged = errors.New("damaged metadata")
 
 // parseSize reads sizes like 512, 64K, 10G, 1.5T (powers of 1024).
 func parseSize(s string) (uint64, error) {

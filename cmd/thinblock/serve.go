@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/debug"
+	"runtime/metrics"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -123,7 +124,16 @@ func serveNBD(args []string, stderr io.Writer) error {
 	var eo exportOptions
 	fs.BoolVar(&eo.readOnly, "read-only", false, "export every volume read-only")
 	fs.BoolVar(&eo.writableSnapshots, "writable-snapshots", false, "export snapshots writable too")
+	maxInFlight := fs.String("max-inflight", "256M", "bytes of requests in flight for the whole server (reads and writes not yet answered)")
+	maxPerConn := fs.String("max-inflight-per-conn", "64M", "bytes of requests in flight per connection; over it the connection is not read until its replies drain")
+	skipCheck := fs.Bool("skip-check", false, "do not check the metadata before serving (for pools too large to check at every start)")
+	acceptRollback := fs.Bool("accept-rollback", false, "serve even if the newest superblock is damaged and its committed transaction would be lost (see thinblock check)")
+	handshake := fs.Duration("handshake-timeout", nbd.DefaultHandshakeTimeout, "disconnect a client that has not chosen an export by then")
 	if _, err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	limits, err := parseLimits(*maxInFlight, *maxPerConn, *handshake)
+	if err != nil {
 		return err
 	}
 	if *addr == "" {
@@ -133,11 +143,11 @@ func serveNBD(args []string, stderr io.Writer) error {
 		}
 		*addr = "unix://" + filepath.Join(filepath.Dir(meta), "nbd.sock")
 	}
-	p, err := openPool(&pf)
+	logger := log.New(stderr, "thinblock serve: ", log.LstdFlags)
+	p, err := openServedPool(&pf, thinblock.Options{AcceptRollback: *acceptRollback}, *skipCheck, logger.Printf)
 	if err != nil {
 		return err
 	}
-	logger := log.New(stderr, "thinblock serve: ", log.LstdFlags)
 	if path := os.Getenv("THINBLOCK_CPUPROFILE"); path != "" {
 		// For performance work: a CPU profile of the whole serve.
 		if f, err := os.Create(path); err == nil {
@@ -150,7 +160,11 @@ func serveNBD(args []string, stderr io.Writer) error {
 		p.Close()
 		return err
 	}
-	srv := &nbd.Server{Exports: exports(p.Pool, eo, logger), Logger: logger}
+	srv := &nbd.Server{Exports: exports(p.Pool, eo, logger), Logger: logger,
+		MaxInFlight: limits.total, MaxInFlightPerConn: limits.perConn, HandshakeTimeout: limits.handshake}
+	limitMemory(limits.total)
+	stopReleaser := releaseWhenIdle(srv)
+	defer stopReleaser()
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(signals)
@@ -185,4 +199,77 @@ func tuneGC() {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
 	}
+}
+
+// serveLimits bound a server's memory.
+type serveLimits struct {
+	total, perConn int64
+	handshake      time.Duration
+}
+
+func parseLimits(total, perConn string, handshake time.Duration) (serveLimits, error) {
+	t, err := parseSize(total)
+	if err != nil {
+		return serveLimits{}, fmt.Errorf("--max-inflight: %w", err)
+	}
+	c, err := parseSize(perConn)
+	if err != nil {
+		return serveLimits{}, fmt.Errorf("--max-inflight-per-conn: %w", err)
+	}
+	// A connection must be able to hold one request of the largest size.
+	const largest = 32 << 20
+	if c < largest || t < c {
+		return serveLimits{}, fmt.Errorf("%w: --max-inflight-per-conn must be at least 32M (the largest request) and --max-inflight at least that", errUsage)
+	}
+	if handshake <= 0 {
+		return serveLimits{}, fmt.Errorf("%w: --handshake-timeout must be positive", errUsage)
+	}
+	return serveLimits{total: int64(t), perConn: int64(c), handshake: handshake}, nil
+}
+
+// limitMemory gives the garbage collector a soft limit of the in-flight
+// bound plus room for the rest of the server (metadata cache, pooled
+// buffers, connections), unless GOMEMLIMIT says otherwise: with GOGC at
+// 400 the heap could otherwise grow to five times a burst's live size
+// before a collection.
+func limitMemory(inflight int64) {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(inflight + 256<<20)
+	}
+}
+
+// releaseWhenIdle gives memory back to the system once the server has
+// had nothing in flight for two seconds after a burst: the pooled
+// buffers are dropped and the freed heap returned, so a server that
+// served gigabytes does not keep them resident. It returns a stop
+// function.
+func releaseWhenIdle(srv *nbd.Server) func() {
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		idle := 0
+		sample := []metrics.Sample{{Name: "/memory/classes/heap/free:bytes"}}
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			if srv.InFlight() != 0 {
+				idle = 0
+				continue
+			}
+			if idle++; idle < 2 {
+				continue
+			}
+			metrics.Read(sample)
+			if srv.ReleaseBuffers()+int64(sample[0].Value.Uint64()) > 16<<20 {
+				debug.FreeOSMemory()
+			}
+		}
+	}()
+	return func() { close(stop); <-done }
 }

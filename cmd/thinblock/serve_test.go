@@ -286,9 +286,16 @@ func dialExport(t *testing.T, sock, name string) *rawClient {
 
 func (c *rawClient) request(t *testing.T, typ uint16, cookie, off uint64, length uint32, data []byte) uint32 {
 	t.Helper()
+	return c.requestFlags(t, 0, typ, cookie, off, length, data)
+}
+
+// requestFlags sends one request with the given command flags and
+// returns the reply's errno (reading the data of a successful READ).
+func (c *rawClient) requestFlags(t *testing.T, flags, typ uint16, cookie, off uint64, length uint32, data []byte) uint32 {
+	t.Helper()
 	be := binary.BigEndian
 	req := be.AppendUint32(nil, 0x25609513)
-	req = be.AppendUint16(req, 0)
+	req = be.AppendUint16(req, flags)
 	req = be.AppendUint16(req, typ)
 	req = be.AppendUint64(req, cookie)
 	req = be.AppendUint64(req, off)
@@ -322,4 +329,142 @@ func TestSIGTERMFinishesAndCommitsAcknowledgedWrites(t *testing.T) {
 	s = serve(t, bin, dir)
 	runTool(t, "qemu-io", "-f", "raw", "-c", "read -P 0x77 0 4M", s.uri("1"))
 	s.stop(t)
+}
+
+// Finding 7 of issue 14: every request is validated whole before
+// dispatch; unknown or misplaced flags get EINVAL, each refusal is named
+// in the log, and the connection stays usable.
+func TestRequestValidationOverARealConnection(t *testing.T) {
+	needTools(t, "qemu-io")
+	bin := thinblockBinary(t, "")
+	s, dir := startServer(t, bin, map[string]string{"1": "1M"})
+	c := dialExport(t, s.sock, "1")
+	cases := []struct {
+		name       string
+		flags, typ uint16
+		off        uint64
+		length     uint32
+		payload    []byte
+		errno      uint32
+	}{
+		{"a READ with flags 0xffff", 0xffff, 0, 0, 4096, nil, 22},
+		{"a WRITE with NO_HOLE (payload still consumed)", 1 << 1, 1, 0, 4, []byte("nope"), 22},
+		{"a READ with REQ_ONE", 1 << 3, 0, 0, 4096, nil, 22},
+		{"a TRIM with FAST_ZERO", 1 << 4, 4, 0, 4096, nil, 22},
+		{"a READ with DF but simple replies", 1 << 2, 0, 0, 4096, nil, 22},
+		{"an unknown command", 0, 42, 0, 4096, nil, 22},
+		{"BLOCK_STATUS never negotiated", 0, 7, 0, 4096, nil, 22},
+		{"a FLUSH with an offset", 0, 3, 4096, 0, nil, 22},
+		{"a READ of length 0", 0, 0, 0, 0, nil, 22},
+		{"a READ past the end", 0, 0, 1 << 20, 1, nil, 22},
+		{"a WRITE past the end", 0, 1, 1<<20 - 2, 4, []byte("long"), 28},
+	}
+	for i, tc := range cases {
+		assert.Equal(t, tc.errno, c.requestFlags(t, tc.flags, tc.typ, uint64(100+i), tc.off, tc.length, tc.payload), tc.name)
+	}
+	// FUA is valid on every command; the refused WRITE wrote nothing.
+	assert.Equal(t, uint32(0), c.requestFlags(t, 1, 0, 1, 0, 4, nil), "FUA on a READ")
+	assert.Equal(t, []byte{0, 0, 0, 0}, c.lastData)
+	assert.Equal(t, uint32(0), c.request(t, 1, 2, 0, 4, []byte("good")))
+	assert.Equal(t, uint32(0), c.request(t, 0, 3, 0, 4, nil))
+	assert.Equal(t, "good", string(c.lastData))
+	// A read-only export refuses writes with EPERM.
+	s.stop(t)
+	s = serve(t, bin, dir, "--read-only")
+	ro := dialExport(t, s.sock, "1")
+	assert.Equal(t, uint32(1), ro.request(t, 1, 1, 0, 4, []byte("nope")))
+	assert.Equal(t, uint32(1), ro.request(t, 4, 2, 0, 4096, nil), "TRIM")
+	runTool(t, "qemu-io", "-r", "-f", "raw", "-c", "read -P 0x67 0 1", "-c", "read -P 0 4 4092", s.uri("1"))
+	log := s.stop(t)
+	assert.Contains(t, log, "refused WRITE on read-only export")
+	s = serve(t, bin, dir)
+	runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 64k 64k", "-c", "read -P 0x5a 64k 64k", s.uri("1"))
+	s.stop(t)
+}
+
+// procStatus reads a field of /proc/PID/status in bytes (VmRSS, VmHWM).
+func procStatus(t *testing.T, pid int, field string) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	require.NoError(t, err)
+	m := regexp.MustCompile(`(?m)^` + field + `:\s+(\d+) kB`).FindSubmatch(b)
+	require.NotNil(t, m, "no %s in /proc/%d/status", field, pid)
+	n, _ := strconv.ParseInt(string(m[1]), 10, 64)
+	return n << 10
+}
+
+// slowReader sends n READs of size bytes and never reads a reply.
+func slowReader(t *testing.T, sock, export string, n int, size uint32) *rawClient {
+	t.Helper()
+	c := dialExport(t, sock, export)
+	be := binary.BigEndian
+	var reqs []byte
+	for i := 0; i < n; i++ {
+		req := be.AppendUint32(nil, 0x25609513)
+		req = be.AppendUint16(req, 0)
+		req = be.AppendUint16(req, 0)
+		req = be.AppendUint64(req, uint64(i))
+		req = be.AppendUint64(req, 0)
+		reqs = append(be.AppendUint32(req, size), reqs...)
+	}
+	go c.conn.Write(reqs) // may block once the server stops reading
+	return c
+}
+
+// Finding 2 of issue 14: clients that send 200 READs of 32 MiB and never
+// read a reply are held back at the per-connection bound instead of
+// being served into memory (2.66 GB each before); other clients are
+// served meanwhile, and the memory goes back once they close.
+func TestSlowReadersStayWithinTheInFlightBound(t *testing.T) {
+	needTools(t, "qemu-io", "nbdinfo")
+	s, _ := startServer(t, thinblockBinary(t, ""), map[string]string{"1": "64M"})
+	pid := s.cmd.Process.Pid
+	runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0x3c 0 1M", s.uri("1"))
+	base := procStatus(t, pid, "VmRSS")
+	slow := []*rawClient{slowReader(t, s.sock, "1", 200, 32<<20), slowReader(t, s.sock, "1", 200, 32<<20)}
+	time.Sleep(3 * time.Second)
+	// Others are served while the slow ones are stuck.
+	runTool(t, "qemu-io", "-f", "raw", "-c", "read -P 0x3c 0 1M", "-c", "write -P 0x4d 2M 1M", s.uri("1"))
+	assert.Contains(t, runTool(t, "nbdinfo", s.uri("1")), "export-size: 67108864")
+	time.Sleep(time.Second)
+	// Two connections at 64 MiB each, plus a margin of 96 MiB for the
+	// runtime, the pooled buffers and the other clients.
+	const bound, margin = 2 * 64 << 20, 96 << 20
+	peak := procStatus(t, pid, "VmHWM")
+	t.Logf("RSS before %d MiB, peak with two slow readers %d MiB", base>>20, peak>>20)
+	assert.Less(t, peak, base+bound+margin, "peak RSS %d MiB", peak>>20)
+	for _, c := range slow {
+		c.conn.Close()
+	}
+	var rss int64
+	for i := 0; i < 100; i++ {
+		if rss = procStatus(t, pid, "VmRSS"); rss < base+48<<20 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("RSS after the slow readers closed: %d MiB", rss>>20)
+	assert.Less(t, rss, base+48<<20, "memory is given back after the load")
+	s.stop(t)
+}
+
+// A client idle in the negotiation is disconnected after the timeout.
+func TestAClientIdleInTheHandshakeIsDisconnected(t *testing.T) {
+	s, _ := startServer(t, thinblockBinary(t, ""), map[string]string{"1": "1M"}, "--handshake-timeout", "1s")
+	conn, err := net.Dial("unix", s.sock)
+	require.NoError(t, err)
+	defer conn.Close()
+	start := time.Now()
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	n, err := io.Copy(io.Discard, conn) // the greeting, then EOF
+	require.NoError(t, err, "the server closes the connection (not our deadline)")
+	assert.Equal(t, int64(18), n, "only the greeting")
+	took := time.Since(start)
+	assert.Greater(t, took, 500*time.Millisecond, "not before the timeout")
+	assert.Less(t, took, 4*time.Second, "closed after %v", took)
+	// A client that finishes in time is not affected.
+	c := dialExport(t, s.sock, "1")
+	time.Sleep(1500 * time.Millisecond)
+	assert.Equal(t, uint32(0), c.request(t, 0, 1, 0, 4096, nil))
+	assert.Contains(t, s.stop(t), "no export chosen within 1s")
 }

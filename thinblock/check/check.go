@@ -1,5 +1,6 @@
 // Package check verifies a thin pool's metadata without trusting it:
-// both superblock slots, every B-tree node (checksum, location, key order
+// both superblock slots (and whether a damaged one means a committed
+// transaction would be lost, see txn.Recovery), every B-tree node (checksum, location, key order
 // and bounds, balanced depth), that no block serves two structures, each
 // volume's mapped-block count, and every data block's reference count
 // against a recount from the mapping trees.
@@ -32,10 +33,22 @@ type Report struct {
 	Errors        []string
 	ErrorCount    int
 	SpaceMapWrong uint64 // data blocks whose stored count is wrong
+	// Recovery says what a damaged superblock slot means: a rollback
+	// (Recovery.Lost) is a problem, a damaged copy with nothing newer
+	// lost a warning.
+	Recovery txn.Recovery
 }
 
 // OK reports whether no problem was found.
-func (r *Report) OK() bool { return r.ErrorCount == 0 }
+func (r *Report) OK() bool { return r.ErrorCount == 0 && !r.Recovery.Lost }
+
+// Warnings lists what is damaged without anything being lost.
+func (r *Report) Warnings() []string {
+	if r.Recovery.Damaged >= 0 && !r.Recovery.Lost {
+		return []string{r.Recovery.String()}
+	}
+	return nil
+}
 
 func (r *Report) errorf(format string, args ...any) {
 	r.ErrorCount++
@@ -69,14 +82,14 @@ func Run(dev blockdev.Device, progress func(done, total uint64)) (*Report, error
 		if s, err := txn.DecodeSuperblock(buf); err != nil {
 			r.Slots[i] = err.Error()
 		} else {
-			r.Slots[i] = fmt.Sprintf("ok (transaction %d)", s.TxnID)
+			r.Slots[i] = fmt.Sprintf("ok (transaction %d%s)", s.TxnID, slotKind(s.Flags))
 		}
 	}
-	sb, _, err := txn.ReadSuperblock(dev)
+	sb, _, rec, err := txn.ReadSuperblocks(dev)
 	if err != nil {
 		return nil, err
 	}
-	r.Superblock = sb
+	r.Superblock, r.Recovery = sb, rec
 	c := &checker{dev: dev, r: r, blocks: uint64(size) / blockdev.BlockSize, kind: map[uint64]string{},
 		dataRefs: map[uint64]uint32{}, progress: progress}
 	if sb.DataBlockSize < thinblock.MinBlockSize || sb.DataBlockSize > thinblock.MaxBlockSize || sb.DataBlockSize&(sb.DataBlockSize-1) != 0 {
@@ -89,6 +102,18 @@ func Run(dev blockdev.Device, progress func(done, total uint64)) (*Report, error
 	c.spaceMap(sb.DataSMRoot)
 	r.MetadataUsed = uint64(len(c.kind))
 	return r, nil
+}
+
+func slotKind(flags uint32) string {
+	switch {
+	case flags&txn.FlagMirror != 0 && flags&txn.FlagSettled != 0:
+		return ", copy, closed cleanly"
+	case flags&txn.FlagMirror != 0:
+		return ", copy"
+	case flags&txn.FlagSettled != 0:
+		return ", closed cleanly"
+	}
+	return ""
 }
 
 func (c *checker) read(b uint64) ([]byte, bool) {

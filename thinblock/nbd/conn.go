@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +25,10 @@ type conn struct {
 	export     Export
 	maxRequest uint32
 
+	// inflight bounds the bytes of this connection's requests in
+	// flight; each also holds its bytes of the server's budget.
+	inflight *budget
+
 	// replies carries each reply as the pieces to send, so read data is
 	// not copied into a reply buffer.
 	replies  chan outgoing
@@ -34,7 +39,42 @@ type conn struct {
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
-	return &conn{s: s, nc: nc, br: bufio.NewReaderSize(nc, 1<<20), maxRequest: s.maxRequest(), stopped: make(chan struct{})}
+	// The negotiation needs a small buffer; transmission gets a large
+	// one (see transmit), so a client idle in the handshake costs little.
+	return &conn{s: s, nc: nc, br: bufio.NewReaderSize(nc, 4096), maxRequest: s.maxRequest(),
+		inflight: newBudget(s.perConnLimit()), stopped: make(chan struct{})}
+}
+
+// requestOverhead is the least a request costs against the in-flight
+// budgets: its header, reply and bookkeeping.
+const requestOverhead = 512
+
+// cost is what req holds of the budgets from when it is read until its
+// reply is written: its data, or the overhead for a request without.
+func (c *conn) cost(req request) int64 {
+	if req.typ == cmdRead || req.typ == cmdWrite {
+		return max(int64(min(req.length, c.maxRequest)), requestOverhead)
+	}
+	return requestOverhead
+}
+
+// take holds n bytes of the connection's and the server's budgets,
+// waiting for replies to drain; false means the server is stopping.
+func (c *conn) take(n int64) bool {
+	if !c.inflight.acquire(n, c.stopped) {
+		return false
+	}
+	if !c.s.serverBudget().acquire(n, c.stopped) {
+		c.inflight.release(n)
+		return false
+	}
+	return true
+}
+
+// give returns what take held.
+func (c *conn) give(n int64) {
+	c.s.serverBudget().release(n)
+	c.inflight.release(n)
 }
 
 // stopReading makes the reader stop taking requests (for a graceful
@@ -43,28 +83,62 @@ func (c *conn) stopReading() {
 	c.stopOnce.Do(func() {
 		close(c.stopped)
 		c.nc.SetReadDeadline(time.Now())
+		// A client that stopped reading its replies would hold the
+		// shutdown up for good.
+		c.nc.SetWriteDeadline(time.Now().Add(stopWriteGrace))
 	})
 }
 
-// outgoing is one reply: the pieces to send, and the pooled buffer to
-// give back once they are sent (nil if none).
+// stopWriteGrace is how long replies may take to drain once the server
+// is shutting down.
+const stopWriteGrace = 10 * time.Second
+
+// outgoing is one reply: the pieces to send, the pooled buffer to give
+// back once they are sent (nil if none), and the request's bytes of the
+// in-flight budgets.
 type outgoing struct {
 	pieces  [][]byte
 	release []byte
+	cost    int64
 }
 
 var errAbort = errors.New("client aborted the negotiation")
 
 func (c *conn) serve() error {
 	defer c.nc.Close()
+	if t := c.s.handshakeTimeout(); t > 0 {
+		c.nc.SetDeadline(time.Now().Add(t))
+	}
 	e, err := c.handshake()
 	if err != nil {
 		if errors.Is(err, errAbort) {
 			return nil
 		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			select {
+			case <-c.stopped:
+				return nil
+			default:
+			}
+			return fmt.Errorf("no export chosen within %v: disconnected", c.s.handshakeTimeout())
+		}
 		return err
 	}
+	c.nc.SetDeadline(time.Time{})
+	select {
+	case <-c.stopped:
+		return nil
+	default:
+	}
 	c.export = e
+	// What the client sent after choosing the export is kept.
+	var r io.Reader = c.nc
+	if n := c.br.Buffered(); n > 0 {
+		rest, _ := c.br.Peek(n)
+		r = io.MultiReader(bytes.NewReader(append([]byte(nil), rest...)), c.nc)
+	}
+	c.br = bufio.NewReaderSize(r, 1<<20)
 	return c.transmit()
 }
 
@@ -311,19 +385,34 @@ func (c *conn) readRequests(sem chan struct{}) error {
 		if err != nil {
 			return err // a bad magic loses sync: close
 		}
+		if req.typ == cmdDisc {
+			return io.EOF
+		}
+		if req.typ == cmdWrite && req.length > c.maxRequest {
+			c.reply(req, errInval, nil)
+			return fmt.Errorf("%w: write of %d bytes (limit %d)", errProtocol, req.length, c.maxRequest)
+		}
+		// The request's bytes are held before its payload is read, until
+		// its reply is written: over the bound, this connection is not
+		// read until its replies drain.
+		req.cost = c.cost(req)
+		if !c.take(req.cost) {
+			return errStopped
+		}
 		var payload []byte
 		if req.typ == cmdWrite {
-			if req.length > c.maxRequest {
-				c.reply(req, errInval, nil)
-				return fmt.Errorf("%w: write of %d bytes (limit %d)", errProtocol, req.length, c.maxRequest)
-			}
 			payload = c.s.buffers.get(int(req.length))
 			if _, err := io.ReadFull(c.br, payload); err != nil {
 				return err
 			}
 		}
-		if req.typ == cmdDisc {
-			return io.EOF
+		if r := c.validate(req); r != nil {
+			c.s.logf("nbd: export %q: refused %s", c.export.Name, r.why)
+			if payload != nil {
+				c.s.buffers.put(payload)
+			}
+			c.reply(req, r.errno, nil)
+			continue
 		}
 		sem <- struct{}{}
 		c.workers.Add(1)
@@ -345,6 +434,7 @@ func (c *conn) writer() {
 		batch   net.Buffers
 		release [][]byte
 	)
+	var cost int64
 	flush := func() {
 		if err == nil && len(batch) > 0 {
 			_, err = batch.WriteTo(c.nc)
@@ -354,12 +444,15 @@ func (c *conn) writer() {
 			c.s.buffers.put(b)
 		}
 		release = release[:0]
+		c.give(cost)
+		cost = 0
 	}
 	for r := range c.replies {
 		batch = append(batch, r.pieces...)
 		if r.release != nil {
 			release = append(release, r.release)
 		}
+		cost += r.cost
 		if len(c.replies) == 0 || len(batch) >= 256 {
 			flush()
 		}
@@ -376,48 +469,27 @@ func (c *conn) reply(req request, errno uint32, data []byte) {
 		if len(data) > 0 {
 			pieces = append(pieces, data)
 		}
-		c.replies <- outgoing{pieces: pieces, release: data}
+		c.replies <- outgoing{pieces: pieces, release: data, cost: req.cost}
 	case errno != 0:
 		payload := make([]byte, 6)
 		be.PutUint32(payload, errno)
-		c.replies <- outgoing{pieces: [][]byte{structuredChunk(req.cookie, chunkFlagDone, chunkError, payload)}}
+		c.replies <- outgoing{pieces: [][]byte{structuredChunk(req.cookie, chunkFlagDone, chunkError, payload)}, cost: req.cost}
 	case req.typ == cmdRead && len(data) > 0:
 		// The chunk header says 8+len(data) bytes follow: the offset,
 		// then the data, sent as it is.
 		hdr := structuredChunkHeader(req.cookie, chunkFlagDone, chunkOffsetData, 8+len(data))
-		c.replies <- outgoing{pieces: [][]byte{be.AppendUint64(hdr, req.offset), data}, release: data}
+		c.replies <- outgoing{pieces: [][]byte{be.AppendUint64(hdr, req.offset), data}, release: data, cost: req.cost}
 	default:
-		c.replies <- outgoing{pieces: [][]byte{structuredChunk(req.cookie, chunkFlagDone, chunkNone, nil)}}
+		c.replies <- outgoing{pieces: [][]byte{structuredChunk(req.cookie, chunkFlagDone, chunkNone, nil)}, cost: req.cost}
 	}
 }
 
-// handle serves one request.
+// handle serves one request that validate accepted.
 func (c *conn) handle(req request, payload []byte) {
-	e := c.export
-	b := e.Backend
-	size := b.Size()
-	end := req.offset + uint64(req.length)
-	outOfRange := end < req.offset || end > size
-	writing := req.typ == cmdWrite || req.typ == cmdTrim || req.typ == cmdWriteZeroes
-	if writing && e.ReadOnly {
-		c.reply(req, errPerm, nil)
-		return
-	}
-	if outOfRange && req.typ != cmdFlush {
-		if writing {
-			c.reply(req, errNoSpc, nil)
-		} else {
-			c.reply(req, errInval, nil)
-		}
-		return
-	}
+	b := c.export.Backend
 	var err error
 	switch req.typ {
 	case cmdRead:
-		if req.length > c.maxRequest {
-			c.reply(req, errOverflow, nil)
-			return
-		}
 		buf := c.s.buffers.get(int(req.length))
 		if _, err = b.ReadAt(buf, int64(req.offset)); err == nil {
 			c.s.bytesRead.Add(uint64(len(buf)))
@@ -452,18 +524,11 @@ func (c *conn) handle(req request, payload []byte) {
 	case cmdCache:
 		// Nothing to prefetch: data is read from the pool on demand.
 	case cmdBlockStatus:
-		if !c.allocation || req.length == 0 {
-			c.reply(req, errInval, nil)
-			return
-		}
 		c.blockStatus(req)
-		return
-	default:
-		c.reply(req, errInval, nil)
 		return
 	}
 	if err != nil {
-		c.s.logf("nbd: %s request %d at %d+%d: %v", c.export.Name, req.typ, req.offset, req.length, err)
+		c.s.logf("nbd: %s %s at %d+%d: %v", c.export.Name, commandName(req.typ), req.offset, req.length, err)
 		c.reply(req, wireErrno(err), nil)
 		return
 	}
@@ -494,5 +559,5 @@ func (c *conn) blockStatus(req request) {
 		be.PutUint32(d[4:], state)
 		payload = append(payload, d[:]...)
 	}
-	c.replies <- outgoing{pieces: [][]byte{structuredChunk(req.cookie, chunkFlagDone, chunkBlockStatus, payload)}}
+	c.replies <- outgoing{pieces: [][]byte{structuredChunk(req.cookie, chunkFlagDone, chunkBlockStatus, payload)}, cost: req.cost}
 }

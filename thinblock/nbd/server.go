@@ -5,8 +5,13 @@
 //
 // wire.go holds the wire format, conn.go one connection's state machine:
 // one goroutine reads requests, workers serve them, one writer sends the
-// replies, which may complete out of order. A backend error becomes an
-// error reply, never a dropped connection.
+// replies, which may complete out of order. validate.go checks each
+// request whole (command, flags against the command and the
+// negotiation, offset, length, read-only) before it is dispatched, so
+// dispatch assumes a valid request. A backend error becomes an error
+// reply, never a dropped connection. budget.go bounds the bytes of
+// requests in flight, per connection and for the server: a connection
+// over its bound is not read until its replies drain.
 package nbd
 
 import (
@@ -18,6 +23,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // Backend is a device an export serves.
@@ -64,12 +70,30 @@ type Server struct {
 	// Workers bounds the requests served at once per connection
 	// (default 16).
 	Workers int
+	// MaxInFlightPerConn bounds the bytes of one connection's requests
+	// between reading them and writing their replies (default 64 MiB,
+	// and never below MaxRequest); MaxInFlight bounds them for the whole
+	// server (default 256 MiB, never below MaxInFlightPerConn). A
+	// connection over its bound is not read until its replies drain.
+	MaxInFlightPerConn int64
+	MaxInFlight        int64
+	// HandshakeTimeout bounds the negotiation: a client that has not
+	// chosen an export by then is disconnected (default 10 s; negative:
+	// no bound).
+	HandshakeTimeout time.Duration
+	// PooledBuffers bounds the free data buffers kept for reuse
+	// (default 64 MiB).
+	PooledBuffers int64
 
 	// Bytes read and written for clients, for statistics.
 	bytesRead, bytesWritten atomic.Uint64
 
 	// buffers recycles data buffers across requests and connections.
 	buffers buffers
+
+	// inflight is the server-wide budget, made on first use.
+	inflightOnce sync.Once
+	inflight     *budget
 
 	mu        sync.Mutex
 	listeners map[net.Listener]bool
@@ -91,6 +115,48 @@ func (s *Server) logf(format string, args ...any) {
 		s.Logger.Printf(format, args...)
 	}
 }
+
+// Defaults of the memory bounds.
+const (
+	DefaultMaxInFlightPerConn = 64 << 20
+	DefaultMaxInFlight        = 256 << 20
+	DefaultHandshakeTimeout   = 10 * time.Second
+)
+
+func (s *Server) perConnLimit() int64 {
+	n := s.MaxInFlightPerConn
+	if n <= 0 {
+		n = DefaultMaxInFlightPerConn
+	}
+	return max(n, int64(s.maxRequest()))
+}
+
+func (s *Server) serverBudget() *budget {
+	s.inflightOnce.Do(func() {
+		n := s.MaxInFlight
+		if n <= 0 {
+			n = DefaultMaxInFlight
+		}
+		s.buffers.limit = s.PooledBuffers
+		s.inflight = newBudget(max(n, s.perConnLimit()))
+	})
+	return s.inflight
+}
+
+func (s *Server) handshakeTimeout() time.Duration {
+	if s.HandshakeTimeout == 0 {
+		return DefaultHandshakeTimeout
+	}
+	return s.HandshakeTimeout
+}
+
+// InFlight reports the bytes of requests read and not yet answered,
+// across all connections.
+func (s *Server) InFlight() int64 { return s.serverBudget().inUse() }
+
+// ReleaseBuffers drops the free buffers kept for reuse and reports how
+// many bytes they held: for a server gone idle after a burst.
+func (s *Server) ReleaseBuffers() int64 { return s.buffers.drop() }
 
 func (s *Server) maxRequest() uint32 {
 	if s.MaxRequest == 0 {

@@ -172,6 +172,9 @@ type request struct {
 	cookie uint64
 	offset uint64
 	length uint32
+	// cost is what the request holds of the in-flight budgets (set by
+	// the reader, not on the wire).
+	cost int64
 }
 
 const requestSize = 28

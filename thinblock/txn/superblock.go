@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/unionmount/unionmount/thinblock/blockdev"
 )
@@ -11,6 +12,37 @@ import (
 // The superblock lives in two slots, blocks 0 and 1; a commit writes the
 // slot the committed one is not in, so one valid superblock survives any
 // crash.
+//
+// Both slots end up holding the last transaction, so that losing either
+// block loses nothing, and a slot that is lost can be told from a commit
+// that never completed:
+//
+//   - A commit of transaction T writes T to the free slot and syncs (the
+//     primary). Only then does it write a copy of T, flagged FlagMirror,
+//     over the other slot; the copy reaches the disk with the next
+//     metadata sync (the next commit's, or Settle's). A valid mirror of
+//     T therefore proves T completed, and that T+1 did not (T+1's
+//     primary overwrites the mirror).
+//   - Settle (a clean close) writes and syncs the mirror, then rewrites
+//     the primary, both flagged FlagSettled: nothing after T exists. The
+//     first commit after an open takes FlagSettled off the primary before
+//     it writes its own superblock.
+//   - A torn superblock write cannot leave a checksum mismatch: every
+//     field and the checksum's input beyond them (zeros in old and new
+//     alike) sit in the first 512-byte sector, and sectors are written
+//     whole, so the slot holds either its old superblock or the new one.
+//     A slot that does not decode was damaged after it was written.
+//
+// So when one slot is damaged, readSuperblocks works out what it may
+// have held (Recovery): nothing newer if the survivor is a mirror or
+// settled or the damaged slot still shows an older transaction id; the
+// transaction its header still names if that is newer; and otherwise
+// (unreadable header beside a plain primary of T) possibly T+1, which
+// it reports as a possible loss. Pools written before this change carry
+// neither flag: they read as before, and a damaged newest slot is
+// reported rather than silently rolled back. Older programs read pools
+// written by this one (the flags are ignored, equal transaction ids
+// pick slot 0).
 const (
 	superMagic   = 0x7468696e // "thin"
 	superVersion = 1
@@ -39,8 +71,54 @@ type Superblock struct {
 	DataFree uint64
 }
 
-// FlagDataFree marks a superblock that records DataFree.
-const FlagDataFree = 1
+// Superblock flags.
+const (
+	// FlagDataFree marks a superblock that records DataFree.
+	FlagDataFree = 1
+	// FlagMirror marks the copy of a completed transaction written over
+	// the other slot after its commit.
+	FlagMirror = 2
+	// FlagSettled marks a pool closed cleanly at this transaction.
+	FlagSettled = 4
+)
+
+// slotFlags are the flags that describe a slot rather than the pool.
+const slotFlags = FlagMirror | FlagSettled
+
+// ErrRollback is returned when opening a pool would silently drop a
+// transaction that was (or may have been) committed.
+var ErrRollback = errors.New("the newest superblock is damaged: opening would roll back a committed transaction")
+
+// Recovery says what reading the superblocks found beyond the normal.
+type Recovery struct {
+	// Damaged is the slot that did not decode (-1: none) and Reason why.
+	Damaged int
+	Reason  string
+	// Used is the transaction the pool opens at.
+	Used uint64
+	// Lost is set when the damaged slot held, or may have held, a
+	// transaction newer than Used; LostTxn is it, and Certain says the
+	// damaged slot still names it (rather than it being inferred).
+	Lost    bool
+	LostTxn uint64
+	Certain bool
+}
+
+// String describes the recovery for people.
+func (r Recovery) String() string {
+	switch {
+	case r.Damaged < 0:
+		return ""
+	case r.Lost && r.Certain:
+		return fmt.Sprintf("superblock slot %d (%s) held transaction %d, a completed commit; the other slot holds transaction %d: opening would lose transaction %d",
+			r.Damaged, r.Reason, r.LostTxn, r.Used, r.LostTxn)
+	case r.Lost:
+		return fmt.Sprintf("superblock slot %d is unreadable (%s) and the other slot holds transaction %d of a pool not closed cleanly: slot %d may have held transaction %d, a completed commit (an interrupted one leaves a readable slot), and opening would lose transaction %d",
+			r.Damaged, r.Reason, r.Used, r.Damaged, r.LostTxn, r.LostTxn)
+	}
+	return fmt.Sprintf("superblock slot %d is unreadable (%s); the other slot holds transaction %d and nothing newer was committed: nothing is lost, and the next commit rewrites it",
+		r.Damaged, r.Reason, r.Used)
+}
 
 func (s *Superblock) encode(buf []byte) {
 	clear(buf[:blockdev.BlockSize])
@@ -91,35 +169,85 @@ func DecodeSuperblock(buf []byte) (Superblock, error) {
 
 // ReadSuperblock returns the valid superblock with the highest
 // transaction id, and its slot.
-func ReadSuperblock(dev blockdev.Device) (Superblock, int, error) { return readSuperblock(dev) }
+func ReadSuperblock(dev blockdev.Device) (Superblock, int, error) {
+	sb, slot, _, err := ReadSuperblocks(dev)
+	return sb, slot, err
+}
 
-func readSuperblock(dev blockdev.Device) (Superblock, int, error) {
+// ReadSuperblocks returns the superblock the pool opens at (slot flags
+// cleared), the slot of its primary, and what a damaged slot means.
+func ReadSuperblocks(dev blockdev.Device) (Superblock, int, Recovery, error) {
+	sb, slot, r, err := readSuperblocks(dev)
+	sb.Flags &^= slotFlags
+	return sb, slot, r, err
+}
+
+// rawTxnID returns the transaction id a slot that fails its checksum
+// still names, if its magic and version are intact.
+func rawTxnID(buf []byte) (uint64, bool) {
+	le := binary.LittleEndian
+	if le.Uint32(buf[4:]) != superMagic || le.Uint32(buf[8:]) != superVersion {
+		return 0, false
+	}
+	return le.Uint64(buf[16:]), true
+}
+
+func readSuperblocks(dev blockdev.Device) (Superblock, int, Recovery, error) {
+	r := Recovery{Damaged: -1}
 	size, err := dev.Size()
 	if err != nil {
-		return Superblock{}, 0, err
+		return Superblock{}, 0, r, err
 	}
 	if size < FirstFreeBlock*blockdev.BlockSize {
-		return Superblock{}, 0, fmt.Errorf("metadata is truncated (%d bytes, a pool needs at least %d): %w",
+		return Superblock{}, 0, r, fmt.Errorf("metadata is truncated (%d bytes, a pool needs at least %d): %w",
 			size, FirstFreeBlock*blockdev.BlockSize, ErrNotAPool)
 	}
-	buf := make([]byte, blockdev.BlockSize)
-	best, slot := Superblock{}, -1
-	var errs []error
+	var (
+		sbs  [2]Superblock
+		ok   [2]bool
+		raw  [2][]byte
+		errs []error
+	)
 	for i := 0; i < 2; i++ {
-		if err := blockdev.ReadBlock(dev, uint64(i), buf); err != nil {
-			return Superblock{}, 0, err
+		raw[i] = make([]byte, blockdev.BlockSize)
+		if err := blockdev.ReadBlock(dev, uint64(i), raw[i]); err != nil {
+			return Superblock{}, 0, r, err
 		}
-		s, err := DecodeSuperblock(buf)
-		if err != nil {
+		if sbs[i], err = DecodeSuperblock(raw[i]); err != nil {
 			errs = append(errs, fmt.Errorf("slot %d: %w", i, err))
 			continue
 		}
-		if slot < 0 || s.TxnID > best.TxnID {
-			best, slot = s, i
+		ok[i] = true
+	}
+	switch {
+	case !ok[0] && !ok[1]:
+		return Superblock{}, 0, r, fmt.Errorf("%w: %v", ErrNotAPool, errors.Join(errs...))
+	case ok[0] && ok[1]:
+		slot := 0
+		if sbs[1].TxnID > sbs[0].TxnID || (sbs[1].TxnID == sbs[0].TxnID && sbs[0].Flags&FlagMirror != 0) {
+			slot = 1
 		}
+		return sbs[slot], slot, r, nil
 	}
-	if slot < 0 {
-		return Superblock{}, 0, fmt.Errorf("%w: %v", ErrNotAPool, errors.Join(errs...))
+	x := 0
+	if ok[1] {
+		x = 1
 	}
-	return best, slot, nil
+	y := 1 - x
+	sb := sbs[x]
+	r.Damaged, r.Used = y, sb.TxnID
+	r.Reason = strings.TrimPrefix(errs[0].Error(), fmt.Sprintf("slot %d: superblock: ", y))
+	// The next commit writes over the damaged slot, never over the only
+	// good one.
+	slot := x
+	if t, named := rawTxnID(raw[y]); named {
+		if t > sb.TxnID {
+			r.Lost, r.LostTxn, r.Certain = true, t, true
+		}
+		return sb, slot, r, nil
+	}
+	if sb.Flags&(FlagMirror|FlagSettled) == 0 {
+		r.Lost, r.LostTxn = true, sb.TxnID+1
+	}
+	return sb, slot, r, nil
 }

@@ -4,7 +4,9 @@
 // the committed state is shadowed (copied to a new block) before it
 // changes; blocks freed in a transaction stay reserved until the commit;
 // a commit writes and syncs the new blocks, then flips one of two
-// checksummed superblocks and syncs again.
+// checksummed superblocks and syncs again, then copies that superblock
+// over the other slot so both hold it (superblock.go says why, and how a
+// damaged slot is told from an interrupted commit).
 //
 // Reference counts are not stored: Open rebuilds them from the trees
 // (the pool walks them), which also means they can never leak.
@@ -41,8 +43,12 @@ var ErrNoMetadataSpace = errors.New("metadata space exhausted")
 // Manager manages the metadata blocks of one pool.
 type Manager struct {
 	dev  blockdev.Device
-	sb   Superblock // the committed superblock
-	slot int        // the slot sb is in
+	sb   Superblock // the committed superblock, without slot flags
+	slot int        // the slot sb's primary is in
+	// settled is set while the primary on disk is flagged FlagSettled:
+	// the next commit must take the flag off before it writes.
+	settled  bool
+	recovery Recovery
 
 	refs []uint32 // reference count per metadata block
 	// fresh holds the blocks allocated in this transaction: they are
@@ -62,15 +68,17 @@ type Manager struct {
 }
 
 // Format writes an empty metadata device: superblock sb in slot 0
-// (transaction 1) and an invalid slot 1.
+// (transaction 1) and its mirror in slot 1.
 func Format(dev blockdev.Device, sb Superblock) error {
 	buf := make([]byte, blockdev.BlockSize)
 	sb.TxnID = 1
+	sb.Flags &^= slotFlags
 	sb.encode(buf)
 	if err := blockdev.WriteBlock(dev, 0, buf); err != nil {
 		return err
 	}
-	clear(buf)
+	sb.Flags |= FlagMirror
+	sb.encode(buf)
 	if err := blockdev.WriteBlock(dev, 1, buf); err != nil {
 		return err
 	}
@@ -80,16 +88,18 @@ func Format(dev blockdev.Device, sb Superblock) error {
 // Open reads the newest valid superblock. The caller must then call
 // RebuildRefs before anything else.
 func Open(dev blockdev.Device, cacheBlocks int) (*Manager, error) {
-	sb, slot, err := readSuperblock(dev)
+	sb, slot, rec, err := readSuperblocks(dev)
 	if err != nil {
 		return nil, err
 	}
+	settled := sb.Flags&FlagSettled != 0 && rec.Damaged < 0
+	sb.Flags &^= slotFlags
 	size, err := dev.Size()
 	if err != nil {
 		return nil, err
 	}
 	nblocks := uint64(size) / blockdev.BlockSize
-	m := &Manager{dev: dev, sb: sb, slot: slot, refs: make([]uint32, max(nblocks, FirstFreeBlock)),
+	m := &Manager{dev: dev, sb: sb, slot: slot, settled: settled, recovery: rec, refs: make([]uint32, max(nblocks, FirstFreeBlock)),
 		fresh: map[uint64]bool{}, pending: map[uint64]bool{}, cursor: FirstFreeBlock}
 	m.refs[0], m.refs[1] = 1, 1
 	m.cache = newCache(cacheBlocks, m.writeBack)
@@ -98,6 +108,41 @@ func Open(dev blockdev.Device, cacheBlocks int) (*Manager, error) {
 
 // Superblock returns the committed superblock.
 func (m *Manager) Superblock() Superblock { return m.sb }
+
+// Recovery says what Open found when a superblock slot was damaged.
+func (m *Manager) Recovery() Recovery { return m.recovery }
+
+// writeSlot writes sb with the given slot flags into slot.
+func (m *Manager) writeSlot(slot int, sb Superblock, flags uint32) error {
+	buf := make([]byte, blockdev.BlockSize)
+	sb.Flags = sb.Flags&^slotFlags | flags
+	sb.encode(buf)
+	return blockdev.WriteBlock(m.dev, uint64(slot), buf)
+}
+
+// Settle records a clean close at the committed transaction: the mirror
+// is written and synced, then the primary is rewritten, both flagged
+// FlagSettled, so that either slot alone shows nothing came after. Call
+// it after the last Commit; the Manager must not commit afterwards.
+func (m *Manager) Settle() error {
+	if m.settled {
+		return nil
+	}
+	if err := m.writeSlot(1-m.slot, m.sb, FlagMirror|FlagSettled); err != nil {
+		return fmt.Errorf("settle: write mirror superblock: %w", err)
+	}
+	if err := m.dev.Sync(); err != nil {
+		return fmt.Errorf("settle: sync: %w", err)
+	}
+	if err := m.writeSlot(m.slot, m.sb, FlagSettled); err != nil {
+		return fmt.Errorf("settle: write superblock: %w", err)
+	}
+	if err := m.dev.Sync(); err != nil {
+		return fmt.Errorf("settle: sync: %w", err)
+	}
+	m.settled = true
+	return nil
+}
 
 // RebuildRefs sets every reference count from a walk of the committed
 // trees: walk calls visit once per reference to a block, and visit
@@ -300,6 +345,14 @@ func (m *Manager) Commit(sb Superblock) error {
 	if err := m.cache.flush(func() error { return m.crash(CrashMidNodeWrite) }); err != nil {
 		return fmt.Errorf("commit: write metadata: %w", err)
 	}
+	if m.settled {
+		// A settled primary says nothing follows it: take that back
+		// (synced with the nodes) before a newer superblock exists.
+		if err := m.writeSlot(m.slot, m.sb, 0); err != nil {
+			return fmt.Errorf("commit: unsettle superblock: %w", err)
+		}
+		m.settled = false
+	}
 	if err := m.crash(CrashBeforeNodeSync); err != nil {
 		return err
 	}
@@ -310,10 +363,9 @@ func (m *Manager) Commit(sb Superblock) error {
 		return err
 	}
 	sb.TxnID = m.sb.TxnID + 1
-	buf := make([]byte, blockdev.BlockSize)
-	sb.encode(buf)
+	sb.Flags &^= slotFlags
 	next := 1 - m.slot
-	if err := blockdev.WriteBlock(m.dev, uint64(next), buf); err != nil {
+	if err := m.writeSlot(next, sb, 0); err != nil {
 		return fmt.Errorf("commit: write superblock: %w", err)
 	}
 	if err := m.crash(CrashBeforeFlipSync); err != nil {
@@ -323,6 +375,11 @@ func (m *Manager) Commit(sb Superblock) error {
 		return fmt.Errorf("commit: sync superblock: %w", err)
 	}
 	m.sb, m.slot = sb, next
+	m.recovery = Recovery{Damaged: -1}
+	// The copy over the other slot proves this commit completed; it
+	// reaches the disk with the next sync (see superblock.go). A failed
+	// write only leaves the older superblock there.
+	m.writeSlot(1-next, sb, FlagMirror)
 	m.fresh = map[uint64]bool{}
 	for b := range m.pending {
 		if b < m.cursor {
