@@ -20,6 +20,10 @@ import (
 func flagSet(name string, stderr io.Writer) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("thinblock "+name, pflag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, commandUsage(name))
+		fs.PrintDefaults()
+	}
 	return fs
 }
 

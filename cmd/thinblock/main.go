@@ -14,35 +14,10 @@ import (
 	"os"
 	"syscall"
 
+	"github.com/unionmount/unionmount/internal/version"
 	"github.com/unionmount/unionmount/thinblock"
 	"github.com/unionmount/unionmount/thinblock/txn"
 )
-
-const usage = `usage: thinblock COMMAND [flags]
-
-Pools (a pool is a metadata file and a data file or block device;
---pool DIR means DIR/metadata and DIR/data):
-  pool create  --pool DIR --size SIZE [--block-size 64K] [--low-water BLOCKS]
-  pool status  --pool DIR
-  pool resize  --pool DIR --size SIZE
-Volumes:
-  create   --pool DIR ID --size SIZE
-  snapshot --pool DIR ID ORIGIN
-  delete   --pool DIR ID
-  ls       --pool DIR
-Metadata:
-  check    --pool DIR | --meta FILE   [--repair]
-  delta    --pool DIR A B
-  dump     --pool DIR | --meta FILE   [-o FILE]
-  restore  --pool DIR [-i FILE] [--data-size SIZE]   (default: standard input)
-
-Serving:
-  serve nbd  --pool DIR [--listen unix://PATH|tcp://HOST:PORT] [--read-only] [--writable-snapshots] [--accept-rollback] [--skip-check]
-             [--max-inflight 256M] [--max-inflight-per-conn 64M] [--handshake-timeout 10s]
-  serve fuse --pool DIR MOUNTDIR [--read-only] [--writable-snapshots] [--accept-rollback] [--skip-check] [--stop-timeout 30s]
-
-SIZE takes K, M, G, T suffixes (powers of 1024). Run "thinblock COMMAND --help" for a command's flags.
-`
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
@@ -53,26 +28,34 @@ var errUsage = errors.New("usage")
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(stderr, usage)
+		fmt.Fprint(stderr, usage(""))
 		if len(args) == 0 {
 			return 2
 		}
 		return 0
 	}
-	cmd, rest := args[0], args[1:]
-	if cmd == "pool" {
-		if len(rest) == 0 {
-			fmt.Fprint(stderr, usage)
-			return 2
-		}
-		cmd, rest = "pool "+rest[0], rest[1:]
+	if args[0] == "--version" || args[0] == "version" {
+		fmt.Fprintln(stdout, version.String("thinblock"))
+		return 0
 	}
-	fn, ok := commands[cmd]
+	name, rest := args[0], args[1:]
+	if isGroup(name) {
+		// "pool" and "serve" take a subcommand.
+		if len(rest) == 0 || rest[0] == "-h" || rest[0] == "--help" {
+			fmt.Fprint(stderr, usage(name))
+			if len(rest) == 0 {
+				return 2
+			}
+			return 0
+		}
+		name, rest = name+" "+rest[0], rest[1:]
+	}
+	c, ok := lookupCommand(name)
 	if !ok {
-		fmt.Fprintf(stderr, "thinblock: unknown command %q (see thinblock --help)\n", cmd)
+		fmt.Fprintf(stderr, "thinblock: unknown command %q (see thinblock --help)\n", name)
 		return 2
 	}
-	err := fn(rest, stdin, stdout, stderr)
+	err := c.run(rest, stdin, stdout, stderr)
 	if err == nil {
 		return 0
 	}
@@ -80,7 +63,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if errors.As(err, &fail) {
 		return int(fail)
 	}
-	fmt.Fprintf(stderr, "thinblock %s: %v\n", cmd, err)
+	fmt.Fprintf(stderr, "thinblock %s: %v\n", name, err)
 	return exitCode(err)
 }
 
@@ -97,19 +80,4 @@ func exitCode(err error) int {
 		return 2
 	}
 	return 1
-}
-
-var commands = map[string]func(args []string, stdin io.Reader, stdout, stderr io.Writer) error{
-	"pool create": cmdPoolCreate,
-	"pool status": cmdPoolStatus,
-	"pool resize": cmdPoolResize,
-	"create":      cmdCreate,
-	"snapshot":    cmdSnapshot,
-	"delete":      cmdDelete,
-	"ls":          cmdLs,
-	"check":       cmdCheck,
-	"delta":       cmdDelta,
-	"dump":        cmdDump,
-	"restore":     cmdRestore,
-	"serve":       cmdServe,
 }

@@ -116,19 +116,6 @@ func listen(addr string) (net.Listener, error) {
 	return nil, fmt.Errorf("%w: --listen %q: want unix://PATH or tcp://HOST:PORT", errUsage, addr)
 }
 
-func cmdServe(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return fmt.Errorf("%w: serve nbd|fuse", errUsage)
-	}
-	switch args[0] {
-	case "nbd":
-		return serveNBD(args[1:], stderr)
-	case "fuse":
-		return serveFUSE(args[1:], stderr)
-	}
-	return fmt.Errorf("%w: serve %q: want nbd or fuse", errUsage, args[0])
-}
-
 func serveNBD(args []string, stderr io.Writer) error {
 	tuneGC()
 	fs := flagSet("serve nbd", stderr)
