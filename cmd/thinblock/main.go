@@ -39,6 +39,7 @@ Metadata:
 Serving:
   serve nbd  --pool DIR [--listen unix://PATH|tcp://HOST:PORT] [--read-only] [--writable-snapshots]
              [--max-inflight 256M] [--max-inflight-per-conn 64M] [--handshake-timeout 10s]
+             [--tls-creds DIR | --tls-cert FILE --tls-key FILE [--tls-ca FILE]] [--tls off|on|require] [--insecure]
   serve fuse --pool DIR MOUNTDIR [--read-only] [--writable-snapshots]
 
 SIZE takes K, M, G, T suffixes (powers of 1024). Run "thinblock COMMAND --help" for a command's flags.

@@ -13,7 +13,6 @@ import (
 	"runtime/metrics"
 	"runtime/pprof"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -84,22 +83,18 @@ func exports(p *thinblock.Pool, o exportOptions, logger *log.Logger) func() []nb
 	}
 }
 
-// listen opens unix://PATH (mode 0600) or tcp://HOST:PORT.
-func listen(addr string) (net.Listener, error) {
-	switch {
-	case strings.HasPrefix(addr, "unix://"):
-		path := strings.TrimPrefix(addr, "unix://")
-		if st, err := os.Lstat(path); err == nil && st.Mode()&os.ModeSocket != 0 {
-			os.Remove(path) // a stale socket of an earlier server
-		}
-		old := syscall.Umask(0o077)
-		l, err := net.Listen("unix", path)
-		syscall.Umask(old)
-		return l, err
-	case strings.HasPrefix(addr, "tcp://"):
-		return net.Listen("tcp", strings.TrimPrefix(addr, "tcp://"))
+// listen opens a unix socket (mode 0600) or a TCP address.
+func listen(a listenAddr) (net.Listener, error) {
+	if a.tcp != nil {
+		return net.ListenTCP("tcp", a.tcp)
 	}
-	return nil, fmt.Errorf("%w: --listen %q: want unix://PATH or tcp://HOST:PORT", errUsage, addr)
+	if st, err := os.Lstat(a.unix); err == nil && st.Mode()&os.ModeSocket != 0 {
+		os.Remove(a.unix) // a stale socket of an earlier server
+	}
+	old := syscall.Umask(0o077)
+	l, err := net.Listen("unix", a.unix)
+	syscall.Umask(old)
+	return l, err
 }
 
 func cmdServe(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
@@ -127,6 +122,8 @@ func serveNBD(args []string, stderr io.Writer) error {
 	maxInFlight := fs.String("max-inflight", "256M", "bytes of requests in flight for the whole server (reads and writes not yet answered)")
 	maxPerConn := fs.String("max-inflight-per-conn", "64M", "bytes of requests in flight per connection; over it the connection is not read until its replies drain")
 	handshake := fs.Duration("handshake-timeout", nbd.DefaultHandshakeTimeout, "disconnect a client that has not chosen an export by then")
+	var tf tlsFlags
+	tf.register(fs)
 	if _, err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -141,6 +138,17 @@ func serveNBD(args []string, stderr io.Writer) error {
 		}
 		*addr = "unix://" + filepath.Join(filepath.Dir(meta), "nbd.sock")
 	}
+	la, err := parseListen(*addr)
+	if err != nil {
+		return err
+	}
+	tlsSet, err := tf.load()
+	if err != nil {
+		return err
+	}
+	if err := checkExposure(*addr, la, tlsSet, tf.insecure); err != nil {
+		return err
+	}
 	p, err := openPool(&pf)
 	if err != nil {
 		return err
@@ -153,13 +161,14 @@ func serveNBD(args []string, stderr io.Writer) error {
 			defer func() { pprof.StopCPUProfile(); f.Close() }()
 		}
 	}
-	l, err := listen(*addr)
+	l, err := listen(la)
 	if err != nil {
 		p.Close()
 		return err
 	}
 	srv := &nbd.Server{Exports: exports(p.Pool, eo, logger), Logger: logger,
-		MaxInFlight: limits.total, MaxInFlightPerConn: limits.perConn, HandshakeTimeout: limits.handshake}
+		MaxInFlight: limits.total, MaxInFlightPerConn: limits.perConn, HandshakeTimeout: limits.handshake,
+		TLS: tlsSet.config, RequireTLS: tlsSet.require}
 	limitMemory(limits.total)
 	stopReleaser := releaseWhenIdle(srv)
 	defer stopReleaser()
@@ -168,7 +177,11 @@ func serveNBD(args []string, stderr io.Writer) error {
 	defer signal.Stop(signals)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
-	fmt.Fprintf(stderr, "thinblock: serving %d volumes over NBD on %s\n", len(srv.Exports()), *addr)
+	where := *addr
+	if la.tcp != nil {
+		where = "tcp://" + l.Addr().String() // the port chosen, for :0
+	}
+	fmt.Fprintf(stderr, "thinblock: serving %d volumes over NBD on %s (%s)\n", len(srv.Exports()), where, tlsSet.describe())
 	select {
 	case sig := <-signals:
 		logger.Printf("%v: finishing in-flight requests", sig)
@@ -180,8 +193,8 @@ func serveNBD(args []string, stderr io.Writer) error {
 	if err := srv.Shutdown(ctx); err != nil {
 		logger.Printf("shutdown: %v", err)
 	}
-	if strings.HasPrefix(*addr, "unix://") {
-		os.Remove(strings.TrimPrefix(*addr, "unix://"))
+	if la.unix != "" {
+		os.Remove(la.unix)
 	}
 	read, written := srv.Stats()
 	fmt.Fprintf(stderr, "thinblock: stopped; read %d bytes, wrote %d bytes for clients\n", read, written)
