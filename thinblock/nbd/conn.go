@@ -92,7 +92,11 @@ func (c *conn) stopReading() {
 		c.sock.SetReadDeadline(time.Now())
 		// A client that stopped reading its replies would hold the
 		// shutdown up for good.
-		c.sock.SetWriteDeadline(time.Now().Add(stopWriteGrace))
+		grace := stopWriteGrace
+		if c.s.stopGrace > 0 {
+			grace = c.s.stopGrace
+		}
+		c.sock.SetWriteDeadline(time.Now().Add(grace))
 	})
 }
 
@@ -112,8 +116,25 @@ type outgoing struct {
 var errAbort = errors.New("client aborted the negotiation")
 
 func (c *conn) serve() error {
-	// Closing nc also closes sock, after TLS's close_notify.
-	defer func() { c.nc.Close() }()
+	err := c.run()
+	c.close(err)
+	return err
+}
+
+// close ends the connection. After a clean end over TLS, closing nc
+// sends TLS's close_notify first (bounded by crypto/tls at 5 seconds);
+// after an error the socket is closed at once: a write that failed or
+// timed out leaves nothing to say, and close_notify would wait on a
+// client that does not read.
+func (c *conn) close(err error) {
+	if c.tls && err == nil {
+		c.nc.Close()
+		return
+	}
+	c.sock.Close()
+}
+
+func (c *conn) run() error {
 	if t := c.s.handshakeTimeout(); t > 0 {
 		c.sock.SetDeadline(time.Now().Add(t))
 	}

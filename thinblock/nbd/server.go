@@ -97,6 +97,9 @@ type Server struct {
 	// export TLS-only).
 	RequireTLS bool
 
+	// stopGrace replaces stopWriteGrace, for tests.
+	stopGrace time.Duration
+
 	// Bytes read and written for clients, for statistics.
 	bytesRead, bytesWritten atomic.Uint64
 
