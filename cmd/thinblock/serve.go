@@ -115,7 +115,7 @@ func serveNBD(args []string, stderr io.Writer) error {
 	fs := flagSet("serve nbd", stderr)
 	var pf poolFlags
 	pf.register(fs)
-	addr := fs.String("listen", "", "unix://PATH (default: nbd.sock beside the metadata) or tcp://HOST:PORT")
+	addr := fs.String("listen", "", "unix://PATH (default: nbd.sock beside the metadata) or tcp://HOST:PORT (off loopback only with TLS required, or --insecure)")
 	var eo exportOptions
 	fs.BoolVar(&eo.readOnly, "read-only", false, "export every volume read-only")
 	fs.BoolVar(&eo.writableSnapshots, "writable-snapshots", false, "export snapshots writable too")

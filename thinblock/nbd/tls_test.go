@@ -177,3 +177,68 @@ func TestShutdownWithATLSClientThatDoesNotRead(t *testing.T) {
 	took := time.Since(start)
 	assert.Less(t, took, 3*time.Second, "shutdown took %v", took)
 }
+
+// pipelinedConn sends the STARTTLS option in the same write as the TLS
+// ClientHello, and skips the option's ACK before TLS reads: a client
+// that does not wait for the ACK.
+type pipelinedConn struct {
+	net.Conn
+	first []byte // prepended to the first write
+	skip  int    // bytes to drop before the first read
+	t     *testing.T
+}
+
+func (p *pipelinedConn) Write(b []byte) (int, error) {
+	if p.first != nil {
+		out := append(p.first, b...)
+		p.first = nil
+		if _, err := p.Conn.Write(out); err != nil {
+			return 0, err
+		}
+		return len(b), nil
+	}
+	return p.Conn.Write(b)
+}
+
+func (p *pipelinedConn) Read(b []byte) (int, error) {
+	if p.skip > 0 {
+		ack := make([]byte, p.skip)
+		if _, err := io.ReadFull(p.Conn, ack); err != nil {
+			return 0, err
+		}
+		if be.Uint32(ack[12:]) != repAck {
+			p.t.Errorf("STARTTLS reply %x", ack)
+		}
+		p.skip = 0
+	}
+	return p.Conn.Read(b)
+}
+
+// The bytes a client sends right after STARTTLS, before the ACK reaches
+// it, are the start of its TLS handshake: the server reads them from
+// the negotiation's buffer, not lost behind it.
+func TestATLSHandshakeSentWithSTARTTLSIsNotLost(t *testing.T) {
+	serverCfg, clientCfg := tlsConfigs(t)
+	exp := Export{Name: "a", Backend: &memBackend{data: make([]byte, 1<<16)}}
+	srv := &Server{Exports: func() []Export { return []Export{exp} }, TLS: serverCfg, RequireTLS: true}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	conn, err := net.Dial("tcp", l.Addr().String())
+	require.NoError(t, err)
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = io.ReadFull(conn, make([]byte, 18))
+	require.NoError(t, err)
+	conn.Write(be.AppendUint32(nil, flagFixedNewstyle|flagNoZeroes))
+	opt := be.AppendUint32(be.AppendUint32(be.AppendUint64(nil, magicOpt), optStartTLS), 0)
+	tc := tls.Client(&pipelinedConn{Conn: conn, first: opt, skip: 20, t: t}, clientCfg)
+	require.NoError(t, tc.Handshake())
+	// LIST inside TLS answers.
+	tc.Write(be.AppendUint32(be.AppendUint32(be.AppendUint64(nil, magicOpt), optList), 0))
+	reply := make([]byte, 20)
+	_, err = io.ReadFull(tc, reply)
+	require.NoError(t, err)
+	assert.Equal(t, uint32(repServer), be.Uint32(reply[12:]))
+}
