@@ -242,3 +242,27 @@ func TestATLSHandshakeSentWithSTARTTLSIsNotLost(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, uint32(repServer), be.Uint32(reply[12:]))
 }
+
+// A client without fixed newstyle cannot start TLS: a server that
+// requires it hangs up after the client's flags.
+func TestAServerRequiringTLSHangsUpOnAClientWithoutFixedNewstyle(t *testing.T) {
+	serverCfg, _ := tlsConfigs(t)
+	exp := Export{Name: "a", Backend: &memBackend{data: make([]byte, 1<<16)}}
+	srv := &Server{Exports: func() []Export { return []Export{exp} }, TLS: serverCfg, RequireTLS: true}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	conn, err := net.Dial("tcp", l.Addr().String())
+	require.NoError(t, err)
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	_, err = io.ReadFull(conn, make([]byte, 18))
+	require.NoError(t, err)
+	conn.Write(be.AppendUint32(nil, 0))
+	n, err := io.Copy(io.Discard, conn)
+	assert.NoError(t, err, "closed by the server")
+	assert.Zero(t, n)
+	// And Serve refuses to run with RequireTLS but no configuration.
+	assert.ErrorIs(t, (&Server{RequireTLS: true}).Serve(l), ErrTLSConfig)
+}
