@@ -75,6 +75,15 @@ func (u *FS) copyUpAs(n *node, how copyHow) error {
 	if !metacopy {
 		n.copiedUp.Store(true)
 	}
+	if n.StableAttr().Gen != 0 {
+		// A name of a lower hard link (see identityFrom) became a file
+		// of its own: its link count is now the copy's. An open, a
+		// setxattr or an mmap answers with no attributes, so the
+		// kernel would show its cached count until it asks again.
+		// Dropping cached attributes takes no kernel lock, so this is
+		// safe under any request.
+		n.NotifyContent(-1, 0)
+	}
 	return nil
 }
 
