@@ -75,14 +75,24 @@ func (u *FS) copyUpAs(n *node, how copyHow) error {
 	if !metacopy {
 		n.copiedUp.Store(true)
 	}
-	if n.StableAttr().Gen != 0 {
+	if id := n.StableAttr(); id.Gen != 0 {
 		// A name of a lower hard link (see identityFrom) became a file
-		// of its own: its link count is now the copy's. An open, a
-		// setxattr or an mmap answers with no attributes, so the
-		// kernel would show its cached count until it asks again.
-		// Dropping cached attributes takes no kernel lock, so this is
-		// safe under any request.
+		// of its own: it shows the copy's inode number (see relabel.go)
+		// and link count. An open, a setxattr or an mmap answers with
+		// no attributes, so the kernel would show its cached ones until
+		// it asks again. Dropping cached attributes takes no kernel
+		// lock, so this is safe under any request.
+		var st unix.Stat_t
+		if err := u.upper.lstat(path, &st); err == nil {
+			u.relabels.set(id, u.inoFor(u.upper, st.Ino))
+		}
 		n.NotifyContent(-1, 0)
+		// The kernel's cached listing of the directory holds the old
+		// number as the name's d_ino: drop it (no directory read holds
+		// its pages while it waits for the daemon).
+		if p := n.parentNode(); p != nil {
+			p.NotifyContent(0, 0)
+		}
 	}
 	return nil
 }
