@@ -349,6 +349,13 @@ func compareTrees(t *rapid.T, what, want, got string) {
 // overlay's at want) share an inode number. Upper dirs differ by design:
 // the kernel links its whiteouts to one another.
 func compareInodes(t *rapid.T, what, want, got string) {
+	if fstest.InUserNamespace() {
+		// There the kernel shows the names of one copied-up file with
+		// different numbers: the one it copied up keeps the lower
+		// number, the ones looked up later show the upper file's (it
+		// does not follow the origin it recorded).
+		return
+	}
 	wl, gl := sharedInodes(t, want), sharedInodes(t, got)
 	if wl != gl {
 		t.Fatalf("%s: names that share an inode number differ from kernel overlay:\n  kernel overlay: %s\n  unionmount:     %s", what, wl, gl)
