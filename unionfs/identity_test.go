@@ -129,3 +129,27 @@ func TestRacingCopyUpsOfAHardLinkName(t *testing.T) {
 	assert.Equal(t, copied, ents["h1"])
 	assert.Equal(t, lower, ents["h2"])
 }
+
+// TestBrokenHardLinkWithMetacopyShowsOneNumber copies one name of a lower
+// hard link up metadata only, then its data: the number it shows after
+// the data copy is the one a remount shows.
+func TestBrokenHardLinkWithMetacopyShowsOneNumber(t *testing.T) {
+	l := fstest.NewLayers(t, 1)
+	fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"h1": "old\n", "h2": fstest.HardLink("h1")})
+	m, err := fstest.StartUnion(l, "metacopy=on")
+	require.NoError(t, err)
+	lower := lstat(t, l.Mount+"/h2").Ino
+	require.NoError(t, os.Chmod(l.Mount+"/h1", 0o600))
+	f, err := os.OpenFile(l.Mount+"/h1", os.O_WRONLY|os.O_APPEND, 0)
+	require.NoError(t, err)
+	_, err = f.WriteString("more\n")
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	before := lstat(t, l.Mount+"/h1").Ino
+	assert.NotEqual(t, lower, before)
+	require.NoError(t, m.Unmount())
+	fstest.MountUnion(t, l, "metacopy=on")
+	assert.Equal(t, before, lstat(t, l.Mount+"/h1").Ino)
+	assert.Equal(t, lower, lstat(t, l.Mount+"/h2").Ino)
+	assert.Equal(t, "old\n", readFile(t, l.Mount+"/h2"))
+}
