@@ -34,6 +34,8 @@ type relabels struct {
 	// tracked counts the node ids held in nodes: zero skips every map.
 	tracked atomic.Int64
 
+	// mu is a leaf lock: it is taken under ns and node.mu, and nothing
+	// is taken while it is held.
 	mu    sync.RWMutex
 	shown map[idKey]uint64 // guarded by mu
 	// nodes are the node ids the kernel holds for identities with a
