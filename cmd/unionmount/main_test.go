@@ -336,3 +336,40 @@ func TestApplyAndConvertCommands(t *testing.T) {
 	names, _ := os.ReadDir(empty)
 	assert.Empty(t, names)
 }
+
+// TestLayerPathsAsContainersStorageWritesThem mounts, as containers/storage
+// does for the layers above an id-mapped one, with lowerdirs of the form
+// l/LINK/../diff1 relative to the overlay dir, LINK a symlink to
+// ../ID/diff: kernel overlay and unionmount both follow LINK before "..".
+func TestLayerPathsAsContainersStorageWritesThem(t *testing.T) {
+	fstest.RequireFUSE(t)
+	fstest.RequireKernelOverlay(t)
+	bin := binary(t)
+	root := t.TempDir()
+	fstest.WriteTree(t, root, fstest.Spec{
+		"ID/diff/": "", "ID/diff1/f": "from ID/diff1", "l/diff1/f": "from l/diff1",
+		"upper/": "", "work/": "", "kmnt/": "", "umnt/": "",
+	})
+	require.NoError(t, os.Symlink("../ID/diff", filepath.Join(root, "l/LINK")))
+	opts := "lowerdir=l/LINK/../diff1:l/LINK,upperdir=upper,workdir=work"
+	kernel := exec.Command("mount", "-t", "overlay", "overlay", "-o", opts+",index=off", "kmnt")
+	kernel.Dir = root
+	out, err := kernel.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	defer unix.Unmount(filepath.Join(root, "kmnt"), 0)
+	data, err := os.ReadFile(filepath.Join(root, "kmnt/f"))
+	require.NoError(t, err)
+	assert.Equal(t, "from ID/diff1", string(data), "kernel overlay: the reference")
+	require.NoError(t, unix.Unmount(filepath.Join(root, "kmnt"), 0))
+
+	union := exec.Command(bin, "-o", opts, "umnt")
+	union.Dir = root
+	out, err = union.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	data, err = os.ReadFile(filepath.Join(root, "umnt/f"))
+	assert.NoError(t, err)
+	assert.Equal(t, "from ID/diff1", string(data), "with l/diff1 there too, a path cleaned as text mounts the wrong layer")
+	out, err = exec.Command("fusermount3", "-u", filepath.Join(root, "umnt")).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	waitUnmounted(t, filepath.Join(root, "umnt"))
+}
