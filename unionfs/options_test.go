@@ -107,12 +107,12 @@ func TestValidateDefaultsTheWorkDirBesideTheUpper(t *testing.T) {
 	assert.True(t, os.IsNotExist(err), "validation writes nothing")
 }
 
-// The option table in the README is the one --help shows: both come
-// from optionTable, and this keeps the README's copy in step.
+// The option table in docs/unionmount.md is the one --help shows: both come
+// from optionTable, and this keeps the documented copy in step.
 // UNIONMOUNT_UPDATE_DOCS=1 rewrites it.
 func TestDocumentedOptionsMatchTheTable(t *testing.T) {
 	const begin, end = "<!-- options:begin", "<!-- options:end -->"
-	path := "../README.md"
+	path := "../docs/unionmount.md"
 	data, err := os.ReadFile(path)
 	require.NoError(t, err)
 	text := string(data)
