@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,6 +23,8 @@ import (
 // image, appends to image files, makes hard links. Each step prints
 // what the test checks; then it lists the root filesystem.
 const changeScript = `set -e
+awk '$2 == "/" { print "rootfs-type", $3 }' /proc/mounts
+awk '{ print "uid-map", $1, $2, $3 }' /proc/self/uid_map
 /bin/true
 printf '#!/bin/sh\necho script-ran\n' > /usr/local/bin/umt-script
 chmod 0755 /usr/local/bin/umt-script
@@ -95,6 +98,18 @@ func runScenario(t *testing.T, p *containertest.Podman, tarball, debs string) *s
 	out := p.Run(t, append(run, "--name", "work", "--volume", debs+":/debs:ro", "localhost/umt-base",
 		"sh", "-c", changeScript+containertest.ListScript, "sh", "/debs")...)
 	s := &scenario{changes: out, naiveDiff: p.MountProgram != ""}
+	// The set-up is the one meant: the union (or kernel overlay) under
+	// the container's root, and subordinate ids for a user's.
+	wantFS := "rootfs-type overlay\n"
+	if p.MountProgram != "" {
+		wantFS = "rootfs-type fuse.unionmount\n"
+	}
+	assert.Contains(t, firstLines(out), wantFS)
+	if p.User != nil {
+		assert.Contains(t, firstLines(out), fmt.Sprintf("uid-map 0 %d 1\n", p.User.UID))
+	} else {
+		assert.Contains(t, firstLines(out), "uid-map 0 0 4294967295\n")
+	}
 	var err error
 	s.seen, err = containertest.ParseListing(out)
 	require.NoError(t, err)
@@ -184,6 +199,7 @@ func TestContainersRunOnUnionmount(t *testing.T) {
 				// The user must reach the binary.
 				dir := t.TempDir()
 				require.NoError(t, os.Chmod(dir, 0o755))
+				require.NoError(t, os.Chmod(filepath.Dir(dir), 0o755))
 				data, err := os.ReadFile(bin)
 				require.NoError(t, err)
 				mountProgram = filepath.Join(dir, "unionmount")

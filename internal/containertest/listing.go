@@ -90,12 +90,9 @@ func Differences(want, got Listing, skip func(path string) bool) []string {
 // target and content hash. Whiteouts appear under their .wh. names.
 func LayerListing(t testing.TB, p *Podman, image string) Listing {
 	t.Helper()
-	archive := filepath.Join(p.Dir, "save-"+strings.NewReplacer("/", "_", ":", "_").Replace(image)+".tar")
+	archive := filepath.Join(p.scratch(), "save-"+strings.NewReplacer("/", "_", ":", "_").Replace(image)+".tar")
 	p.Run(t, "save", "--format", "docker-archive", "--output", archive, image)
-	if p.User != nil {
-		// The user wrote it; root reads it anyway.
-		defer os.Remove(archive)
-	}
+	defer os.Remove(archive)
 	l, err := topLayer(archive)
 	if err != nil {
 		t.Fatalf("list the top layer of %s: %v", image, err)

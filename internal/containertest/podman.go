@@ -48,15 +48,15 @@ func RequirePodman(t testing.TB) {
 	}
 }
 
-// NewPodman makes a storage set-up in a fresh directory under
-// t.TempDir(). Its storage.conf is what the README shows: driver overlay
+// NewPodman makes a storage set-up in a fresh directory, removed at
+// cleanup. Its storage.conf is what the README shows: driver overlay
 // and, with mountProgram, overlay.mount_program. At cleanup every
 // container is removed and whatever stays mounted under it is detached.
 func NewPodman(t testing.TB, mountProgram string, user *User) *Podman {
 	t.Helper()
-	// A short path: conmon's attach socket lives under the run root,
-	// and a socket's path must fit in 108 bytes (with a longer one podman
-	// cannot attach and waits for the container's end instead).
+	// A short path: podman refuses a run root longer than 50 bytes on
+	// its command line; given one through storage.conf (t.TempDir's),
+	// every podman run here waited about 20 s more.
 	dir, err := os.MkdirTemp("", "umt-podman-")
 	if err != nil {
 		t.Fatal(err)
@@ -179,6 +179,14 @@ func RunArgs() []string {
 		}
 	}
 	return args
+}
+
+// scratch is a directory podman's user may write.
+func (p *Podman) scratch() string {
+	if p.User != nil {
+		return filepath.Join(p.Dir, "home")
+	}
+	return p.Dir
 }
 
 // Import imports a root filesystem tarball as image name.
