@@ -53,8 +53,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 			cfg.Repeat = 1
 		}
 	}
-	allTargets := append(bench.UnionTargets(), bench.BlockTargets()...)
-	allWorkloads := append(append(bench.UnionWorkloads(), bench.BlockWorkloads()...), bench.SnapshotWorkloads(cfg)...)
+	allTargets := append(append(bench.UnionTargets(), bench.ContainerTargets()...), bench.BlockTargets()...)
+	allWorkloads := append(append(append(bench.UnionWorkloads(), bench.ContainerWorkloads()...), bench.BlockWorkloads()...),
+		bench.SnapshotWorkloads(cfg)...)
 	if *list {
 		for _, t := range allTargets {
 			fmt.Fprintf(stdout, "target   %-6s %s\n", t.Family(), t.Name())
@@ -225,7 +226,7 @@ func exactTargets(chosen []bench.Target, list string) []bench.Target {
 // withReferences adds each chosen family's reference target, without
 // which no ratio can be given.
 func withReferences(all, chosen []bench.Target) []bench.Target {
-	for _, f := range []bench.Family{bench.Union, bench.Block} {
+	for _, f := range []bench.Family{bench.Union, bench.Container, bench.Block} {
 		used, hasRef := false, false
 		for _, t := range chosen {
 			if t.Family() == f {

@@ -1,7 +1,8 @@
 // Package baseimage builds, once per machine, a small Debian root
 // filesystem as a tarball (debootstrap --variant=minbase from the apt
 // source this machine is configured with), for container tests and
-// benchmarks that cannot pull an image from a registry.
+// benchmarks that cannot pull an image from a registry; and tiny .deb
+// packages (dpkg-deb) for those tests to install.
 //
 // The tarball is cached outside any repository, keyed by suite and
 // architecture, and published by a rename, so an interrupted build never
