@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -161,29 +162,13 @@ var hardLinkedImageFiles = map[string]bool{"/usr/bin/dash": true, "/usr/local/bi
 // containers see, the committed layers and podman diff are the same but
 // for the differences the README lists.
 func TestContainersRunOnUnionmount(t *testing.T) {
-	containertest.RequirePodman(t)
-	fstest.RequireFUSE(t)
-	fstest.RequireKernelOverlay(t)
-	tarball, err := baseimage.Tarball(baseimage.DefaultCacheDir)
-	if errors.Is(err, baseimage.ErrUnavailable) {
-		t.Skip(err)
-	}
-	require.NoError(t, err)
-	bin := binary(t)
+	tarball, bin := containerSetup(t)
 	debs := t.TempDir()
 	for _, d := range []string{debs, filepath.Dir(debs)} {
 		require.NoError(t, os.Chmod(d, 0o755))
 	}
-	hello := func(version string) containertest.Package {
-		return containertest.Package{Name: "umt-hello", Version: version, Conffiles: []string{"/etc/umt-hello.conf"},
-			Files: map[string]string{
-				"/usr/bin/umt-hello":        "#!/bin/sh\necho hello " + version + "\n",
-				"/usr/share/umt-hello/data": strings.Repeat("data "+version+"\n", 1000),
-				"/etc/umt-hello.conf":       "setting=" + version + "\n",
-			}}
-	}
-	containertest.BuildDeb(t, debs, hello("1"))
-	containertest.BuildDeb(t, debs, hello("2"))
+	containertest.BuildDeb(t, debs, helloPackage("1"))
+	containertest.BuildDeb(t, debs, helloPackage("2"))
 	containertest.BuildDeb(t, debs, containertest.Package{Name: "umt-gone", Version: "1",
 		Files: map[string]string{"/usr/share/umt-gone/a": "a\n", "/usr/share/umt-gone/sub/b": "b\n"}})
 
@@ -212,6 +197,89 @@ func TestContainersRunOnUnionmount(t *testing.T) {
 			compareWithKernelOverlay(t, ref, got)
 		})
 	}
+}
+
+// containerSetup skips the test where podman, FUSE, kernel overlay or
+// the base image are missing, and returns the image tarball and the
+// union's binary.
+func containerSetup(t *testing.T) (tarball, bin string) {
+	t.Helper()
+	containertest.RequirePodman(t)
+	fstest.RequireFUSE(t)
+	fstest.RequireKernelOverlay(t)
+	tarball, err := baseimage.Tarball(baseimage.DefaultCacheDir)
+	if errors.Is(err, baseimage.ErrUnavailable) {
+		t.Skip(err)
+	}
+	require.NoError(t, err)
+	return tarball, binary(t)
+}
+
+// helloPackage is umt-hello at version: a program, a data file and a
+// conffile.
+func helloPackage(version string) containertest.Package {
+	return containertest.Package{Name: "umt-hello", Version: version, Conffiles: []string{"/etc/umt-hello.conf"},
+		Files: map[string]string{
+			"/usr/bin/umt-hello":        "#!/bin/sh\necho hello " + version + "\n",
+			"/usr/share/umt-hello/data": strings.Repeat("data "+version+"\n", 1000),
+			"/etc/umt-hello.conf":       "setting=" + version + "\n",
+		}}
+}
+
+// containerfile builds a layer per step on the base image: a copied-in
+// package installed, a directory of the image renamed and a file
+// appended to, then in the renamed directory a file removed, an image
+// directory removed and a hard link to a file of an earlier layer.
+const containerfile = `FROM localhost/umt-base
+COPY umt-hello_1_all.deb /tmp/
+RUN dpkg -i /tmp/umt-hello_1_all.deb && rm /tmp/umt-hello_1_all.deb
+RUN mv /usr/share/bash-completion /usr/share/moved && echo step >> /etc/debian_version && umt-hello > /hello.out
+RUN rm -r /usr/share/zoneinfo /usr/share/moved/completions/mount && ln /usr/bin/umt-hello /usr/local/bin/hello-link && cat /hello.out /etc/debian_version > /summary
+`
+
+// TestBuildahBuildsOnUnionmount builds an image of several layers with
+// buildah bud, each step's container on a union of all the layers below,
+// with unionmount as mount_program and on kernel overlay: the same
+// layers, and a container of each image sees the same tree.
+func TestBuildahBuildsOnUnionmount(t *testing.T) {
+	if _, err := exec.LookPath("buildah"); err != nil {
+		t.Skip("needs buildah (Debian package buildah)")
+	}
+	tarball, bin := containerSetup(t)
+	context := t.TempDir()
+	containertest.BuildDeb(t, context, helloPackage("1"))
+	require.NoError(t, os.WriteFile(filepath.Join(context, "Containerfile"), []byte(containerfile), 0o644))
+	build := func(p *containertest.Podman) (containertest.Listing, string) {
+		start := time.Now()
+		defer func() { t.Logf("%s: %s", p.Name(), time.Since(start).Round(time.Second)) }()
+		p.Import(t, tarball, "localhost/umt-base")
+		bud := []string{"bud", "--quiet", "--layers", "--isolation", "oci", "--runtime", "runc", "--network", "none"}
+		for _, a := range containertest.RunArgs() {
+			if strings.HasPrefix(a, "--ulimit=") {
+				bud = append(bud, a)
+			}
+		}
+		p.Buildah(t, append(bud, "--tag", "localhost/umt-built", context)...)
+		layers := strings.TrimSpace(p.Run(t, "image", "inspect", "--format", "{{len .RootFS.Layers}}", "localhost/umt-built"))
+		out := p.Run(t, append(append([]string{"run"}, containertest.RunArgs()...), "--rm", "localhost/umt-built", "sh", "-c",
+			"cat /summary\n"+containertest.ListScript, "sh")...)
+		assert.Contains(t, firstLines(out), "hello 1\n", p.Name())
+		assert.Contains(t, firstLines(out), "step\n", p.Name())
+		l, err := containertest.ParseListing(out)
+		require.NoError(t, err)
+		for _, gone := range []string{"/usr/share/zoneinfo", "/usr/share/bash-completion", "/usr/share/moved/completions/mount", "/tmp/umt-hello_1_all.deb"} {
+			assert.NotContains(t, l, gone, p.Name())
+		}
+		assert.Contains(t, l, "/usr/share/moved/completions/umount", p.Name())
+		return l, layers
+	}
+	ref, refLayers := build(containertest.NewPodman(t, "", nil))
+	got, gotLayers := build(containertest.NewPodman(t, bin, nil))
+	assert.Equal(t, "5", refLayers, "the base and a layer per step")
+	assert.Equal(t, refLayers, gotLayers, "layers on unionmount, against kernel overlay")
+	// The link to a file of an earlier layer: see hardLinkedImageFiles.
+	linked := map[string]bool{"/usr/bin/umt-hello": true, "/usr/local/bin/hello-link": true}
+	assertSame(t, "the built image on unionmount, against kernel overlay", dirLinks(ref), dirLinks(got), func(p string) bool { return linked[p] || volatile(p) })
 }
 
 // compareWithKernelOverlay asserts that the union's scenario matches

@@ -121,7 +121,11 @@ var globalArgs = []string{"--runtime", "runc", "--cgroup-manager", "cgroupfs", "
 
 // Command returns podman with args, run as the set-up's user if any.
 func (p *Podman) Command(args ...string) *exec.Cmd {
-	argv := append(append([]string{"podman"}, globalArgs...), args...)
+	return p.tool(append(append([]string{"podman"}, globalArgs...), args...))
+}
+
+// tool returns argv run as the set-up's user if any, with its storage.
+func (p *Podman) tool(argv []string) *exec.Cmd {
 	var cmd *exec.Cmd
 	if p.User == nil {
 		cmd = exec.Command(argv[0], argv[1:]...)
@@ -147,19 +151,45 @@ func (p *Podman) Run(t testing.TB, args ...string) string {
 // Output runs podman with args and returns its standard output, or an
 // error carrying its messages.
 func (p *Podman) Output(args ...string) (string, error) {
+	return p.output(p.Command(args...), "podman", args)
+}
+
+// Buildah runs buildah with args on the same storage and returns its
+// standard output; it fails the test if buildah fails.
+func (p *Podman) Buildah(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := p.output(p.tool(append([]string{"buildah"}, args...)), "buildah", args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func (p *Podman) output(cmd *exec.Cmd, name string, args []string) (string, error) {
 	start := time.Now()
 	defer func() {
 		if os.Getenv("CONTAINERTEST_TIMES") != "" {
-			fmt.Fprintf(os.Stderr, "%s: podman %s: %s\n", p.Name(), args[0], time.Since(start).Round(10*time.Millisecond))
+			fmt.Fprintf(os.Stderr, "%s: %s %s: %s\n", p.Name(), name, args[0], time.Since(start).Round(10*time.Millisecond))
 		}
 	}()
-	cmd := p.Command(args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		return stdout.String(), fmt.Errorf("podman %s: %v\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), err, tail(stdout.String(), 40), tail(stderr.String(), 40))
+		return stdout.String(), fmt.Errorf("%s %s: %v\nstdout:\n%s\nstderr:\n%s", name, shortArgs(args), err, tail(stdout.String(), 40), tail(stderr.String(), 40))
 	}
 	return stdout.String(), nil
+}
+
+// shortArgs joins args for a message, each cut to its first line.
+func shortArgs(args []string) string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if first, _, cut := strings.Cut(a, "\n"); cut {
+			a = first + "..."
+		}
+		out[i] = a
+	}
+	return strings.Join(out, " ")
 }
 
 // RunArgs are the options every container of a test gets: no network
