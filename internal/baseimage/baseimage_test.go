@@ -68,3 +68,43 @@ func TestTarballIsARootFilesystem(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, path, again)
 }
+
+// A build that fails half-way (here a debootstrap that writes part of a
+// root filesystem and dies) leaves neither a tarball nor its scratch
+// directory; one that succeeds publishes the whole tarball.
+func TestBuildPublishesOnlyWholeTarballs(t *testing.T) {
+	bin := t.TempDir()
+	fake := filepath.Join(bin, "debootstrap")
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+	cache := t.TempDir()
+	final := filepath.Join(cache, "debian-test-amd64-minbase.tar")
+	src := Source{Mirror: "http://mirror.invalid/debian", Suite: "test"}
+
+	// The root filesystem is the next-to-last argument, the mirror the last.
+	require.NoError(t, os.WriteFile(fake, []byte("#!/bin/sh\neval r=\\${$(($# - 1))}\nmkdir -p \"$r/usr/bin\" && echo x > \"$r/usr/bin/half\"\nexit 1\n"), 0o755))
+	err := build(src, "amd64", cache, final)
+	assert.ErrorContains(t, err, "debootstrap test http://mirror.invalid/debian")
+	left, _ := os.ReadDir(cache)
+	assert.Empty(t, left, "nothing left in the cache")
+
+	require.NoError(t, os.WriteFile(fake, []byte("#!/bin/sh\neval r=\\${$(($# - 1))}\nmkdir -p \"$r/usr/bin\" \"$r/usr/share/doc/x\" && echo sh > \"$r/usr/bin/dash\"\n"), 0o755))
+	require.NoError(t, build(src, "amd64", cache, final))
+	left, _ = os.ReadDir(cache)
+	require.Len(t, left, 1)
+	assert.Equal(t, filepath.Base(final), left[0].Name())
+	f, err := os.Open(final)
+	require.NoError(t, err)
+	defer f.Close()
+	names := map[string]bool{}
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		require.NoError(t, err)
+		names[h.Name] = true
+	}
+	assert.True(t, names["./usr/bin/dash"])
+	assert.False(t, names["./usr/share/doc/"], "documentation trimmed")
+}
