@@ -1,7 +1,8 @@
 // Command unionbench measures this project's union filesystem and block
 // server against their peers (kernel overlay, fuse-overlayfs,
-// unionfs-fuse; qemu-nbd, nbdkit, dm-thin, a raw file) with the same
-// workloads, and reports ratios as a Markdown table, JSON and charts.
+// unionfs-fuse; podman on each as its storage; qemu-nbd, nbdkit,
+// dm-thin, a raw file) with the same workloads, and reports ratios as a
+// Markdown table, JSON and charts.
 //
 //	unionbench [--quick] [--targets a,b] [--workloads x,y] [--out DIR]
 //	unionbench compare OLD.json NEW.json
