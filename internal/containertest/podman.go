@@ -115,8 +115,9 @@ func (p *Podman) StorageConf() string {
 	return b.String()
 }
 
-// globalArgs are podman's options for this machine: runc (crun refuses
-// cgroup v1), cgroupfs (no systemd to ask), events to a file.
+// globalArgs are podman's options for this machine: runc (the runtime
+// the test deps install; the host has cgroup v1), cgroupfs (no systemd to
+// ask), events to a file.
 var globalArgs = []string{"--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "file"}
 
 // Command returns podman with args, run as the set-up's user if any.
