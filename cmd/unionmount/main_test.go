@@ -114,10 +114,7 @@ func layers(t *testing.T) *fstest.Layers {
 
 func waitUnmounted(t *testing.T, dir string) {
 	t.Helper()
-	for i := 0; i < 200 && mounted(dir); i++ {
-		time.Sleep(10 * time.Millisecond)
-	}
-	assert.False(t, mounted(dir), "%s still mounted", dir)
+	assert.True(t, fstest.WaitFor(2*time.Second, func() bool { return !mounted(dir) }), "%s still mounted", dir)
 }
 
 func TestBackgroundMountIsReadyWhenCommandReturnsAndFusermountStopsIt(t *testing.T) {
@@ -169,10 +166,7 @@ func TestSigtermUnmountsCleanly(t *testing.T) {
 	l := layers(t)
 	cmd := exec.Command(bin, "-f", "-o", "lower="+l.Lowers[0]+",upper="+l.Upper+",work="+l.Work, l.Mount)
 	require.NoError(t, cmd.Start())
-	for i := 0; i < 200 && !mounted(l.Mount); i++ {
-		time.Sleep(10 * time.Millisecond)
-	}
-	require.True(t, mounted(l.Mount))
+	require.True(t, fstest.WaitFor(2*time.Second, func() bool { return mounted(l.Mount) }), "mounted")
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
 	require.NoError(t, cmd.Wait(), "exit status 0 after SIGTERM")
 	waitUnmounted(t, l.Mount)
@@ -216,10 +210,7 @@ func crashDuringCopyUp(t *testing.T, bin, point string, metacopy bool) {
 	cmd := exec.Command(bin, "-f", "-o", opts, l.Mount)
 	cmd.Env = append(os.Environ(), "UNIONMOUNT_CRASH_AT="+point)
 	require.NoError(t, cmd.Start())
-	for i := 0; i < 200 && !mounted(l.Mount); i++ {
-		time.Sleep(10 * time.Millisecond)
-	}
-	require.True(t, mounted(l.Mount))
+	require.True(t, fstest.WaitFor(2*time.Second, func() bool { return mounted(l.Mount) }), "mounted")
 	stop, aborted := fstest.AbortAfter(l.Mount, 20*time.Second)
 	f, err := os.OpenFile(l.Mount+"/f", os.O_WRONLY|os.O_APPEND, 0)
 	if err == nil {
