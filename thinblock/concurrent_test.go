@@ -467,8 +467,11 @@ func removeID(ids []uint64, id uint64) []uint64 {
 // their origin held, and the pool must check clean and reopen the same.
 func TestConcurrentIOOnSharedBlocksMatchesModel(t *testing.T) {
 	rounds := 20
-	if os.Getenv("UNIONMOUNT_LONG") != "" {
+	switch {
+	case os.Getenv("UNIONMOUNT_LONG") != "":
 		rounds = 150
+	case raceBuild:
+		rounds = 6
 	}
 	devices := map[string]func(t *testing.T) (meta, data blockdev.Device, reopen func() (blockdev.Device, blockdev.Device)){
 		"memory": func(t *testing.T) (blockdev.Device, blockdev.Device, func() (blockdev.Device, blockdev.Device)) {
