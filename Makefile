@@ -15,7 +15,8 @@ TEST_DEPS := $(DEMO_DEPS) unshare:util-linux thin_check:thin-provisioning-tools 
 # server's package (where requests run in parallel). The whole of
 # ./thinblock/... takes about 4 minutes under -race here, mostly tests
 # that run one request at a time, or kill child processes whose races
-# nobody would see.
+# nobody would see; these two take about 25 s (3 minutes with a cold
+# build cache).
 RACE_POOL_TESTS := '^TestConcurrent'
 # Budget per fuzz target for `make fuzz`.
 FUZZTIME ?= 30s

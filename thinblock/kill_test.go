@@ -242,7 +242,7 @@ func parseCounts(t *testing.T, fields []string) []int {
 // acknowledged before a flush must still be there, and every committed
 // snapshot must hold exactly what volume 1 held when it was taken.
 func TestSIGKILLKeepsFlushedWrites(t *testing.T) {
-	rounds := 40
+	rounds := 30
 	if os.Getenv("UNIONMOUNT_LONG") != "" {
 		rounds = 300
 	}
