@@ -35,9 +35,10 @@ import (
 //     every read that starts after it, until a later write covers it.
 //   - Overlapping writes in flight together may leave either's data
 //     (per 512-byte sector); a read overlapping a write in flight may
-//     return the old or the new data. Nothing else is allowed: never
-//     zeros, stale data or another write's data once a covering write
-//     has returned.
+//     return the old or the new data (or, on storage without sector
+//     atomicity such as a file, a mix of the two). Nothing else is
+//     allowed: never zeros, stale data or another write's data once a
+//     covering write has returned.
 //   - Flush covers every write that returned before Flush was called,
 //     on every connection.
 type Backend interface {
