@@ -177,8 +177,8 @@ func (r *concRun) worker(w int, seed int64, vols []*thinblock.Volume) error {
 		case k < 85:
 			off, n := anywhere(160)
 			err = r.read(v, off, n)
-		case k < 90:
-			err = r.write(v, block*testBlock, testBlock)
+		case k < 90: // whole blocks, one or two (merged into one write)
+			err = r.write(v, block*testBlock, min(int64(1+rng.Intn(2)), cVolBlocks-block)*testBlock)
 		case k < 95:
 			off, n := anywhere(3 * testBlock / cSector)
 			err = r.zero(v, off, n, true)

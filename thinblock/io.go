@@ -187,6 +187,12 @@ type dataJob struct {
 	fill *newBlock
 }
 
+// chunkOnly reports a job whose only I/O is writing its chunk: an
+// overwrite in place, or a new block the chunk covers whole.
+func (j dataJob) chunkOnly() bool {
+	return j.fill == nil || (j.fill.copyFrom < 0 && !j.fill.zero)
+}
+
 // newBlock is a reserved data block that becomes virtual block vb's once
 // it holds its final content: the chunk and, around it, a copy of the
 // block at copyFrom (a copy on write) or zeros (zero).
@@ -203,14 +209,14 @@ type newBlock struct {
 func (p *Pool) runJobs(jobs []dataJob) (int, error) {
 	for i := 0; i < len(jobs); i++ {
 		j := jobs[i]
-		if j.fill != nil {
+		if !j.chunkOnly() {
 			if err := p.fillBlock(j); err != nil {
 				return i, err
 			}
 			continue
 		}
 		run, last := j.chunk, i
-		for last+1 < len(jobs) && jobs[last+1].fill == nil && jobs[last+1].at == j.at+int64(len(run)) &&
+		for last+1 < len(jobs) && jobs[last+1].chunkOnly() && jobs[last+1].at == j.at+int64(len(run)) &&
 			followsInMemory(run, jobs[last+1].chunk) {
 			run = run[:len(run)+len(jobs[last+1].chunk)]
 			last++
@@ -224,7 +230,7 @@ func (p *Pool) runJobs(jobs []dataJob) (int, error) {
 }
 
 // fillBlock writes job j's new block whole: the chunk and, around it,
-// the copied block or zeros.
+// the copied block or zeros (runJobs writes chunkOnly jobs itself).
 func (p *Pool) fillBlock(j dataJob) error {
 	f, bs := j.fill, int64(p.sb.DataBlockSize)
 	if f.copyFrom >= 0 {
@@ -239,10 +245,6 @@ func (p *Pool) fillBlock(j dataJob) error {
 			}
 			p.noCopyRange.Store(true) // copy through memory from now on
 		}
-	}
-	if f.copyFrom < 0 && !f.zero {
-		_, err := p.dataDev.WriteAt(j.chunk, j.at) // the chunk is the whole block
-		return err
 	}
 	buf := make([]byte, bs)
 	if f.copyFrom >= 0 {
