@@ -76,10 +76,13 @@ func (p *Pool) createVolumeLocked(id, size uint64, creationTime, snapTime uint32
 }
 
 // Snapshot makes volume id a copy-on-write snapshot of origin, at a cost
-// independent of origin's size: the two share origin's mapping tree.
+// independent of origin's size: the two share origin's mapping tree. It
+// is taken between writes: those in flight on origin end first, and new
+// ones wait for it.
 func (p *Pool) Snapshot(id, origin uint64) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.quiesceLocked(origin)
 	if err := p.usable(); err != nil {
 		return err
 	}
@@ -109,10 +112,13 @@ func (p *Pool) Snapshot(id, origin uint64) error {
 }
 
 // DeleteVolume removes a volume; the blocks no other volume shares are
-// freed (at the next commit).
+// freed (at the next commit). Writes in flight on it end first, so none
+// maps a block after it is gone; reads in flight keep the blocks they
+// read from being reused until they end.
 func (p *Pool) DeleteVolume(id uint64) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.quiesceLocked(id)
 	if err := p.usable(); err != nil {
 		return err
 	}
