@@ -3,6 +3,13 @@
 // It is the union-specific half of the test helpers; internal/fstest holds
 // the generic half (layers, trees, kernel overlay, requirements), so that
 // a package's tests build the union only when they mount one.
+//
+// A union served in the test process must not be page-faulted or
+// executed from that process: a thread faulting on a mapped file of the
+// mount, or a forked child's execve of one, waits on the FUSE server in a
+// state the Go runtime cannot stop for a garbage collection, which then
+// stops the server too. mmap and exec such files from a process of their
+// own (python3, /bin/sh -c 'exec ...').
 package uniontest
 
 import (

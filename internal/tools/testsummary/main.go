@@ -65,6 +65,21 @@ func summarize(in io.Reader, out io.Writer) int {
 				switch e.Action {
 				case "fail":
 					failedPkgs = append(failedPkgs, e.Package)
+					// Tests that never ended (a time-out's panic names
+					// them and dumps every goroutine) first, then the
+					// package's own output.
+					var open []string
+					for kk := range output {
+						if kk.pkg == e.Package && kk.test != "" {
+							open = append(open, kk.test)
+						}
+					}
+					sort.Strings(open)
+					for _, test := range open {
+						kk := key{e.Package, test}
+						fmt.Fprintf(out, "--- %s (did not end)\n%s", test, output[kk].String())
+						delete(output, kk)
+					}
 					if b := output[k]; b != nil {
 						fmt.Fprint(out, b.String())
 					}

@@ -39,3 +39,17 @@ func TestNothingRunIsAFailure(t *testing.T) {
 	var out strings.Builder
 	assert.Equal(t, 1, summarize(strings.NewReader(""), &out))
 }
+
+// A package that times out names the tests that were still running, with
+// what they printed.
+func TestATimedOutPackageShowsItsRunningTests(t *testing.T) {
+	in := strings.Join([]string{
+		`{"Action":"run","Package":"m/p","Test":"TestHangs"}`,
+		`{"Action":"output","Package":"m/p","Test":"TestHangs","Output":"panic: test timed out after 14m0s\n"}`,
+		`{"Action":"output","Package":"m/p","Output":"FAIL\tm/p\t840.1s\n"}`,
+		`{"Action":"fail","Package":"m/p","Elapsed":840.1}`,
+	}, "\n")
+	var out strings.Builder
+	assert.Equal(t, 1, summarize(strings.NewReader(in), &out))
+	assert.Contains(t, out.String(), "--- TestHangs (did not end)\npanic: test timed out after 14m0s")
+}
