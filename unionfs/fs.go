@@ -14,7 +14,9 @@
 //
 // FS.ns: operations that change names (create, link, unlink, rmdir,
 // rename) hold it for writing, the rest for reading, so the union-relative
-// path of every node is stable while an operation runs. No path takes it
+// path of every node is stable while an operation runs. Unlink, rmdir and
+// rename hold it until go-fuse has moved the node in its tree too
+// (namespaceChanges), so no request sees a node at its old path. No path takes it
 // for reading while it already holds it (a writer waiting in between
 // would deadlock both): functions that expect it held end in NsHeld or
 // say so in a Preconditions line, and their counterparts without the

@@ -19,10 +19,10 @@ var (
 
 // Unlink removes a non-directory. Where a lower layer shows the name, the
 // upper gets a whiteout in its place (replacing an upper copy atomically).
+//
+// Preconditions: ns is held for writing (see namespaceChanges).
 func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 	u := n.ufs
-	u.ns.Lock()
-	defer u.ns.Unlock()
 	if !u.writable() {
 		return syscall.EROFS
 	}
@@ -37,10 +37,10 @@ func (n *node) Unlink(ctx context.Context, name string) syscall.Errno {
 }
 
 // Rmdir removes a directory that is empty in the merged view.
+//
+// Preconditions: ns is held for writing (see namespaceChanges).
 func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 	u := n.ufs
-	u.ns.Lock()
-	defer u.ns.Unlock()
 	if !u.writable() {
 		return syscall.EROFS
 	}

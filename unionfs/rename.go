@@ -47,10 +47,10 @@ func (n *node) renameSide(name string) (*renameSide, error) {
 // directories is copied up alone and marked with a redirect to where its
 // lower part still lies (kernel overlay's redirect_dir=on); with
 // redirects off that gives EXDEV, as the kernel does.
+//
+// Preconditions: ns is held for writing (see namespaceChanges).
 func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedder, newName string, flags uint32) syscall.Errno {
 	u := n.ufs
-	u.ns.Lock()
-	defer u.ns.Unlock()
 	np, ok := newParent.(*node)
 	if !ok {
 		return syscall.EXDEV

@@ -15,6 +15,7 @@ package uniontest
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"log"
 	"os"
 	"strings"
@@ -84,7 +85,11 @@ func Start(l *fstest.Layers, extra ...string) (*Mounted, error) {
 	}
 	opts.Debug = os.Getenv("UNIONMOUNT_TRACE") != ""
 	logs := &syncBuffer{}
-	server, ufs, err := unionfs.Mount(l.Mount, opts, log.New(logs, "", 0))
+	var logTo io.Writer = logs
+	if opts.Debug {
+		logTo = io.MultiWriter(logs, os.Stderr) // the trace, as it happens
+	}
+	server, ufs, err := unionfs.Mount(l.Mount, opts, log.New(logTo, "", 0))
 	if err != nil {
 		return nil, err
 	}
