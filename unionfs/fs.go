@@ -23,7 +23,8 @@
 // node.mu guards the node's layer state, open-handle counts and
 // serializes its copy-up. file.mu guards a handle's fd and whether it is
 // still on the lower file. FS.refusedMu and the identity caches' locks
-// are leaves: nothing is taken while holding them.
+// are leaves: nothing is taken while holding them. inodeIndex.mu (index.go)
+// is taken under ns and node.mu and is a leaf too.
 package unionfs
 
 import (
@@ -58,6 +59,9 @@ type FS struct {
 	// idXattr records a copied-up object's identity so that its inode
 	// number survives copy-up and remounts.
 	idXattr string
+	// index is kernel overlay's inode index (index=on, see index.go);
+	// nil when off.
+	index *inodeIndex
 	// relabels holds the inode numbers shown for copied-up names of
 	// lower hard links (see relabel.go).
 	relabels *relabels
@@ -142,6 +146,12 @@ func New(opts Options, logger *log.Logger) (*FS, error) {
 			u.idXattr = "user.unionmount.id"
 		}
 		u.chooseWhiteoutFormat()
+		if opts.Index {
+			if err := u.openIndex(); err != nil {
+				u.Close()
+				return nil, err
+			}
+		}
 	}
 	return u, nil
 }
@@ -153,6 +163,9 @@ func (u *FS) Close() {
 	}
 	for _, l := range u.lowers {
 		l.close()
+	}
+	if u.index != nil {
+		u.index.dir.close()
 	}
 	if u.work >= 0 {
 		unix.Close(u.work)

@@ -38,6 +38,10 @@ type nodeState struct {
 	// metacopy is set when the upper object is a metadata-only copy: its
 	// data is still lowers[0]'s (see metacopy.go).
 	metacopy bool
+	// index, when set, names the index entry of an indexed hard link
+	// (see index.go): the object's data and attributes are there,
+	// whichever of its names the node is reached by.
+	index string
 }
 
 // dataUpper reports whether the object's data lives in the upper layer.
@@ -129,6 +133,9 @@ func (n *node) parentNode() *node {
 
 // top returns the layer object the node's attributes come from.
 func (u *FS) top(st nodeState, path string) (layerRef, bool) {
+	if st.index != "" && u.index != nil {
+		return layerRef{u.index.dir, st.index}, true
+	}
 	if st.upper {
 		return layerRef{u.upper, path}, true
 	}
@@ -168,7 +175,9 @@ func (u *FS) identityFrom(ref layerRef, st *unix.Stat_t, v []byte, err error) fs
 		}
 	}
 	id.Ino = u.inoFor(ref.l, st.Ino)
-	if !ref.l.upper && st.Mode&unix.S_IFMT != unix.S_IFDIR && st.Nlink > 1 {
+	if !ref.l.upper && st.Mode&unix.S_IFMT != unix.S_IFDIR && st.Nlink > 1 && u.index == nil {
+		// With the index, every name of a lower hard link stays one
+		// file: one node.
 		id.Gen = pathGen(ref.path)
 	}
 	return id
@@ -197,7 +206,7 @@ func (n *node) newChild(ctx context.Context, st nodeState, id fs.StableAttr) *fs
 		child.copiedUp.Store(true)
 	}
 	ino := n.NewInode(ctx, child, id)
-	if existing, ok := ino.Operations().(*node); ok && existing != child {
+	if existing, ok := ino.Operations().(*node); ok && existing != child && !existing.indexedOver(st) {
 		existing.setState(st)
 	}
 	return ino
@@ -235,6 +244,7 @@ func (n *node) getattr(out *fuse.AttrOut) syscall.Errno {
 	if st.metacopy {
 		n.ufs.showLowerBlocks(st, &s)
 	}
+	n.ufs.showIndexNlink(ref, &s)
 	n.ufs.applyOverride(ref, &s)
 	n.ufs.fillAttr(&out.Attr, &s)
 	return 0

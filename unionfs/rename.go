@@ -134,6 +134,10 @@ func (u *FS) move(src, dst *renameSide) error {
 	if err := u.markMovedDir(src, dst); err != nil {
 		return err
 	}
+	indexedAfter, err := u.indexedMove(src, dst)
+	if err != nil {
+		return err
+	}
 	dstAufsWhiteout := whiteout.HasAufsWhiteout(u.upper.fd, dst.dir.path(), dst.name)
 	var cur unix.Stat_t
 	dstWhiteout := false
@@ -147,6 +151,9 @@ func (u *FS) move(src, dst *renameSide) error {
 		}
 	}
 	if err := u.renameInUpper(src, dst, srcDir && dstWhiteout); err != nil {
+		return err
+	}
+	if err := indexedAfter(); err != nil {
 		return err
 	}
 	if dstAufsWhiteout {
