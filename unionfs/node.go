@@ -166,6 +166,13 @@ func (u *FS) identityFrom(ref layerRef, st *unix.Stat_t, v []byte, err error) fs
 	if err == nil {
 		if ino, gen, ok := parseID(string(v)); ok {
 			id.Ino, id.Gen = ino, gen
+			if u.brokenApart(ref, st) {
+				// Names of a lower hard link that an earlier union
+				// copied up carry one recorded identity; here
+				// they are still names that copy-up breaks
+				// apart, each a node of its own.
+				id.Gen = pathGen(ref.path)
+			}
 			if gen != 0 && ref.l.upper {
 				// A copied-up name of a lower hard link: a file of
 				// its own, shown with the upper file's number.
@@ -175,12 +182,17 @@ func (u *FS) identityFrom(ref layerRef, st *unix.Stat_t, v []byte, err error) fs
 		}
 	}
 	id.Ino = u.inoFor(ref.l, st.Ino)
-	if !ref.l.upper && st.Mode&unix.S_IFMT != unix.S_IFDIR && st.Nlink > 1 && u.index == nil {
-		// With the index, every name of a lower hard link stays one
-		// file: one node.
+	if u.brokenApart(ref, st) {
 		id.Gen = pathGen(ref.path)
 	}
 	return id
+}
+
+// brokenApart reports whether ref, with attributes st, is a name of a
+// lower hard link that copy-up breaks away from the others. With the
+// index, every name of a lower hard link stays one file: one node.
+func (u *FS) brokenApart(ref layerRef, st *unix.Stat_t) bool {
+	return !ref.l.upper && st.Mode&unix.S_IFMT != unix.S_IFDIR && st.Nlink > 1 && u.index == nil
 }
 
 func formatID(id fs.StableAttr) string {
