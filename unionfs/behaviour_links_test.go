@@ -206,8 +206,9 @@ var indexBehaviours = []behaviour{
 		},
 	},
 	{
-		name:      "with the index link and unlink and rename of the names of a lower hard link keep one file and one count as the kernel does",
-		lower:     fstest.Spec{"h1": "old\n", "h2": fstest.HardLink("h1"), "d/h3": fstest.HardLink("h1"), "g1": "g", "g2": fstest.HardLink("g1")},
+		name: "with the index link and unlink and rename of the names of a lower hard link keep one file and one count as the kernel does",
+		lower: fstest.Spec{"h1": "old\n", "h2": fstest.HardLink("h1"), "d/h3": fstest.HardLink("h1"), "g1": "g", "g2": fstest.HardLink("g1"),
+			"k1": "k", "d/k2": fstest.HardLink("k1")},
 		unionOnly: true,
 		index:     indexOn,
 		run: func(t *testing.T, m string) {
@@ -245,6 +246,17 @@ var indexBehaviours = []behaviour{
 			out, err := exec.Command("sh", "-c", "tar -C "+m+" -cf - again moved | tar -tvf -").CombinedOutput()
 			require.NoError(t, err, "%s", out)
 			assert.Contains(t, string(out), "moved link to again")
+			// A name never copied up exchanged with a new file.
+			lstat(t, m+"/k1")
+			k := lstat(t, m+"/d/k2").Ino // the name the union looked up last
+			require.NoError(t, os.WriteFile(m+"/new", []byte("n"), 0o644))
+			require.NoError(t, unix.Renameat2(unix.AT_FDCWD, m+"/k1", unix.AT_FDCWD, m+"/new", unix.RENAME_EXCHANGE))
+			assert.Equal(t, "n", readFile(t, m+"/k1"))
+			assert.Equal(t, "k", readFile(t, m+"/new"))
+			assert.Equal(t, k, lstat(t, m+"/new").Ino)
+			assert.Equal(t, uint64(2), lstat(t, m+"/new").Nlink)
+			require.NoError(t, os.WriteFile(m+"/d/k2", []byte("K"), 0o644))
+			assert.Equal(t, "K", readFile(t, m+"/new"), "one file after the exchange")
 			// A group never copied up loses a name: the rest shows it.
 			require.NoError(t, os.Remove(m+"/g1"))
 			g2 := lstat(t, m+"/g2")

@@ -9,7 +9,9 @@
 //	dirHandle.mu                 a directory listing is taken under it
 //	└── FS.ns                    the namespace lock
 //	    ├── node.mu              a parent's before its child's
-//	    │   └── file.mu          (newHandle: a handle is made under node.mu)
+//	    │   ├── file.mu          (newHandle: a handle is made under node.mu)
+//	    │   └── inodeIndex.mu    (copy-up of a lower hard link, index.go)
+//	    ├── inodeIndex.mu        a name change of an indexed hard link
 //	    └── file.mu              switching a handle to the upper copy
 //
 // FS.ns: operations that change names (create, link, unlink, rmdir,
@@ -23,8 +25,9 @@
 // node.mu guards the node's layer state, open-handle counts and
 // serializes its copy-up. file.mu guards a handle's fd and whether it is
 // still on the lower file. FS.refusedMu and the identity caches' locks
-// are leaves: nothing is taken while holding them. inodeIndex.mu (index.go)
-// is taken under ns and node.mu and is a leaf too.
+// are leaves: nothing is taken while holding them. inodeIndex.mu serializes
+// making, linking and removing index entries and their link counts; it is
+// a leaf too (a copy-up of a lower hard link copies the data under it).
 package unionfs
 
 import (

@@ -523,29 +523,49 @@ func (u *FS) removeIndexed(dir *node, path string, f *found, needWhiteout bool) 
 	return true, u.nameGone(name, before)
 }
 
-// indexedMove prepares the rename of src over dst for the index: a
-// source that is a name of an indexed hard link is linked to its entry
-// at its own name (so the upper rename finds it there), and a
-// destination that is one loses a link of its group. The returned
-// function finishes the destination's group once the rename is done.
+// linkIndexedSide links the name of a rename's side, when it is a name
+// of an indexed (or indexable) hard link, to its entry, so the upper
+// rename finds it at its own name. The node is pointed at the entry, so
+// its own copy-up, which would link the node's last looked-up name (a
+// FUSE request names the node, not the name), finds it done.
 //
-// Preconditions: ns is held for writing; dst's parent is upper.
+// Preconditions: ns is held for writing.
+func (u *FS) linkIndexedSide(s *renameSide) error {
+	if u.index == nil || s.found == nil || s.found.isDir() {
+		return nil
+	}
+	if err := u.copyUp(s.dir, true); err != nil {
+		return err
+	}
+	name, err := u.indexedName(s.path, s.found)
+	if err != nil || name == "" {
+		return err
+	}
+	noteIndexed(s.dir, s.name, s.found, name)
+	return nil
+}
+
+// indexedMove prepares the rename of src over dst for the index: the
+// source's name is linked to its entry (linkIndexedSide), and a
+// destination that is a name of an indexed hard link loses a link of its
+// group. The returned function finishes the destination's group once the
+// rename is done.
+//
+// Preconditions: ns is held for writing.
 func (u *FS) indexedMove(src, dst *renameSide) (after func() error, err error) {
 	after = func() error { return nil }
 	if u.index == nil {
 		return after, nil
 	}
-	if !src.found.isDir() {
-		if err := u.copyUp(src.dir, true); err != nil {
-			return after, err
-		}
-		if _, err := u.indexedName(src.path, src.found); err != nil {
-			return after, err
-		}
+	if err := u.linkIndexedSide(src); err != nil {
+		return after, err
 	}
 	d := dst.found
 	if d == nil || d.id == src.found.id {
 		return after, nil
+	}
+	if err := u.copyUp(dst.dir, true); err != nil {
+		return after, err
 	}
 	name, err := u.indexedName(dst.path, d)
 	if err != nil || name == "" {
