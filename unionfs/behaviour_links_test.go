@@ -208,7 +208,8 @@ var indexBehaviours = []behaviour{
 	{
 		name: "with the index link and unlink and rename of the names of a lower hard link keep one file and one count as the kernel does",
 		lower: fstest.Spec{"h1": "old\n", "h2": fstest.HardLink("h1"), "d/h3": fstest.HardLink("h1"), "g1": "g", "g2": fstest.HardLink("g1"),
-			"k1": "k", "d/k2": fstest.HardLink("k1")},
+			"k1": "k", "d/k2": fstest.HardLink("k1"),
+			"p1": "p", "p2": fstest.HardLink("p1"), "d/p3": fstest.HardLink("p1")},
 		unionOnly: true,
 		index:     indexOn,
 		run: func(t *testing.T, m string) {
@@ -241,6 +242,13 @@ var indexBehaviours = []behaviour{
 			group(2, "h1b", "moved")
 			require.NoError(t, os.Remove(m+"/h1b"))
 			group(1, "moved")
+			// The upper names go; a name only below is left: the
+			// entry alone holds the data.
+			require.NoError(t, os.Link(m+"/moved", m+"/d/h4"))
+			group(2, "moved", "d/h4")
+			require.NoError(t, os.Remove(m+"/moved"))
+			group(1, "d/h4")
+			require.NoError(t, os.Rename(m+"/d/h4", m+"/moved"))
 			// tar stores the names of one file as links to the first.
 			require.NoError(t, os.Link(m+"/moved", m+"/again"))
 			out, err := exec.Command("sh", "-c", "tar -C "+m+" -cf - again moved | tar -tvf -").CombinedOutput()
@@ -257,6 +265,17 @@ var indexBehaviours = []behaviour{
 			assert.Equal(t, uint64(2), lstat(t, m+"/new").Nlink)
 			require.NoError(t, os.WriteFile(m+"/d/k2", []byte("K"), 0o644))
 			assert.Equal(t, "K", readFile(t, m+"/new"), "one file after the exchange")
+			// The only upper name goes: the names left below read the
+			// entry, with their count.
+			require.NoError(t, os.WriteFile(m+"/p1", []byte("P"), 0o644))
+			require.NoError(t, os.Remove(m+"/p1"))
+			for _, n := range []string{"p2", "d/p3"} {
+				assert.Equal(t, uint64(2), lstat(t, m+"/"+n).Nlink, n)
+				assert.Equal(t, "P", readFile(t, m+"/"+n), n)
+			}
+			require.NoError(t, os.Remove(m+"/p2"))
+			assert.Equal(t, uint64(1), lstat(t, m+"/d/p3").Nlink)
+			assert.Equal(t, "P", readFile(t, m+"/d/p3"))
 			// A group never copied up loses a name: the rest shows it.
 			require.NoError(t, os.Remove(m+"/g1"))
 			g2 := lstat(t, m+"/g2")

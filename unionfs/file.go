@@ -207,7 +207,7 @@ func (f *file) fstat(fd int, out *fuse.AttrOut) syscall.Errno {
 	// As node.getattr: the recorded owner and mode first, then what
 	// the mount's options show of them.
 	out.Attr.FromStat(toSyscallStat(&st))
-	f.n.ufs.showIndexNlinkFd(fd, &out.Attr.Nlink, out.Attr.Mode)
+	f.n.ufs.showIndexNlinkFd(f.n, fd, &out.Attr.Nlink, out.Attr.Mode)
 	f.n.ufs.applyOverrideFd(fd, &out.Attr)
 	f.n.ufs.adjustAttr(&out.Attr)
 	out.Ino = f.n.StableAttr().Ino

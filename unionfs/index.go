@@ -215,9 +215,19 @@ func (u *FS) hasID(ref layerRef) bool {
 // overlay) indexed: the lower file its handle names, as the kernel shows
 // it, found by the handle in each lower layer; id if none holds it.
 func (u *FS) originIdentity(fh []byte, id fs.StableAttr) fs.StableAttr {
+	if l, st, ok := u.origin(fh); ok {
+		id.Ino = u.inoFor(l, st.Ino)
+	}
+	return id
+}
+
+// origin finds the lower file the overlay file handle fh names, by the
+// handle in each lower layer.
+func (u *FS) origin(fh []byte) (*layer, unix.Stat_t, bool) {
+	var st unix.Stat_t
 	typ, fid, err := decodeFH(fh)
 	if err != nil {
-		return id
+		return nil, st, false
 	}
 	h := unix.NewFileHandle(typ, fid)
 	for _, l := range u.lowers {
@@ -231,15 +241,13 @@ func (u *FS) originIdentity(fh []byte, id fs.StableAttr) fs.StableAttr {
 		if err != nil {
 			continue
 		}
-		var st unix.Stat_t
 		err = unix.Fstat(fd, &st)
 		unix.Close(fd)
 		if err == nil && st.Dev == l.dev {
-			id.Ino = u.inoFor(l, st.Ino)
-			return id
+			return l, st, true
 		}
 	}
-	return id
+	return nil, st, false
 }
 
 // unionNlink is the union's link count of the indexed object at path
@@ -250,6 +258,15 @@ func (u *FS) unionNlink(fd int, path string, st *unix.Stat_t, lower uint64) uint
 	v, err := sysx.Getxattr(fd, rel(path), u.overlayXattr("nlink"))
 	if err != nil {
 		return st.Nlink
+	}
+	if len(v) > 0 && v[0] == 'L' && lower == 0 {
+		// Relative to the lower file's count: only a copy-up that
+		// stopped half-way leaves it (or another writer).
+		if fh, err := sysx.Getxattr(fd, rel(path), u.overlayXattr("origin")); err == nil {
+			if _, lst, ok := u.origin(fh); ok {
+				lower = lst.Nlink
+			}
+		}
 	}
 	if n, ok := parseIndexNlink(string(v), st.Nlink, lower); ok {
 		return n
@@ -291,15 +308,20 @@ func (u *FS) setUnionNlink(name string, n, upper uint64) error {
 // showIndexNlink replaces the real link count in st of the upper object
 // ref with the union's, when ref is an indexed hard link.
 func (u *FS) showIndexNlink(ref layerRef, st *unix.Stat_t) {
-	if u.index == nil || !ref.l.upper || st.Nlink < 2 || st.Mode&unix.S_IFMT == unix.S_IFDIR {
+	if u.index == nil || !ref.l.upper || st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return
+	}
+	// An upper name of a group has two links at least (itself and the
+	// entry); the entry alone may have one (the names left are below).
+	if st.Nlink < 2 && ref.l != u.index.dir {
 		return
 	}
 	st.Nlink = u.unionNlink(ref.l.fd, ref.path, st, 0)
 }
 
-// showIndexNlinkFd is showIndexNlink for an open file.
-func (u *FS) showIndexNlinkFd(fd int, nlink *uint32, mode uint32) {
-	if u.index == nil || *nlink < 2 || mode&unix.S_IFMT == unix.S_IFDIR {
+// showIndexNlinkFd is showIndexNlink for the open file fd of node n.
+func (u *FS) showIndexNlinkFd(n *node, fd int, nlink *uint32, mode uint32) {
+	if u.index == nil || mode&unix.S_IFMT == unix.S_IFDIR || (*nlink < 2 && n.state().index == "") {
 		return
 	}
 	st := unix.Stat_t{Nlink: uint64(*nlink)}
@@ -363,15 +385,18 @@ func (u *FS) makeEntryLocked(src layerRef, st *unix.Stat_t, id fs.StableAttr, fh
 	if err != nil {
 		return err
 	}
+	u.crashPoint(CrashCopyUpData)
 	if err := u.copyMetadata(src, tmp, st, id); err != nil {
 		return err
 	}
 	if err := sysx.Setxattr(u.work, tmp, u.overlayXattr("origin"), fh, 0); err != nil {
 		return fmt.Errorf("record origin: %w", err)
 	}
-	// The union count is the lower's; the upper inode will have two
-	// links, the entry and path.
-	if err := sysx.Setxattr(u.work, tmp, u.overlayXattr("nlink"), fmt.Appendf(nil, "U%+d", int64(st.Nlink)-2), 0); err != nil {
+	// The union count is the lower's. "L+0" says so whatever the
+	// upper inode's own count: right with the work dir's link alone,
+	// with the entry's, and with the name's, so a crash at any step
+	// (the remount clears the work dir) leaves it right.
+	if err := sysx.Setxattr(u.work, tmp, u.overlayXattr("nlink"), []byte("L+0"), 0); err != nil {
 		return fmt.Errorf("record link count: %w", err)
 	}
 	if err := unix.Linkat(u.work, tmp, u.index.dir.fd, name, 0); err != nil {
@@ -383,7 +408,11 @@ func (u *FS) makeEntryLocked(src layerRef, st *unix.Stat_t, id fs.StableAttr, fh
 		return err
 	}
 	u.markImpure(path)
-	return nil
+	u.crashPoint(CrashCopyUpAfterInstall)
+	// Relative to the upper inode's count (the entry and path) from
+	// now on, as the kernel writes it: reading it takes no look-up of
+	// the lower file.
+	return u.setUnionNlink(name, st.Nlink, 2)
 }
 
 // copySpecial makes tmp in the work dir a copy of the lower symlink or

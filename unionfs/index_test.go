@@ -221,3 +221,76 @@ func TestIndexOptionIsRefusedWhereTheKernelRefusesIt(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "another lower")
 }
+
+// TestIndexNameChangesRaceWithWritesAndStatsOfOneGroup races writes,
+// links and unlinks and stats on the names of one indexed lower hard
+// link: every stat shows the lower's number and a count the group had at
+// some moment, and at the end the count and the data are whole.
+func TestIndexNameChangesRaceWithWritesAndStatsOfOneGroup(t *testing.T) {
+	fstest.RequireFUSE(t)
+	if fstest.InUserNamespace() {
+		t.Skip("index=on needs trusted xattrs, which a user namespace lacks")
+	}
+	l := fstest.NewLayers(t, 1)
+	fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"h1": "", "h2": fstest.HardLink("h1"), "d/h3": fstest.HardLink("h1")})
+	uniontest.Mount(t, l, "index=on")
+	m := l.Mount
+	ino := lstat(t, m+"/h2").Ino
+	const rounds = 200
+	errs := make(chan error, 3)
+	go func() { // writer through h1
+		for range rounds {
+			f, err := os.OpenFile(m+"/h1", os.O_WRONLY|os.O_APPEND, 0)
+			if err != nil {
+				errs <- err
+				return
+			}
+			_, err = f.WriteString("x")
+			f.Close()
+			if err != nil {
+				errs <- err
+				return
+			}
+		}
+		errs <- nil
+	}()
+	go func() { // links and unlinks through h2
+		for range rounds {
+			if err := os.Link(m+"/h2", m+"/extra"); err != nil {
+				errs <- err
+				return
+			}
+			if err := os.Remove(m + "/extra"); err != nil {
+				errs <- err
+				return
+			}
+		}
+		errs <- nil
+	}()
+	go func() { // stats of a name never written through
+		for range rounds {
+			var st unix.Stat_t
+			if err := unix.Lstat(m+"/d/h3", &st); err != nil {
+				errs <- err
+				return
+			}
+			if st.Ino != ino || st.Nlink < 3 || st.Nlink > 4 {
+				errs <- fmt.Errorf("d/h3: ino %d nlink %d, want ino %d nlink 3 or 4", st.Ino, st.Nlink, ino)
+				return
+			}
+		}
+		errs <- nil
+	}()
+	for range 3 {
+		require.NoError(t, <-errs)
+	}
+	for _, n := range []string{"h1", "h2", "d/h3"} {
+		st := lstat(t, m+"/"+n)
+		assert.Equal(t, ino, st.Ino, n)
+		assert.Equal(t, uint64(3), st.Nlink, n)
+		assert.Equal(t, strings.Repeat("x", rounds), readFile(t, m+"/"+n), n)
+	}
+	ents, err := os.ReadDir(filepath.Join(l.Work, "index"))
+	require.NoError(t, err)
+	assert.Len(t, ents, 1, "one index entry")
+}
