@@ -198,17 +198,23 @@ func (u *FS) findUpperInIndex(f *found) {
 	var st unix.Stat_t
 	if u.index.dir.lstat(name, &st) == nil && st.Ino == f.stat.Ino && st.Dev == f.stat.Dev {
 		f.state.index = name
-		if f.id.Gen == 0 && !u.hasID(f.top) {
-			f.id = u.originIdentity(fh, f.id)
-		}
 	}
 }
 
-// hasID reports whether the upper object ref carries unionmount's
-// recorded identity.
-func (u *FS) hasID(ref layerRef) bool {
-	_, err := sysx.GetxattrInto(ref.l.fd, rel(ref.path), u.idXattr, nil)
-	return err == nil
+// indexedIdentity is the identity of an upper non-directory with more
+// than one link that carries no unionmount identity (id, from its own
+// inode): if its origin names a lower file (kernel overlay indexed it),
+// the lower file's number, as the kernel shows it. One getxattr for such
+// objects only (a lookup or a listing entry).
+func (u *FS) indexedIdentity(ref layerRef, st *unix.Stat_t, id fs.StableAttr) fs.StableAttr {
+	if !ref.l.upper || st.Nlink < 2 || st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return id
+	}
+	fh, err := sysx.Getxattr(ref.l.fd, rel(ref.path), u.overlayXattr("origin"))
+	if err != nil {
+		return id
+	}
+	return u.originIdentity(fh, id)
 }
 
 // originIdentity is the identity of an upper name another writer (kernel

@@ -58,7 +58,11 @@ func linkView(t *testing.T, root string, lower uint64) string {
 		if st.Ino == lower {
 			ino = "L"
 		}
-		lines = append(lines, fmt.Sprintf("%s %q nlink=%d mode=%o ino=%s", rel, data, st.Nlink, st.Mode&0o7777, ino))
+		dino := "d_ino=st_ino"
+		if d := direntInos(t, filepath.Dir(p))[filepath.Base(p)]; d != st.Ino {
+			dino = fmt.Sprintf("d_ino=%d st_ino=%d", d, st.Ino)
+		}
+		lines = append(lines, fmt.Sprintf("%s %q nlink=%d mode=%o ino=%s %s", rel, data, st.Nlink, st.Mode&0o7777, ino, dino))
 		byIno[st.Ino] = append(byIno[st.Ino], rel)
 		return nil
 	}))

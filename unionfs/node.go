@@ -185,6 +185,9 @@ func (u *FS) identityFrom(ref layerRef, st *unix.Stat_t, v []byte, err error) fs
 	if u.brokenApart(ref, st) {
 		id.Gen = pathGen(ref.path)
 	}
+	if u.index != nil {
+		id = u.indexedIdentity(ref, st, id)
+	}
 	return id
 }
 
