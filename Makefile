@@ -14,7 +14,7 @@ TEST_DEPS := $(DEMO_DEPS) unshare:util-linux thin_check:thin-provisioning-tools 
 	nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils qemu-io:qemu-utils qemu-nbd:qemu-utils fio:fio \
 	mkfs.ext4:e2fsprogs losetup:mount nbdkit:nbdkit fuse-overlayfs:fuse-overlayfs unionfs-fuse:unionfs-fuse \
 	podman:podman buildah:buildah runc:runc newuidmap:uidmap newgidmap:uidmap debootstrap:debootstrap dpkg-deb:dpkg \
-	python3:python3
+	python3:python3 bats:bats
 # Under the race detector: the pool's concurrency tests and the NBD
 # server's package (where requests run in parallel). The whole of
 # ./thinblock/... takes about 4 minutes under -race here, mostly tests

@@ -63,9 +63,10 @@ func linkSpec() fstest.Spec {
 	return spec
 }
 
-// linkBehaviours are checks of hard links in a lower layer, which copy-up
-// breaks apart (kernel overlay without its index feature): each name that
-// is copied up becomes a file of its own.
+// linkBehaviours are checks of hard links in a lower layer. Without
+// kernel overlay's index feature copy-up breaks them apart: each name that
+// is copied up becomes a file of its own. With it (indexTargets) the link
+// group stays one file.
 var linkBehaviours = []behaviour{
 	{
 		name:  "the names of a lower hard link share an inode in stat and in readdir",
@@ -81,6 +82,7 @@ var linkBehaviours = []behaviour{
 	},
 	{
 		name:      "a copy-up of one name of a lower hard link shows one link at once whatever copies it up",
+		index:     indexOff,
 		lower:     linkSpec(),
 		unionOnly: true,
 		run: func(t *testing.T, m string) {
@@ -96,6 +98,7 @@ var linkBehaviours = []behaviour{
 	},
 	{
 		name:      "a copy-up of one name of a lower hard link gives it an inode number of its own in stat and fstat and readdir",
+		index:     indexOff,
 		lower:     linkSpec(),
 		unionOnly: true,
 		run: func(t *testing.T, m string) {
@@ -120,6 +123,7 @@ var linkBehaviours = []behaviour{
 	},
 	{
 		name:      "a lower hard link written through one name and linked again shares the copy's number while the old name keeps its own and its data",
+		index:     indexOff,
 		lower:     fstest.Spec{"h1": "old\n", "h2": fstest.HardLink("h1")},
 		unionOnly: true,
 		run: func(t *testing.T, m string) {
@@ -146,6 +150,7 @@ var linkBehaviours = []behaviour{
 	},
 	{
 		name:      "renames and unlinks after a copy-up that broke a lower hard link act on one name",
+		index:     indexOff,
 		lower:     fstest.Spec{"h1": "old", "h2": fstest.HardLink("h1"), "h3": fstest.HardLink("h1")},
 		unionOnly: true,
 		run: func(t *testing.T, m string) {
@@ -167,6 +172,124 @@ var linkBehaviours = []behaviour{
 		},
 	},
 }
+
+// indexBehaviours are the lower hard link checks with the index on.
+var indexBehaviours = []behaviour{
+	{
+		name:      "with the index a copy-up of one name of a lower hard link is seen through the other name whatever copies it up",
+		lower:     linkSpec(),
+		unionOnly: true,
+		index:     indexOn,
+		run: func(t *testing.T, m string) {
+			for i, k := range copyUpKinds {
+				n := m + "/" + string(rune('a'+i))
+				before := lstat(t, n+"2")  // the kernel caches the lower's attributes
+				f, err := os.Open(n + "2") // a reader from before the copy-up
+				require.NoError(t, err)
+				k.do(t, n+"1")
+				one, two := lstat(t, n+"1"), lstat(t, n+"2")
+				assert.Equal(t, before.Ino, one.Ino, "the lower's number, after %s", k.name)
+				assert.Equal(t, before.Ino, two.Ino, "the lower's number, after %s", k.name)
+				assert.Equal(t, uint64(2), one.Nlink, "after %s", k.name)
+				assert.Equal(t, uint64(2), two.Nlink, "after %s", k.name)
+				assert.Equal(t, one.Mode, two.Mode, "after %s", k.name)
+				assert.Equal(t, one.Size, two.Size, "after %s", k.name)
+				assert.Equal(t, readFile(t, n+"1"), readFile(t, n+"2"), "after %s", k.name)
+				var st unix.Stat_t
+				require.NoError(t, unix.Fstat(int(f.Fd()), &st))
+				assert.Equal(t, before.Ino, st.Ino, "fstat of a descriptor opened before %s", k.name)
+				require.NoError(t, f.Close())
+				ents := direntInos(t, m)
+				assert.Equal(t, before.Ino, ents[filepath.Base(n)+"1"], "d_ino after %s", k.name)
+				assert.Equal(t, before.Ino, ents[filepath.Base(n)+"2"], "d_ino after %s", k.name)
+			}
+			v := make([]byte, 8)
+			sz, err := unix.Getxattr(m+"/e2", "user.k", v)
+			require.NoError(t, err, "an xattr set through e1 is on e2")
+			assert.Equal(t, "v", string(v[:sz]))
+		},
+	},
+	{
+		name: "with the index link and unlink and rename of the names of a lower hard link keep one file and one count as the kernel does",
+		lower: fstest.Spec{"h1": "old\n", "h2": fstest.HardLink("h1"), "d/h3": fstest.HardLink("h1"), "g1": "g", "g2": fstest.HardLink("g1"),
+			"k1": "k", "d/k2": fstest.HardLink("k1"),
+			"p1": "p", "p2": fstest.HardLink("p1"), "d/p3": fstest.HardLink("p1")},
+		unionOnly: true,
+		index:     indexOn,
+		run: func(t *testing.T, m string) {
+			ino := lstat(t, m+"/h1").Ino
+			group := func(want uint64, names ...string) {
+				t.Helper()
+				for _, nm := range names {
+					st := lstat(t, m+"/"+nm)
+					assert.Equal(t, ino, st.Ino, nm)
+					assert.Equal(t, want, st.Nlink, nm)
+					assert.Equal(t, "old\nchanged\n", readFile(t, m+"/"+nm), nm)
+				}
+			}
+			f, err := os.OpenFile(m+"/h1", os.O_WRONLY|os.O_APPEND, 0)
+			require.NoError(t, err)
+			_, err = f.WriteString("changed\n")
+			require.NoError(t, err)
+			require.NoError(t, f.Close())
+			group(3, "h1", "h2", "d/h3")
+			require.NoError(t, os.Link(m+"/h1", m+"/h1b"))
+			group(4, "h1", "h1b", "h2", "d/h3")
+			require.NoError(t, os.Remove(m+"/h2"))
+			group(3, "h1", "h1b", "d/h3")
+			require.NoError(t, os.Rename(m+"/d/h3", m+"/moved"))
+			group(3, "h1", "h1b", "moved")
+			require.NoError(t, os.Rename(m+"/h1b", m+"/h1"), "two names of one file: nothing happens")
+			group(3, "h1", "h1b", "moved")
+			require.NoError(t, os.WriteFile(m+"/other", []byte("x"), 0o644))
+			require.NoError(t, os.Rename(m+"/other", m+"/h1"), "a rename over a name of the group")
+			group(2, "h1b", "moved")
+			require.NoError(t, os.Remove(m+"/h1b"))
+			group(1, "moved")
+			// The upper names go; a name only below is left: the
+			// entry alone holds the data.
+			require.NoError(t, os.Link(m+"/moved", m+"/d/h4"))
+			group(2, "moved", "d/h4")
+			require.NoError(t, os.Remove(m+"/moved"))
+			group(1, "d/h4")
+			require.NoError(t, os.Rename(m+"/d/h4", m+"/moved"))
+			// tar stores the names of one file as links to the first.
+			require.NoError(t, os.Link(m+"/moved", m+"/again"))
+			out, err := exec.Command("sh", "-c", "tar -C "+m+" -cf - again moved | tar -tvf -").CombinedOutput()
+			require.NoError(t, err, "%s", out)
+			assert.Contains(t, string(out), "moved link to again")
+			// A name never copied up exchanged with a new file.
+			lstat(t, m+"/k1")
+			k := lstat(t, m+"/d/k2").Ino // the name the union looked up last
+			require.NoError(t, os.WriteFile(m+"/new", []byte("n"), 0o644))
+			require.NoError(t, unix.Renameat2(unix.AT_FDCWD, m+"/k1", unix.AT_FDCWD, m+"/new", unix.RENAME_EXCHANGE))
+			assert.Equal(t, "n", readFile(t, m+"/k1"))
+			assert.Equal(t, "k", readFile(t, m+"/new"))
+			assert.Equal(t, k, lstat(t, m+"/new").Ino)
+			assert.Equal(t, uint64(2), lstat(t, m+"/new").Nlink)
+			require.NoError(t, os.WriteFile(m+"/d/k2", []byte("K"), 0o644))
+			assert.Equal(t, "K", readFile(t, m+"/new"), "one file after the exchange")
+			// The only upper name goes: the names left below read the
+			// entry, with their count.
+			require.NoError(t, os.WriteFile(m+"/p1", []byte("P"), 0o644))
+			require.NoError(t, os.Remove(m+"/p1"))
+			for _, n := range []string{"p2", "d/p3"} {
+				assert.Equal(t, uint64(2), lstat(t, m+"/"+n).Nlink, n)
+				assert.Equal(t, "P", readFile(t, m+"/"+n), n)
+			}
+			require.NoError(t, os.Remove(m+"/p2"))
+			assert.Equal(t, uint64(1), lstat(t, m+"/d/p3").Nlink)
+			assert.Equal(t, "P", readFile(t, m+"/d/p3"))
+			// A group never copied up loses a name: the rest shows it.
+			require.NoError(t, os.Remove(m+"/g1"))
+			g2 := lstat(t, m+"/g2")
+			assert.Equal(t, uint64(1), g2.Nlink)
+			assert.Equal(t, "g", readFile(t, m+"/g2"))
+		},
+	},
+}
+
+func init() { linkBehaviours = append(linkBehaviours, indexBehaviours...) }
 
 // direntInos lists dir with getdents and returns each name's d_ino.
 func direntInos(t *testing.T, dir string) map[string]uint64 {

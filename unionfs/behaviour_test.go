@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"syscall"
 	"testing"
@@ -28,8 +29,20 @@ type behaviour struct {
 	// kernelInNamespace, when set, says why kernel overlay inside a user
 	// namespace cannot pass the check.
 	kernelInNamespace string
-	run               func(t *testing.T, m string)
+	// index says which of kernel overlay's index settings the check
+	// holds under: a copy-up breaks a lower hard link apart with the
+	// index off and keeps it one file with it on.
+	index indexNeed
+	run   func(t *testing.T, m string)
 }
+
+type indexNeed int
+
+const (
+	indexAny indexNeed = iota
+	indexOff
+	indexOn
+)
 
 // kernelOverlayOptions make kernel overlay behave like unionmount's
 // defaults: directory renames by redirect, no metadata-only copy-up. In
@@ -49,11 +62,13 @@ const noRedirectInNamespace = "kernel overlay cannot rename lower directories in
 type target struct {
 	name  string
 	union bool
+	// index is set on the targets mounted with index=on.
+	index bool
 	mount func(t *testing.T, lower fstest.Spec) string
 }
 
 var targets = []target{
-	{"plain dir", false, func(t *testing.T, lower fstest.Spec) string {
+	{"plain dir", false, false, func(t *testing.T, lower fstest.Spec) string {
 		dir := t.TempDir()
 		// Other users reach in as they do in fstest.NewLayers.
 		os.Chmod(dir, 0o755)
@@ -61,21 +76,35 @@ var targets = []target{
 		fstest.WriteTree(t, dir, lower)
 		return dir
 	}},
-	{"kernel overlay", true, func(t *testing.T, lower fstest.Spec) string {
+	{"kernel overlay", true, false, func(t *testing.T, lower fstest.Spec) string {
 		fstest.RequireKernelOverlay(t)
 		l := fstest.NewLayers(t, 1)
 		fstest.WriteTree(t, l.Lowers[0], lower)
 		fstest.MountKernelOverlay(t, l, kernelOverlayOptions()...)
 		return l.Mount
 	}},
-	{"unionmount", true, mountUnionWith()},
-	{"unionmount whiteout=xattr", true, mountUnionWith("whiteout=xattr")},
-	{"unionmount whiteout=aufs", true, mountUnionWith("whiteout=aufs")},
+	{"unionmount", true, false, mountUnionWith()},
+	{"unionmount whiteout=xattr", true, false, mountUnionWith("whiteout=xattr")},
+	{"unionmount whiteout=aufs", true, false, mountUnionWith("whiteout=aufs")},
 	// Without passthrough the daemon serves every read and write, and
 	// the kernel keeps a writeback cache of the files: the mode of every
 	// mount without root.
-	{"unionmount passthrough=off", true, mountUnionWith("passthrough=off")},
-	{"unionmount passthrough=off writeback=0", true, mountUnionWith("passthrough=off", "writeback=0")},
+	{"unionmount passthrough=off", true, false, mountUnionWith("passthrough=off")},
+	{"unionmount passthrough=off writeback=0", true, false, mountUnionWith("passthrough=off", "writeback=0")},
+}
+
+// indexTargets run the lower hard link checks (linkBehaviours) with
+// kernel overlay's index on: the kernel proves the checks, unionmount
+// must pass them.
+var indexTargets = []target{
+	{"kernel overlay index=on", true, true, func(t *testing.T, lower fstest.Spec) string {
+		fstest.RequireKernelOverlay(t)
+		l := fstest.NewLayers(t, 1)
+		fstest.WriteTree(t, l.Lowers[0], lower)
+		fstest.MountKernelOverlay(t, l, "redirect_dir=on", "metacopy=off", "index=on")
+		return l.Mount
+	}},
+	{"unionmount index=on", true, true, mountUnionWith("index=on")},
 }
 
 func mountUnionWith(opts ...string) func(t *testing.T, lower fstest.Spec) string {
@@ -94,10 +123,20 @@ func TestBehaviourTable(t *testing.T) {
 	behaviours = append(behaviours, listingBehaviours...)
 	behaviours = append(behaviours, execBehaviours...)
 	behaviours = append(behaviours, linkBehaviours...)
+	links := map[string]bool{}
+	for _, b := range linkBehaviours {
+		links[b.name] = true
+	}
 	for _, b := range behaviours {
 		t.Run(b.name, func(t *testing.T) {
-			for _, tg := range targets {
-				if b.unionOnly && !tg.union {
+			all := targets
+			// The index needs trusted xattrs, which a user namespace
+			// lacks: neither kernel overlay nor unionmount offers it there.
+			if links[b.name] && !fstest.InUserNamespace() {
+				all = append(slices.Clip(targets), indexTargets...)
+			}
+			for _, tg := range all {
+				if b.unionOnly && !tg.union || b.index == indexOff && tg.index || b.index == indexOn && !tg.index {
 					continue
 				}
 				t.Run(tg.name, func(t *testing.T) {

@@ -69,6 +69,14 @@ func (u *FS) copyUpAs(n *node, how copyHow) error {
 		u.relabelBrokenLink(n, path)
 		return nil
 	}
+	if entry, err := u.copyUpIndexed(n.st.lowers[0], path, n.StableAttr()); err != nil || entry != "" {
+		if err != nil {
+			return fmt.Errorf("copy-up %s into the index: %w", path, err)
+		}
+		n.st.upper, n.st.metacopy, n.st.index = true, false, entry
+		n.copiedUp.Store(true)
+		return nil
+	}
 	metacopy, err := u.copyUpObject(n.st.lowers[0], path, n.StableAttr(), how)
 	if err != nil {
 		return fmt.Errorf("copy-up %s: %w", path, err)

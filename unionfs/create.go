@@ -277,6 +277,9 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 	if err := u.copyUp(src, true); err != nil {
 		return nil, u.errno(err)
 	}
+	if err := u.linkingIndexed(src); err != nil {
+		return nil, u.errno(err)
+	}
 	srcDir, srcPath, linkFlags := src.linkSource()
 	f, err := n.create(ctx, newObject{name: name, make: func(tmp string) error {
 		return unix.Linkat(srcDir, srcPath, u.work, tmp, linkFlags)

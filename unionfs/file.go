@@ -97,7 +97,8 @@ func (f *file) switchToUpperNsHeld() int {
 	if !f.onLower {
 		return f.fd
 	}
-	upperFd, err := f.n.ufs.upper.open(f.n.path(), unix.O_RDONLY|unix.O_NOFOLLOW, 0)
+	ref, _ := f.n.ufs.top(f.n.state(), f.n.path())
+	upperFd, err := ref.l.open(ref.path, unix.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
 		// The upper copy went away (unlinked): keep reading the old one.
 		return f.fd
@@ -206,6 +207,7 @@ func (f *file) fstat(fd int, out *fuse.AttrOut) syscall.Errno {
 	// As node.getattr: the recorded owner and mode first, then what
 	// the mount's options show of them.
 	out.Attr.FromStat(toSyscallStat(&st))
+	f.n.ufs.showIndexNlinkFd(f.n, fd, &out.Attr.Nlink, out.Attr.Mode)
 	f.n.ufs.applyOverrideFd(fd, &out.Attr)
 	f.n.ufs.adjustAttr(&out.Attr)
 	out.Ino = f.n.StableAttr().Ino

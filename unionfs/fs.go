@@ -9,7 +9,9 @@
 //	dirHandle.mu                 a directory listing is taken under it
 //	└── FS.ns                    the namespace lock
 //	    ├── node.mu              a parent's before its child's
-//	    │   └── file.mu          (newHandle: a handle is made under node.mu)
+//	    │   ├── file.mu          (newHandle: a handle is made under node.mu)
+//	    │   └── inodeIndex.mu    (copy-up of a lower hard link, index.go)
+//	    ├── inodeIndex.mu        a name change of an indexed hard link
 //	    └── file.mu              switching a handle to the upper copy
 //
 // FS.ns: operations that change names (create, link, unlink, rmdir,
@@ -25,7 +27,9 @@
 // node.mu guards the node's layer state, open-handle counts and
 // serializes its copy-up. file.mu guards a handle's fd and whether it is
 // still on the lower file. FS.refusedMu and the identity caches' locks
-// are leaves: nothing is taken while holding them.
+// are leaves: nothing is taken while holding them. inodeIndex.mu serializes
+// making, linking and removing index entries and their link counts; it is
+// a leaf too (a copy-up of a lower hard link copies the data under it).
 package unionfs
 
 import (
@@ -60,6 +64,9 @@ type FS struct {
 	// idXattr records a copied-up object's identity so that its inode
 	// number survives copy-up and remounts.
 	idXattr string
+	// index is kernel overlay's inode index (index=on, see index.go);
+	// nil when off.
+	index *inodeIndex
 	// relabels holds the inode numbers shown for copied-up names of
 	// lower hard links (see relabel.go).
 	relabels *relabels
@@ -144,6 +151,12 @@ func New(opts Options, logger *log.Logger) (*FS, error) {
 			u.idXattr = "user.unionmount.id"
 		}
 		u.chooseWhiteoutFormat()
+		if opts.Index {
+			if err := u.openIndex(); err != nil {
+				u.Close()
+				return nil, err
+			}
+		}
 	}
 	return u, nil
 }
@@ -155,6 +168,9 @@ func (u *FS) Close() {
 	}
 	for _, l := range u.lowers {
 		l.close()
+	}
+	if u.index != nil {
+		u.index.dir.close()
 	}
 	if u.work >= 0 {
 		unix.Close(u.work)

@@ -3,6 +3,7 @@ package unionfs_test
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -153,4 +154,62 @@ func TestBrokenHardLinkWithMetacopyShowsOneNumber(t *testing.T) {
 	assert.Equal(t, before, lstat(t, l.Mount+"/h1").Ino)
 	assert.Equal(t, lower, lstat(t, l.Mount+"/h2").Ino)
 	assert.Equal(t, "old\n", readFile(t, l.Mount+"/h2"))
+}
+
+// chownWalk changes the owner of every object under root to uid:gid the
+// way containers/storage's ChownPathByMaps does over a union whose
+// copy-up breaks hard links: the first name of an inode is chowned, each
+// later name (same number in the walk's stat) is replaced by a link to
+// the first.
+func chownWalk(t *testing.T, root string, uid, gid int) {
+	t.Helper()
+	seen := map[uint64]string{}
+	require.NoError(t, filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil || p == root {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		if first, ok := seen[st.Ino]; ok && !d.IsDir() {
+			if err := os.Remove(p); err != nil {
+				return err
+			}
+			return os.Link(first, p)
+		}
+		seen[st.Ino] = p
+		return os.Lchown(p, uid, gid)
+	}))
+}
+
+// TestHardLinkCopiedUpByAnEarlierUnionStaysWholeInTheNext stacks unions
+// as containers/storage builds a layer with other id mappings through a
+// mount program: each union's upper becomes a lower of the next, and the
+// whole tree is chowned through the union. The names of a hard link
+// copied up by the first union carry its recorded identity (one for
+// both names) into the second, where they are still two names of a lower
+// hard link, each broken apart by its own copy-up: idmaps.bats'
+// idmaps-create-apply-layer lost origin-file there (the two names were
+// one node, so chowning ln-file copied up origin-file, which the walk
+// then replaced by a link to ln-file's stale upper path).
+func TestHardLinkCopiedUpByAnEarlierUnionStaysWholeInTheNext(t *testing.T) {
+	fstest.RequireFUSE(t)
+	fstest.RequireRoot(t)
+	first := fstest.NewLayers(t, 1)
+	fstest.WriteTree(t, first.Lowers[0], fstest.Spec{"file1": "1", "ln-file": "x", "origin-file": fstest.HardLink("ln-file")})
+	m, err := uniontest.Start(first)
+	require.NoError(t, err)
+	chownWalk(t, first.Mount, 1000, 1000)
+	require.NoError(t, m.Unmount())
+
+	second := fstest.NewLayers(t, 2)
+	second.Lowers = []string{first.Upper, first.Lowers[0]}
+	uniontest.Mount(t, second)
+	chownWalk(t, second.Mount, 2000, 2000)
+	o, l := lstat(t, second.Mount+"/origin-file"), lstat(t, second.Mount+"/ln-file")
+	assert.Equal(t, o.Ino, l.Ino, "the two names are one file")
+	assert.Equal(t, uint64(2), o.Nlink)
+	assert.Equal(t, uint32(2000), o.Uid)
+	assert.Equal(t, "x", readFile(t, second.Mount+"/origin-file"))
 }

@@ -29,6 +29,7 @@ type found struct {
 // recorded owner and mode under xattr_permissions.
 func (u *FS) showAttr(f *found, a *fuse.Attr) {
 	st := f.stat
+	u.showIndexNlink(f.top, &st)
 	u.applyOverride(f.top, &st)
 	u.fillAttr(a, &st)
 }
@@ -90,7 +91,11 @@ func (u *FS) lookup(parentPath string, ps nodeState, name string) (*found, error
 			if u.maybeMetacopy(&f.stat) && u.markers.IsMetacopy(u.upper.fd, path) {
 				return u.findMetacopyData(&f, plan)
 			}
-			if !f.isDir() || u.markers.IsOpaque(u.upper.fd, path) || whiteout.HasAufsWhiteout(u.upper.fd, parentPath, name) {
+			if !f.isDir() {
+				u.findUpperInIndex(&f)
+				return &f, nil
+			}
+			if u.markers.IsOpaque(u.upper.fd, path) || whiteout.HasAufsWhiteout(u.upper.fd, parentPath, name) {
 				return &f, nil
 			}
 			if r, ok := u.redirect(u.upper.fd, path); ok {
@@ -143,6 +148,9 @@ func (u *FS) lookup(parentPath string, ps nodeState, name string) (*found, error
 			f.id = u.identity(ref, &st)
 			f.state.lowers = []layerRef{ref}
 			if !isDir {
+				if err := u.findLowerInIndex(&f); err != nil {
+					return nil, err
+				}
 				break
 			}
 		} else {

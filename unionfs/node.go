@@ -38,6 +38,10 @@ type nodeState struct {
 	// metacopy is set when the upper object is a metadata-only copy: its
 	// data is still lowers[0]'s (see metacopy.go).
 	metacopy bool
+	// index, when set, names the index entry of an indexed hard link
+	// (see index.go): the object's data and attributes are there,
+	// whichever of its names the node is reached by.
+	index string
 }
 
 // dataUpper reports whether the object's data lives in the upper layer.
@@ -129,6 +133,9 @@ func (n *node) parentNode() *node {
 
 // top returns the layer object the node's attributes come from.
 func (u *FS) top(st nodeState, path string) (layerRef, bool) {
+	if st.index != "" && u.index != nil {
+		return layerRef{u.index.dir, st.index}, true
+	}
 	if st.upper {
 		return layerRef{u.upper, path}, true
 	}
@@ -159,6 +166,13 @@ func (u *FS) identityFrom(ref layerRef, st *unix.Stat_t, v []byte, err error) fs
 	if err == nil {
 		if ino, gen, ok := parseID(string(v)); ok {
 			id.Ino, id.Gen = ino, gen
+			if u.brokenApart(ref, st) {
+				// Names of a lower hard link that an earlier union
+				// copied up carry one recorded identity; here
+				// they are still names that copy-up breaks
+				// apart, each a node of its own.
+				id.Gen = pathGen(ref.path)
+			}
 			if gen != 0 && ref.l.upper {
 				// A copied-up name of a lower hard link: a file of
 				// its own, shown with the upper file's number.
@@ -168,10 +182,20 @@ func (u *FS) identityFrom(ref layerRef, st *unix.Stat_t, v []byte, err error) fs
 		}
 	}
 	id.Ino = u.inoFor(ref.l, st.Ino)
-	if !ref.l.upper && st.Mode&unix.S_IFMT != unix.S_IFDIR && st.Nlink > 1 {
+	if u.brokenApart(ref, st) {
 		id.Gen = pathGen(ref.path)
 	}
+	if u.index != nil {
+		id = u.indexedIdentity(ref, st, id)
+	}
 	return id
+}
+
+// brokenApart reports whether ref, with attributes st, is a name of a
+// lower hard link that copy-up breaks away from the others. With the
+// index, every name of a lower hard link stays one file: one node.
+func (u *FS) brokenApart(ref layerRef, st *unix.Stat_t) bool {
+	return !ref.l.upper && st.Mode&unix.S_IFMT != unix.S_IFDIR && st.Nlink > 1 && u.index == nil
 }
 
 func formatID(id fs.StableAttr) string {
@@ -197,7 +221,7 @@ func (n *node) newChild(ctx context.Context, st nodeState, id fs.StableAttr) *fs
 		child.copiedUp.Store(true)
 	}
 	ino := n.NewInode(ctx, child, id)
-	if existing, ok := ino.Operations().(*node); ok && existing != child {
+	if existing, ok := ino.Operations().(*node); ok && existing != child && !existing.indexedOver(st) {
 		existing.setState(st)
 	}
 	return ino
@@ -235,6 +259,7 @@ func (n *node) getattr(out *fuse.AttrOut) syscall.Errno {
 	if st.metacopy {
 		n.ufs.showLowerBlocks(st, &s)
 	}
+	n.ufs.showIndexNlink(ref, &s)
 	n.ufs.applyOverride(ref, &s)
 	n.ufs.fillAttr(&out.Attr, &s)
 	return 0

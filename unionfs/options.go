@@ -80,6 +80,9 @@ type Options struct {
 	// metacopy format: its data stays in the lower layer until the first
 	// write (metacopy=on).
 	Metacopy bool
+	// Index keeps the names of a copied-up lower hard link one file, in
+	// kernel overlay's inode index format (index=on, see index.go).
+	Index bool
 	// CacheTimeout is how long the kernel may cache names and
 	// attributes (timeout=SECONDS).
 	CacheTimeout time.Duration
@@ -255,6 +258,12 @@ func (o *Options) Validate(mountpoint string) error {
 	}
 	if o.Upper == "" && o.Work != "" {
 		return badOption("work dir given without an upper dir")
+	}
+	if o.Index && (o.Upper == "" || o.ReadOnly) {
+		return badOption("index=on needs an upper dir to keep the index in (as kernel overlay)")
+	}
+	if o.Index && o.UserXattr {
+		return badOption("index=on cannot be used with userxattr (kernel overlay refuses it too)")
 	}
 	var err error
 	for i, l := range o.Lowers {

@@ -85,6 +85,8 @@ var optionTable = []optionSpec{
 		}},
 	{names: []string{"metacopy"}, value: "on|off", doc: "chmod, chown, utimes and xattrs copy up metadata only, in kernel overlay's format (default off)",
 		set: switchOption(func(o *Options, on bool) { o.Metacopy = on })},
+	{names: []string{"index"}, value: "on|off", doc: "keep a copied-up lower hard link one file through kernel overlay's inode index, index/ in the work dir (default off, as the kernel's)",
+		set: switchOption(func(o *Options, on bool) { o.Index = on })},
 	{names: []string{"ro"}, doc: "read-only",
 		set: func(p *optionParse, _, _ string) error { p.o.ReadOnly = true; return nil }},
 	{names: []string{"nonempty"}, doc: "allow a non-empty mount point",
@@ -146,7 +148,7 @@ var optionTable = []optionSpec{
 
 	// Accepted so that option strings written for kernel overlay, for
 	// mount(8) and fstab, or for other FUSE filesystems work unchanged.
-	{names: []string{"index", "nfs_export", "uuid", "xino", "verity", "subtype"}, value: "...", valueOptional: true, ignored: true,
+	{names: []string{"nfs_export", "uuid", "xino", "verity", "subtype"}, value: "...", valueOptional: true, ignored: true,
 		doc: "kernel overlay features this union does not implement: off is what they mean here"},
 	{names: []string{"rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime",
 		"relatime", "norelatime", "strictatime", "nodiratime", "diratime", "lazytime", "nolazytime", "sync", "async",

@@ -40,6 +40,9 @@ type randomStack struct {
 	prepare      func(t *testing.T, lowers []string) // markers a Spec cannot hold
 	remount      bool                                // compare once more after remounting both
 	checksFactor int                                 // divides randomChecks
+	// index mounts both sides with index=on, and remounts each over
+	// the other's layers: each must read the index the other wrote.
+	index bool
 }
 
 var twoLayers = randomStack{lowers: randomLowers, dirs: randomDirs, names: randomNames, checksFactor: 1}
@@ -74,6 +77,15 @@ var threeLayers = randomStack{
 	remount:      true,
 	checksFactor: 3,
 }
+
+// threeLayersIndexed is threeLayers with kernel overlay's index on: the
+// copy-ups of its lower hard links keep each link group one file.
+var threeLayersIndexed = func() randomStack {
+	s := threeLayers
+	s.index = true
+	s.checksFactor = 6
+	return s
+}()
 
 // opKinds are the operations drawOp draws from, each as likely.
 var opKinds = []string{
@@ -212,6 +224,15 @@ func TestRandomOperationsMatchKernelOverlay(t *testing.T) {
 	t.Run("three layers then a remount", func(t *testing.T) {
 		randomAgainstKernel(t, &threeLayers, "chardev", false)
 	})
+	// The index keeps lower hard links whole; after the last step each
+	// side is remounted over the layers the other wrote.
+	// The index needs trusted xattrs: neither side offers it in a user
+	// namespace.
+	if !fstest.InUserNamespace() {
+		t.Run("index=on three layers then a remount over the other's layers", func(t *testing.T) {
+			randomAgainstKernel(t, &threeLayersIndexed, "chardev", false)
+		})
+	}
 }
 
 func randomAgainstKernel(t *testing.T, stack *randomStack, format string, metacopy bool, unionExtra ...string) {
@@ -235,6 +256,10 @@ func randomAgainstKernel(t *testing.T, stack *randomStack, format string, metaco
 		}
 		kernelOpts := kernelOverlayOptions()
 		unionOpts := append([]string{"whiteout=" + format}, unionExtra...)
+		if stack.index {
+			kernelOpts = []string{"redirect_dir=on", "metacopy=off", "index=on"}
+			unionOpts = append(unionOpts, "index=on")
+		}
 		if metacopy {
 			if !fstest.InUserNamespace() {
 				kernelOpts = []string{"redirect_dir=on", "metacopy=on", "index=off"}
@@ -299,12 +324,18 @@ func randomAgainstKernel(t *testing.T, stack *randomStack, format string, metaco
 			if d := fstest.Diff(merged, got); len(d) > 0 {
 				rt.Fatalf("after a remount the merged view differs from kernel overlay:\n  %s", strings.Join(d, "\n  "))
 			}
+		case stack.index:
+			compareIndexedUppers(rt, kernel, union)
 		case format == "chardev":
 			compareTrees(rt, "upper dirs", kernel.Upper, union.Upper)
 		}
 		if stack.remount {
 			// Redirects are followed from the layers alone after a
 			// remount: the merged views must still match.
+			if stack.index {
+				// Each reads the layers (and index) the other wrote.
+				kernel, union = union, kernel
+			}
 			unmountKernel, err := fstest.StartKernelOverlay(kernel, kernelOpts...)
 			if err != nil {
 				rt.Fatal(err)
@@ -394,4 +425,83 @@ func sharedInodes(t *rapid.T, root string) string {
 	}
 	sort.Strings(groups)
 	return "[" + strings.Join(groups, " ") + "]"
+}
+
+// compareIndexedUppers compares the upper and index dirs of two unions
+// with index=on. Which name of a link group a copy-up links into the
+// upper differs by design: the kernel links the name that was opened,
+// unionmount the one last looked up (FUSE names the inode, not the name,
+// in an open); so the upper names of index entries are left out of the
+// upper dirs' comparison, and the entries are compared by content and
+// union link count instead (their names hold lower inode numbers). So do
+// the directories with nothing but directories under them, which may have
+// been copied up only to hold such a name; the merged views, compared
+// after every step, still cover them.
+func compareIndexedUppers(t *rapid.T, kernel, union *fstest.Layers) {
+	var views [2]fstest.Snapshot
+	var entries [2]string
+	for i, l := range []*fstest.Layers{kernel, union} {
+		s, err := fstest.TakeSnapshot(l.Upper)
+		if err != nil {
+			t.Fatal(err)
+		}
+		indexed := map[uint64]bool{}
+		dir := filepath.Join(l.Work, "index")
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var lines []string
+		for _, e := range ents {
+			var st unix.Stat_t
+			p := filepath.Join(dir, e.Name())
+			if err := unix.Lstat(p, &st); err != nil {
+				t.Fatal(err)
+			}
+			if st.Mode&unix.S_IFMT != unix.S_IFREG {
+				continue // the kernel's shared whiteout
+			}
+			indexed[st.Ino] = true
+			data, _ := os.ReadFile(p)
+			nlink, _ := xattr.LGet(p, "trusted.overlay.nlink")
+			union := int64(st.Nlink)
+			var add int64
+			if len(nlink) > 1 && nlink[0] == 'U' {
+				fmt.Sscanf(string(nlink[1:]), "%d", &add)
+			}
+			lines = append(lines, fmt.Sprintf("%q nlink=%d", data, union+add))
+		}
+		sort.Strings(lines)
+		entries[i] = strings.Join(lines, "\n")
+		for p := range s {
+			var st unix.Stat_t
+			if unix.Lstat(filepath.Join(l.Upper, p), &st) == nil && indexed[st.Ino] {
+				delete(s, p)
+			}
+		}
+		// The directories copied up to hold those names go too: every
+		// directory left with nothing under it.
+		for p, e := range s {
+			if e.Type != "dir" {
+				continue
+			}
+			empty := true
+			for q := range s {
+				if strings.HasPrefix(q, p+"/") && s[q].Type != "dir" {
+					empty = false
+					break
+				}
+			}
+			if empty {
+				delete(s, p)
+			}
+		}
+		views[i] = s
+	}
+	if d := fstest.Diff(views[0], views[1]); len(d) > 0 {
+		t.Fatalf("upper dirs (names of index entries left out) differ from kernel overlay:\n  %s", strings.Join(d, "\n  "))
+	}
+	if entries[0] != entries[1] {
+		t.Fatalf("index entries differ from kernel overlay:\n  kernel overlay: %s\n  unionmount:     %s", entries[0], entries[1])
+	}
 }

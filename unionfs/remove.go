@@ -81,6 +81,9 @@ func (n *node) removeName(name string, f *found) error {
 			return err
 		}
 	}
+	if done, err := u.removeIndexed(n, path, f, needWhiteout); done || err != nil {
+		return err
+	}
 	switch {
 	case f.state.upper && f.isDir():
 		return u.removeUpperDir(path, needWhiteout)

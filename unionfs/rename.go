@@ -125,6 +125,10 @@ func (u *FS) move(src, dst *renameSide) error {
 	if err := u.prepareMovedDir(srcNode, src.found, dst); err != nil {
 		return err
 	}
+	indexedAfter, err := u.indexedMove(src, dst)
+	if err != nil {
+		return err
+	}
 	if err := u.copyUp(srcNode, true); err != nil {
 		return err
 	}
@@ -147,6 +151,9 @@ func (u *FS) move(src, dst *renameSide) error {
 		}
 	}
 	if err := u.renameInUpper(src, dst, srcDir && dstWhiteout); err != nil {
+		return err
+	}
+	if err := indexedAfter(); err != nil {
 		return err
 	}
 	if dstAufsWhiteout {
@@ -254,6 +261,9 @@ func (u *FS) exchange(a, b *renameSide) error {
 	for _, s := range []*renameSide{a, b} {
 		if s.found.isDir() && len(s.found.state.lowers) > 0 && u.opts.Redirect != RedirectOn {
 			return unix.EXDEV
+		}
+		if err := u.linkIndexedSide(s); err != nil {
+			return err
 		}
 		sn, err := s.node()
 		if err != nil {

@@ -87,5 +87,8 @@ func (n *node) linkSource() (dirfd int, path string, flags int) {
 	if anon > 0 {
 		return unix.AT_FDCWD, sysx.FdPath(anon), unix.AT_SYMLINK_FOLLOW
 	}
+	if ref, _ := n.ufs.top(n.state(), n.path()); ref.l != nil && ref.l != n.ufs.upper {
+		return ref.l.fd, ref.path, 0 // an indexed hard link: its entry
+	}
 	return n.ufs.upper.fd, n.path(), 0
 }

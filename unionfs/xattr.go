@@ -73,19 +73,19 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 
 // Setxattr copies the object up and sets the attribute there.
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
-	return n.changeXattr(attr, false, func(path string) error {
-		return sysx.Setxattr(n.ufs.upper.fd, path, attr, data, int(flags))
+	return n.changeXattr(attr, false, func(fd int, path string) error {
+		return sysx.Setxattr(fd, path, attr, data, int(flags))
 	})
 }
 
 // Removexattr copies the object up and removes the attribute there.
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
-	return n.changeXattr(attr, true, func(path string) error {
-		return sysx.Removexattr(n.ufs.upper.fd, path, attr)
+	return n.changeXattr(attr, true, func(fd int, path string) error {
+		return sysx.Removexattr(fd, path, attr)
 	})
 }
 
-func (n *node) changeXattr(attr string, removal bool, change func(path string) error) syscall.Errno {
+func (n *node) changeXattr(attr string, removal bool, change func(fd int, path string) error) syscall.Errno {
 	u := n.ufs
 	if u.hidesXattr(attr) {
 		return syscall.EPERM
@@ -112,7 +112,9 @@ func (n *node) changeXattr(attr string, removal bool, change func(path string) e
 	if err := u.copyUpMeta(n); err != nil {
 		return u.errno(err)
 	}
-	return sysx.Errno(change(rel(n.path())))
+	// An indexed hard link's attributes are on its index entry.
+	upper, _ := u.top(n.state(), n.path())
+	return sysx.Errno(change(upper.l.fd, rel(upper.path)))
 }
 
 // refusesACL reports whether attr is a POSIX ACL the noacl option turns
