@@ -88,7 +88,7 @@ func cmdPoolStatus(args []string, stdin io.Reader, stdout, stderr io.Writer) err
 	if _, err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	p, err := openPool(&pf)
+	p, err := openOps(&pf)
 	if err != nil {
 		return err
 	}
@@ -130,7 +130,7 @@ func cmdPoolResize(args []string, stdin io.Reader, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	p, err := openPool(&pf)
+	p, err := openOps(&pf)
 	if err != nil {
 		return err
 	}
@@ -143,25 +143,35 @@ func cmdPoolResize(args []string, stdin io.Reader, stdout, stderr io.Writer) err
 	return nil
 }
 
-// volumeCommand parses a command that takes volume ids, opens the pool
-// and runs fn on it.
+// volumeCommand parses a command that takes nids volume ids (at least
+// one when nids is negative), reaches the pool (see openOps) and runs fn
+// on it.
 func volumeCommand(name string, args []string, stderr io.Writer, nids int, extra func(*pflag.FlagSet),
-	fn func(p *openedPool, ids []uint64) error) error {
-	fs := flagSet(name, stderr)
+	fn func(p poolOps, ids []uint64) error) error {
 	var pf poolFlags
-	pf.register(fs)
-	if extra != nil {
-		extra(fs)
-	}
-	rest, err := parse(fs, args, nids)
+	ids, err := parseVolumeCommand(name, args, stderr, nids, &pf, extra)
 	if err != nil {
 		return err
 	}
-	ids := make([]uint64, len(rest))
-	for i, a := range rest {
-		if ids[i], err = parseID(a); err != nil {
-			return err
-		}
+	p, err := openOps(&pf)
+	if err != nil {
+		return err
+	}
+	err = fn(p, ids)
+	if cerr := p.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// localVolumeCommand is volumeCommand for a command that reads the
+// metadata itself, so needs the pool not to be served.
+func localVolumeCommand(name string, args []string, stderr io.Writer, nids int,
+	fn func(p *openedPool, ids []uint64) error) error {
+	var pf poolFlags
+	ids, err := parseVolumeCommand(name, args, stderr, nids, &pf, nil)
+	if err != nil {
+		return err
 	}
 	p, err := openPool(&pf)
 	if err != nil {
@@ -174,11 +184,49 @@ func volumeCommand(name string, args []string, stderr io.Writer, nids int, extra
 	return err
 }
 
+func parseVolumeCommand(name string, args []string, stderr io.Writer, nids int, pf *poolFlags, extra func(*pflag.FlagSet)) ([]uint64, error) {
+	fs := flagSet(name, stderr)
+	pf.register(fs)
+	if extra != nil {
+		extra(fs)
+	}
+	var rest []string
+	var err error
+	if nids < 0 {
+		if rest, err = parseAtLeastOne(fs, args); err != nil {
+			return nil, err
+		}
+	} else if rest, err = parse(fs, args, nids); err != nil {
+		return nil, err
+	}
+	ids := make([]uint64, len(rest))
+	for i, a := range rest {
+		if ids[i], err = parseID(a); err != nil {
+			return nil, err
+		}
+	}
+	return ids, nil
+}
+
+// parseAtLeastOne parses flags and one or more arguments.
+func parseAtLeastOne(fs *pflag.FlagSet, args []string) ([]string, error) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil, exitError(0)
+		}
+		return nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() == 0 {
+		return nil, fmt.Errorf("%w: want at least one volume id", errUsage)
+	}
+	return fs.Args(), nil
+}
+
 func cmdCreate(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var size *string
 	return volumeCommand("create", args, stderr, 1, func(fs *pflag.FlagSet) {
 		size = fs.String("size", "", "virtual size")
-	}, func(p *openedPool, ids []uint64) error {
+	}, func(p poolOps, ids []uint64) error {
 		n, err := parseSize(*size)
 		if err != nil {
 			return err
@@ -188,24 +236,28 @@ func cmdCreate(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 }
 
 func cmdSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	return volumeCommand("snapshot", args, stderr, 2, nil, func(p *openedPool, ids []uint64) error {
+	return volumeCommand("snapshot", args, stderr, 2, nil, func(p poolOps, ids []uint64) error {
 		return p.Snapshot(ids[0], ids[1])
 	})
 }
 
 func cmdDelete(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	return volumeCommand("delete", args, stderr, 1, nil, func(p *openedPool, ids []uint64) error {
-		return p.DeleteVolume(ids[0])
+	return volumeCommand("delete", args, stderr, -1, nil, func(p poolOps, ids []uint64) error {
+		return p.DeleteVolumes(ids)
 	})
 }
 
 func cmdLs(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	return volumeCommand("ls", args, stderr, 0, nil, func(p *openedPool, _ []uint64) error {
+	return volumeCommand("ls", args, stderr, 0, nil, func(p poolOps, _ []uint64) error {
 		vols, err := p.Volumes()
 		if err != nil {
 			return err
 		}
-		bs := p.BlockSize()
+		st, err := p.Status()
+		if err != nil {
+			return err
+		}
+		bs := st.BlockSize
 		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintln(tw, "DEV\tSIZE\tMAPPED\tEXCLUSIVE\tSHARED\t")
 		for _, v := range vols {
@@ -337,7 +389,7 @@ func printReport(w io.Writer, r *check.Report) {
 }
 
 func cmdDelta(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	return volumeCommand("delta", args, stderr, 2, nil, func(p *openedPool, ids []uint64) error {
+	return localVolumeCommand("delta", args, stderr, 2, func(p *openedPool, ids []uint64) error {
 		ranges, err := p.Delta(ids[0], ids[1])
 		if err != nil {
 			return err

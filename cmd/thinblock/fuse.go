@@ -51,15 +51,51 @@ func serveFUSE(args []string, stderr io.Writer) error {
 		p.Close()
 		return err
 	}
+	stopControl, err := startControl(&pf, p.Pool, fuseHolders(srv, rest[0]), func() {
+		if err := srv.Refresh(); err != nil {
+			o.Logger.Printf("refresh the volume files: %v", err)
+		}
+	}, o.Logger)
+	if err != nil {
+		srv.Unmount()
+		p.Close()
+		return err
+	}
+	defer stopControl()
 	fmt.Fprintf(stderr, "thinblock: serving volumes as files in %s\n", rest[0])
 	served := make(chan struct{})
 	go func() { srv.Wait(); close(served) }()
+	// The control socket goes first: no request reaches a closing pool.
 	select {
 	case <-served: // unmounted from outside
+		stopControl()
 		return p.Close()
 	case sig := <-signals:
+		stopControl()
 		return stopFUSE(fuseStop{srv: srv, mnt: rest[0], pool: p, signals: signals, served: served,
 			timeout: *stopTimeout, logf: o.Logger.Printf}, sig)
+	}
+}
+
+// fuseHolders names who has volume id's file open: the loop devices
+// over it, or else the count of opens.
+func fuseHolders(e *fuseexport.Export, mnt string) func(id uint64) []string {
+	return func(id uint64) []string {
+		n := e.Opens(id)
+		if n == 0 {
+			return nil
+		}
+		file := filepath.Join(mnt, fmt.Sprint(id))
+		var out []string
+		for _, h := range loopHolders(mnt) {
+			if h.file == file {
+				out = append(out, h.dev+" (a loop device) over "+file)
+			}
+		}
+		if len(out) == 0 {
+			out = append(out, fmt.Sprintf("open %d times through the FUSE export as %s (fuser %s shows who)", n, file, file))
+		}
+		return out
 	}
 }
 

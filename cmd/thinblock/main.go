@@ -28,7 +28,7 @@ Pools (a pool is a metadata file and a data file or block device;
 Volumes:
   create   --pool DIR ID --size SIZE
   snapshot --pool DIR ID ORIGIN
-  delete   --pool DIR ID
+  delete   --pool DIR ID...
   ls       --pool DIR
 Metadata:
   check    --pool DIR | --meta FILE   [--repair]
@@ -40,6 +40,9 @@ Serving:
   serve nbd  --pool DIR [--listen unix://PATH|tcp://HOST:PORT] [--read-only] [--writable-snapshots] [--accept-rollback] [--skip-check]
              [--max-inflight 256M] [--max-inflight-per-conn 64M] [--handshake-timeout 10s]
   serve fuse --pool DIR MOUNTDIR [--read-only] [--writable-snapshots] [--accept-rollback] [--skip-check] [--stop-timeout 30s]
+
+While a pool is served, create, snapshot, delete, ls, pool status and pool resize
+reach the server through its control socket (DIR/control.sock, mode 0600).
 
 SIZE takes K, M, G, T suffixes (powers of 1024). Run "thinblock COMMAND --help" for a command's flags.
 `

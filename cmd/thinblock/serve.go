@@ -162,6 +162,12 @@ func serveNBD(args []string, stderr io.Writer) error {
 	}
 	srv := &nbd.Server{Exports: exports(p.Pool, eo, logger), Logger: logger,
 		MaxInFlight: limits.total, MaxInFlightPerConn: limits.perConn, HandshakeTimeout: limits.handshake}
+	stopControl, err := startControl(&pf, p.Pool, nbdHolders(srv), nil, logger)
+	if err != nil {
+		l.Close()
+		p.Close()
+		return err
+	}
 	limitMemory(limits.total)
 	stopReleaser := releaseWhenIdle(srv)
 	defer stopReleaser()
@@ -182,6 +188,7 @@ func serveNBD(args []string, stderr io.Writer) error {
 	if err := srv.Shutdown(ctx); err != nil {
 		logger.Printf("shutdown: %v", err)
 	}
+	stopControl()
 	if strings.HasPrefix(*addr, "unix://") {
 		os.Remove(strings.TrimPrefix(*addr, "unix://"))
 	}

@@ -179,6 +179,20 @@ func (s *Server) lookup(name string) (Export, bool) {
 	return Export{}, false
 }
 
+// Clients lists the connections that chose export name and are in
+// transmission, so a caller can say who holds an export open.
+func (s *Server) Clients(name string) []net.Conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []net.Conn
+	for c := range s.conns {
+		if c.export.Backend != nil && c.export.Name == name {
+			out = append(out, c.nc)
+		}
+	}
+	return out
+}
+
 // Serve accepts connections on l until Shutdown.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()

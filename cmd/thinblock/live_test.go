@@ -1,0 +1,159 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// The volume commands reach a running `serve nbd` through its control
+// socket: new volumes are exports at once, a deleted one is gone, and
+// failures keep their exit status.
+func TestVolumeCommandsReachARunningNBDServer(t *testing.T) {
+	needTools(t, "nbdinfo", "qemu-io")
+	s, dir := startServer(t, thinblockBinary(t, ""), map[string]string{"1": "64M"})
+	require.FileExists(t, filepath.Join(dir, "control.sock"))
+	st, err := os.Stat(filepath.Join(dir, "control.sock"))
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+
+	mustRun(t, "create", "--pool", dir, "2", "--size", "10M")
+	mustRun(t, "snapshot", "--pool", dir, "3", "1")
+	list := runTool(t, "nbdinfo", "--list", "nbd+unix:///?socket="+s.sock)
+	for _, e := range []string{"1", "2", "3"} {
+		assert.Contains(t, list, fmt.Sprintf("export=%q", e))
+	}
+	// The new volume serves I/O at once.
+	runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0x6c 4096 4096", s.uri("2"))
+	runTool(t, "qemu-io", "-f", "raw", "-c", "read -P 0x6c 4096 4096", s.uri("2"))
+
+	ls := mustRun(t, "ls", "--pool", dir)
+	assert.Regexp(t, `(?m)^\s+2\s+10.0 MiB\s+64.0 KiB`, ls)
+	status := mustRun(t, "pool", "status", "--pool", dir)
+	assert.Contains(t, status, "volumes:         3")
+	mustRun(t, "pool", "resize", "--pool", dir, "--size", "64G")
+	assert.Contains(t, mustRun(t, "pool", "status", "--pool", dir), "/1048576 blocks used")
+
+	// Errors keep their meaning: a missing volume or a taken id is bad
+	// input (2), and a delete naming one missing volume deletes none.
+	_, errOut, code := thinblockCmd("delete", "--pool", dir, "2", "9")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, errOut, "volume 9: no such volume")
+	_, errOut, code = thinblockCmd("create", "--pool", dir, "1", "--size", "1M")
+	assert.Equal(t, 2, code, errOut)
+	assert.Contains(t, errOut, "already in use")
+
+	mustRun(t, "delete", "--pool", dir, "2", "3")
+	list = runTool(t, "nbdinfo", "--list", "nbd+unix:///?socket="+s.sock)
+	assert.Contains(t, list, `export="1"`)
+	assert.NotContains(t, list, `export="2"`)
+	assert.NotContains(t, list, `export="3"`)
+	s.stop(t)
+	_, err = os.Stat(filepath.Join(dir, "control.sock"))
+	assert.True(t, os.IsNotExist(err), "the control socket is removed when the server stops")
+	assert.Contains(t, mustRun(t, "check", "--pool", dir), "metadata is consistent")
+}
+
+// A volume an NBD client has open is not deleted: the refusal names the
+// client's process.
+func TestDeleteOfAVolumeAnNBDClientHoldsIsRefused(t *testing.T) {
+	s, dir := startServer(t, thinblockBinary(t, ""), map[string]string{"1": "8M", "2": "8M"})
+	c := dialExport(t, s.sock, "1")
+	_, errOut, code := thinblockCmd("delete", "--pool", dir, "1")
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, "volume 1 is in use: NBD client process "+fmt.Sprint(os.Getpid()))
+	assert.Contains(t, errOut, "device or resource busy")
+	c.conn.Close()
+	// The server notices the closed connection a moment later.
+	var err error
+	for i := 0; i < 100; i++ {
+		if _, errOut, code = thinblockCmd("delete", "--pool", dir, "1"); code == 0 {
+			break
+		}
+		err = fmt.Errorf("%s", errOut)
+		waitABit()
+	}
+	require.Equal(t, 0, code, "%v", err)
+	assert.NotContains(t, mustRun(t, "ls", "--pool", dir), "\n    1 ")
+}
+
+// When the lock is held and no control socket answers, the error names
+// the process holding the lock.
+func TestALockedPoolWithoutAControlSocketNamesItsHolder(t *testing.T) {
+	s, dir := startServer(t, thinblockBinary(t, ""), map[string]string{"1": "8M"})
+	require.NoError(t, os.Remove(filepath.Join(dir, "control.sock")))
+	_, errOut, code := thinblockCmd("ls", "--pool", dir)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, fmt.Sprintf("is in use by process %d (%s serve nbd --pool %s)", s.cmd.Process.Pid, s.cmd.Path, dir))
+	assert.Contains(t, errOut, "no control socket answers at "+filepath.Join(dir, "control.sock"))
+	// A command that reads the metadata itself names the holder too.
+	_, errOut, _ = thinblockCmd("delta", "--pool", dir, "1", "1")
+	assert.Contains(t, errOut, fmt.Sprintf("in use by process %d", s.cmd.Process.Pid))
+	s.stop(t)
+}
+
+// Through the FUSE export: a new volume is a file at once, a deleted one
+// goes, and a file a loop device holds is not deleted.
+func TestVolumeCommandsReachARunningFUSEServer(t *testing.T) {
+	requireRootFUSE(t)
+	needTools(t, "losetup")
+	dir := filepath.Join(t.TempDir(), "pool")
+	mustRun(t, "pool", "create", "--pool", dir, "--size", "1G")
+	mustRun(t, "create", "--pool", dir, "1", "--size", "16M")
+	s := serveFuse(t, thinblockBinary(t, ""), dir)
+
+	mustRun(t, "create", "--pool", dir, "5", "--size", "32M")
+	st, err := os.Stat(filepath.Join(s.mnt, "5"))
+	require.NoError(t, err, "a new volume is a file at once")
+	assert.Equal(t, int64(32<<20), st.Size())
+	w, err := os.OpenFile(filepath.Join(s.mnt, "5"), os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = w.WriteAt([]byte("written through the new file"), 0)
+	require.NoError(t, err)
+	require.NoError(t, w.Close())
+	mustRun(t, "snapshot", "--pool", dir, "6", "5")
+	got, err := os.ReadFile(filepath.Join(s.mnt, "6"))
+	require.NoError(t, err)
+	assert.Equal(t, "written through the new file", string(got[:28]))
+
+	dev := attach(t, filepath.Join(s.mnt, "5"), false)
+	_, errOut, code := thinblockCmd("delete", "--pool", dir, "5")
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, fmt.Sprintf("volume 5 is in use: %s (a loop device) over %s", dev, filepath.Join(s.mnt, "5")))
+	f, err := os.Open(filepath.Join(s.mnt, "6"))
+	require.NoError(t, err)
+	_, errOut, _ = thinblockCmd("delete", "--pool", dir, "6")
+	assert.Contains(t, errOut, "open 1 times through the FUSE export")
+	f.Close()
+	detach(t, dev)
+	mustRun(t, "delete", "--pool", dir, "5", "6")
+	ents, err := os.ReadDir(s.mnt)
+	require.NoError(t, err)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	assert.Equal(t, []string{"1"}, names)
+	_, err = os.Stat(filepath.Join(s.mnt, "5"))
+	assert.True(t, os.IsNotExist(err), "a deleted volume's file is gone: %v", err)
+	s.stop(t)
+	assert.Contains(t, mustRun(t, "check", "--pool", dir), "metadata is consistent")
+}
+
+func waitABit() { time.Sleep(20 * time.Millisecond) }
+
+// requireRootFUSE skips unless loop devices, mounts and FUSE are there.
+func requireRootFUSE(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for loop devices and mounts")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("needs /dev/fuse")
+	}
+}
