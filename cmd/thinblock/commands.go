@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +15,18 @@ import (
 	"github.com/unionmount/unionmount/thinblock"
 	"github.com/unionmount/unionmount/thinblock/blockdev"
 	"github.com/unionmount/unionmount/thinblock/check"
+	"github.com/unionmount/unionmount/thinblock/control"
 )
+
+// printJSON prints v as indented JSON.
+func printJSON(w io.Writer, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}
 
 // flagSet makes a command's flag set; parse errors are usage errors.
 func flagSet(name string, stderr io.Writer) *pflag.FlagSet {
@@ -81,10 +93,11 @@ func cmdPoolCreate(args []string, stdin io.Reader, stdout, stderr io.Writer) err
 	return op.Close()
 }
 
-func cmdPoolStatus(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+func cmdPoolStatus(args []string, stdin io.Reader, stdout, stderr io.Writer) (err error) {
 	fs := flagSet("pool status", stderr)
 	var pf poolFlags
 	pf.register(fs)
+	asJSON := fs.Bool("json", false, "print the status as one JSON object")
 	if _, err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -97,13 +110,35 @@ func cmdPoolStatus(args []string, stdin io.Reader, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	// Like thin_check's, the status is for scripts too: a pool that
+	// cannot take new writes is a failure they must not miss.
+	var bad error
+	switch {
+	case st.Failed != "":
+		bad = fmt.Errorf("the pool failed: %s", st.Failed)
+	case st.OutOfSpace:
+		bad = errors.New("the pool is out of data space: writes that need new blocks fail with ENOSPC (grow it with `thinblock pool resize`)")
+	}
+	if *asJSON {
+		if err := printJSON(stdout, control.FromStatus(st)); err != nil {
+			return err
+		}
+		return bad
+	}
+	defer func() {
+		if err == nil {
+			err = bad
+		}
+	}()
 	used := st.DataBlocks - st.FreeBlocks
 	fmt.Fprintf(stdout, "transaction:     %d\n", st.TransactionID)
 	fmt.Fprintf(stdout, "block size:      %s\n", humanSize(st.BlockSize))
 	fmt.Fprintf(stdout, "data:            %d/%d blocks used (%s of %s)\n", used, st.DataBlocks,
 		humanSize(used*st.BlockSize), humanSize(st.DataBlocks*st.BlockSize))
 	fmt.Fprintf(stdout, "low water mark:  %d free blocks\n", st.LowWater)
-	fmt.Fprintf(stdout, "metadata:        %d/%d blocks used\n", st.MetadataUsed, st.MetadataBlocks)
+	fmt.Fprintf(stdout, "data available:  %s\n", humanSize(st.FreeBlocks*st.BlockSize))
+	fmt.Fprintf(stdout, "metadata:        %d/%d blocks used (%s of %s)\n", st.MetadataUsed, st.MetadataBlocks,
+		humanSize(st.MetadataUsed*4096), humanSize(st.MetadataBlocks*4096))
 	fmt.Fprintf(stdout, "volumes:         %d\n", st.Volumes)
 	state := "ok"
 	switch {
@@ -231,12 +266,18 @@ func cmdCreate(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
+		if err := thinblock.CheckNewVolumeID(ids[0]); err != nil {
+			return err
+		}
 		return p.CreateVolume(ids[0], n)
 	})
 }
 
 func cmdSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	return volumeCommand("snapshot", args, stderr, 2, nil, func(p poolOps, ids []uint64) error {
+		if err := thinblock.CheckNewVolumeID(ids[0]); err != nil {
+			return err
+		}
 		return p.Snapshot(ids[0], ids[1])
 	})
 }
@@ -248,10 +289,20 @@ func cmdDelete(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 }
 
 func cmdLs(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	return volumeCommand("ls", args, stderr, 0, nil, func(p poolOps, _ []uint64) error {
+	var asJSON *bool
+	return volumeCommand("ls", args, stderr, 0, func(fs *pflag.FlagSet) {
+		asJSON = fs.Bool("json", false, "print a JSON array, one object per volume")
+	}, func(p poolOps, _ []uint64) error {
 		vols, err := p.Volumes()
 		if err != nil {
 			return err
+		}
+		if *asJSON {
+			out := make([]control.Volume, len(vols))
+			for i, v := range vols {
+				out[i] = control.FromVolumeInfo(v)
+			}
+			return printJSON(stdout, out)
 		}
 		st, err := p.Status()
 		if err != nil {

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -156,4 +158,76 @@ func requireRootFUSE(t *testing.T) {
 	if _, err := os.Stat("/dev/fuse"); err != nil {
 		t.Skip("needs /dev/fuse")
 	}
+}
+
+// pool status (text and --json) gives the figures docker info shows, and
+// fails when the pool is out of data space; ls --json lists the volumes.
+func TestPoolStatusAndLsAsJSONAndAFullPool(t *testing.T) {
+	needTools(t, "qemu-io")
+	dir := filepath.Join(t.TempDir(), "pool")
+	mustRun(t, "pool", "create", "--pool", dir, "--size", "1M", "--low-water", "4")
+	mustRun(t, "create", "--pool", dir, "1", "--size", "4M")
+	out := mustRun(t, "pool", "status", "--pool", dir, "--json")
+	var st struct {
+		BlockSize  uint64 `json:"block_size"`
+		DataBlocks uint64 `json:"data_blocks"`
+		FreeBlocks uint64 `json:"free_blocks"`
+		LowWater   uint64 `json:"low_water_blocks"`
+		OutOfSpace bool   `json:"out_of_space"`
+		MetaBlocks uint64 `json:"metadata_blocks"`
+		MetaUsed   uint64 `json:"metadata_used_blocks"`
+		Txn        uint64 `json:"transaction_id"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &st), out)
+	assert.Equal(t, uint64(64<<10), st.BlockSize)
+	assert.Equal(t, uint64(16), st.DataBlocks)
+	assert.Equal(t, uint64(16), st.FreeBlocks)
+	assert.Equal(t, uint64(4), st.LowWater)
+	assert.False(t, st.OutOfSpace)
+	assert.NotZero(t, st.MetaUsed)
+	assert.Less(t, st.MetaUsed, st.MetaBlocks)
+
+	s := serve(t, thinblockBinary(t, ""), dir)
+	// 1 MiB fills the 16 blocks; the next new block is refused.
+	runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0x11 0 1M", "-c", "flush", s.uri("1"))
+	outText, errOut, code := thinblockCmd("pool", "status", "--pool", dir)
+	assert.Equal(t, 1, code, "out of space is a failure: %s", outText)
+	assert.Contains(t, outText, "data:            16/16 blocks used")
+	assert.Contains(t, outText, "out of data space")
+	assert.Contains(t, errOut, "out of data space")
+	out, _, code = thinblockCmd("pool", "status", "--pool", dir, "--json")
+	assert.Equal(t, 1, code)
+	require.NoError(t, json.Unmarshal([]byte(out), &st), out)
+	assert.True(t, st.OutOfSpace)
+	assert.Zero(t, st.FreeBlocks)
+
+	out = mustRun(t, "ls", "--pool", dir, "--json")
+	var vols []struct {
+		ID     uint64 `json:"id"`
+		Size   uint64 `json:"size"`
+		Mapped uint64 `json:"mapped_blocks"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &vols), out)
+	require.Len(t, vols, 1)
+	assert.Equal(t, uint64(4<<20), vols[0].Size)
+	assert.Equal(t, uint64(16), vols[0].Mapped)
+
+	// Growing it through the server makes it writable again.
+	mustRun(t, "pool", "resize", "--pool", dir, "--size", "2M")
+	mustRun(t, "pool", "status", "--pool", dir)
+	s.stop(t)
+}
+
+func TestVersionAndVolumeIDLimit(t *testing.T) {
+	out := mustRun(t, "--version")
+	assert.True(t, strings.HasPrefix(out, "thinblock "), out)
+	dir := filepath.Join(t.TempDir(), "pool")
+	mustRun(t, "pool", "create", "--pool", dir, "--size", "1M")
+	mustRun(t, "create", "--pool", dir, "16777215", "--size", "1M")
+	_, errOut, code := thinblockCmd("create", "--pool", dir, "16777216", "--size", "1M")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, errOut, "above dm-thin's 24-bit limit")
+	_, errOut, code = thinblockCmd("snapshot", "--pool", dir, "16777216", "16777215")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, errOut, "24-bit limit")
 }

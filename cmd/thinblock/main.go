@@ -14,22 +14,24 @@ import (
 	"os"
 	"syscall"
 
+	"github.com/unionmount/unionmount/internal/version"
 	"github.com/unionmount/unionmount/thinblock"
 	"github.com/unionmount/unionmount/thinblock/txn"
 )
 
 const usage = `usage: thinblock COMMAND [flags]
+       thinblock --version
 
 Pools (a pool is a metadata file and a data file or block device;
 --pool DIR means DIR/metadata and DIR/data):
   pool create  --pool DIR --size SIZE [--block-size 64K] [--low-water BLOCKS]
-  pool status  --pool DIR
+  pool status  --pool DIR [--json]   (exit 1 when out of data space)
   pool resize  --pool DIR --size SIZE
 Volumes:
   create   --pool DIR ID --size SIZE
   snapshot --pool DIR ID ORIGIN
   delete   --pool DIR ID...
-  ls       --pool DIR
+  ls       --pool DIR [--json]
 Metadata:
   check    --pool DIR | --meta FILE   [--repair]
   delta    --pool DIR A B
@@ -60,6 +62,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		if len(args) == 0 {
 			return 2
 		}
+		return 0
+	}
+	if args[0] == "--version" || args[0] == "version" {
+		fmt.Fprintln(stdout, version.String("thinblock"))
 		return 0
 	}
 	cmd, rest := args[0], args[1:]

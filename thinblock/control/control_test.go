@@ -125,6 +125,8 @@ func TestRequestsAreValidatedWhole(t *testing.T) {
 		{"delete of nothing", `{"op":"delete","ids":[]}`, "at least one id"},
 		{"delete naming a volume twice", `{"op":"delete","ids":[1,1]}`, "twice"},
 		{"ls with a size", `{"op":"ls","size":5}`, `ls takes no "size"`},
+		{"an id above 24 bits", `{"op":"create","id":16777216,"size":1048576}`, "24-bit limit"},
+		{"a snapshot id above 24 bits", `{"op":"snapshot","id":16777216,"origin":1}`, "24-bit limit"},
 		{"negative id", `{"op":"create","id":-1,"size":1048576}`, "not a JSON request"},
 	}
 	for _, tc := range cases {

@@ -229,6 +229,11 @@ func validate(r Request) error {
 			return invalid("%s takes no %q", r.Op, f)
 		}
 	}
+	if r.Op == OpCreate || r.Op == OpSnapshot {
+		if err := thinblock.CheckNewVolumeID(*r.ID); err != nil {
+			return err
+		}
+	}
 	if r.Op == OpDelete {
 		if len(r.IDs) == 0 {
 			return invalid("delete needs at least one id")
