@@ -30,8 +30,18 @@ func serveFUSE(args []string, stderr io.Writer) error {
 	stopTimeout := fs.Duration("stop-timeout", 30*time.Second, "after SIGTERM, how long to wait for loop devices (or processes) to let go of the volume files before detaching what can be detached and exiting")
 	skipCheck := fs.Bool("skip-check", false, "do not check the metadata before serving (for pools too large to check at every start)")
 	acceptRollback := fs.Bool("accept-rollback", false, "serve even if the newest superblock is damaged and its committed transaction would be lost (see thinblock check)")
+	var sf serviceFlags
+	sf.register(fs)
 	rest, err := parse(fs, args, 1)
 	if err != nil {
+		return err
+	}
+	meta, _, err := pf.paths()
+	if err != nil {
+		return err
+	}
+	svc, done, err := startService(sf, meta, stderr)
+	if done {
 		return err
 	}
 	if st, err := os.Stat(rest[0]); err != nil || !st.IsDir() {
@@ -63,6 +73,7 @@ func serveFUSE(args []string, stderr io.Writer) error {
 	}
 	defer stopControl()
 	fmt.Fprintf(stderr, "thinblock: serving volumes as files in %s\n", rest[0])
+	defer svc.ready(o.Logger.Printf)()
 	served := make(chan struct{})
 	go func() { srv.Wait(); close(served) }()
 	// The control socket goes first: no request reaches a closing pool.

@@ -41,7 +41,9 @@ Metadata:
 Serving:
   serve nbd  --pool DIR [--listen unix://PATH|tcp://HOST:PORT] [--read-only] [--writable-snapshots] [--accept-rollback] [--skip-check]
              [--max-inflight 256M] [--max-inflight-per-conn 64M] [--handshake-timeout 10s]
+             [--daemon] [--pid-file FILE] [--log-file FILE]
   serve fuse --pool DIR MOUNTDIR [--read-only] [--writable-snapshots] [--accept-rollback] [--skip-check] [--stop-timeout 30s]
+             [--daemon] [--pid-file FILE] [--log-file FILE]
 
 While a pool is served, create, snapshot, delete, ls, pool status and pool resize
 reach the server through its control socket (DIR/control.sock, mode 0600).

@@ -129,7 +129,17 @@ func serveNBD(args []string, stderr io.Writer) error {
 	skipCheck := fs.Bool("skip-check", false, "do not check the metadata before serving (for pools too large to check at every start)")
 	acceptRollback := fs.Bool("accept-rollback", false, "serve even if the newest superblock is damaged and its committed transaction would be lost (see thinblock check)")
 	handshake := fs.Duration("handshake-timeout", nbd.DefaultHandshakeTimeout, "disconnect a client that has not chosen an export by then")
+	var sf serviceFlags
+	sf.register(fs)
 	if _, err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	meta, _, err := pf.paths()
+	if err != nil {
+		return err
+	}
+	svc, done, err := startService(sf, meta, stderr)
+	if done {
 		return err
 	}
 	limits, err := parseLimits(*maxInFlight, *maxPerConn, *handshake)
@@ -137,10 +147,6 @@ func serveNBD(args []string, stderr io.Writer) error {
 		return err
 	}
 	if *addr == "" {
-		meta, _, err := pf.paths()
-		if err != nil {
-			return err
-		}
 		*addr = "unix://" + filepath.Join(filepath.Dir(meta), "nbd.sock")
 	}
 	logger := log.New(stderr, "thinblock serve: ", log.LstdFlags)
@@ -177,6 +183,7 @@ func serveNBD(args []string, stderr io.Writer) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	fmt.Fprintf(stderr, "thinblock: serving %d volumes over NBD on %s\n", len(srv.Exports()), *addr)
+	defer svc.ready(logger.Printf)()
 	select {
 	case sig := <-signals:
 		logger.Printf("%v: finishing in-flight requests", sig)
