@@ -32,6 +32,10 @@ func printJSON(w io.Writer, v any) error {
 func flagSet(name string, stderr io.Writer) *pflag.FlagSet {
 	fs := pflag.NewFlagSet("thinblock "+name, pflag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, commandUsage(name))
+		fs.PrintDefaults()
+	}
 	return fs
 }
 

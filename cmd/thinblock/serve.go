@@ -92,27 +92,28 @@ func listen(addr string) (net.Listener, error) {
 		if st, err := os.Lstat(path); err == nil && st.Mode()&os.ModeSocket != 0 {
 			os.Remove(path) // a stale socket of an earlier server
 		}
+		// The socket is made under a temporary name and renamed into
+		// place once it listens: bind makes the file, and a client that
+		// saw it before listen would be refused.
+		tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
+		os.Remove(tmp)
 		old := syscall.Umask(0o077)
-		l, err := net.Listen("unix", path)
+		l, err := net.Listen("unix", tmp)
 		syscall.Umask(old)
-		return l, err
+		if err != nil {
+			return nil, err
+		}
+		l.(*net.UnixListener).SetUnlinkOnClose(false) // the name is path's now
+		if err := os.Rename(tmp, path); err != nil {
+			l.Close()
+			os.Remove(tmp)
+			return nil, err
+		}
+		return l, nil
 	case strings.HasPrefix(addr, "tcp://"):
 		return net.Listen("tcp", strings.TrimPrefix(addr, "tcp://"))
 	}
 	return nil, fmt.Errorf("%w: --listen %q: want unix://PATH or tcp://HOST:PORT", errUsage, addr)
-}
-
-func cmdServe(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		return fmt.Errorf("%w: serve nbd|fuse", errUsage)
-	}
-	switch args[0] {
-	case "nbd":
-		return serveNBD(args[1:], stderr)
-	case "fuse":
-		return serveFUSE(args[1:], stderr)
-	}
-	return fmt.Errorf("%w: serve %q: want nbd or fuse", errUsage, args[0])
 }
 
 func serveNBD(args []string, stderr io.Writer) error {

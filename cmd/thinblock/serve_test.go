@@ -468,3 +468,18 @@ func TestAClientIdleInTheHandshakeIsDisconnected(t *testing.T) {
 	assert.Equal(t, uint32(0), c.request(t, 0, 1, 0, 4096, nil))
 	assert.Contains(t, s.stop(t), "no export chosen within 1s")
 }
+
+// The socket is there only once the server listens: a client that sees
+// it connects, whenever it looks (readiness for scripts and services).
+func TestTheSocketAppearsOnlyOnceItListens(t *testing.T) {
+	bin := thinblockBinary(t, "")
+	for i := 0; i < 5; i++ {
+		s, _ := startServer(t, bin, map[string]string{"1": "1M"})
+		conn, err := net.Dial("unix", s.sock)
+		require.NoError(t, err, "round %d: the socket existed before the server listened", i)
+		conn.Close()
+		s.stop(t)
+		names, _ := filepath.Glob(filepath.Dir(s.sock) + "/*.tmp")
+		assert.Empty(t, names, "no temporary socket left")
+	}
+}
