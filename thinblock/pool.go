@@ -79,6 +79,9 @@ type Options struct {
 	// although its transaction was (or may have been) committed, at the
 	// older transaction; without it Open refuses with txn.ErrRollback.
 	AcceptRollback bool
+	// Logf gets a line for a problem that fails no request (giving
+	// space back); nil discards.
+	Logf func(format string, args ...any)
 }
 
 // checkRecovery refuses a pool that would silently lose a committed
@@ -118,6 +121,8 @@ type Pool struct {
 	// noPunch is set once the data device refused to punch holes, so
 	// fresh blocks are zeroed by writing.
 	noPunch bool
+	// givenBack counts the data blocks punched out of the data device.
+	givenBack uint64
 	// noCopyRange is set once the data device refused copy_file_range;
 	// copy-on-write then copies through memory. Read outside mu.
 	noCopyRange atomic.Bool
@@ -324,6 +329,10 @@ func (p *Pool) commitLocked() error {
 	p.sb = p.tm.Superblock()
 	p.data.Committed()
 	p.dirty = false
+	if err := p.giveBackLocked(); err != nil && p.opts.Logf != nil {
+		// The commit stands; the space stays allocated on the host.
+		p.opts.Logf("give space back: %v", err)
+	}
 	return nil
 }
 

@@ -182,6 +182,30 @@ func cmdPoolResize(args []string, stdin io.Reader, stdout, stderr io.Writer) err
 	return nil
 }
 
+func cmdPoolTrim(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := flagSet("pool trim", stderr)
+	var pf poolFlags
+	pf.register(fs)
+	if _, err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	p, err := openOps(&pf)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	n, err := p.Trim()
+	if err != nil {
+		return err
+	}
+	st, err := p.Status()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "trimmed %d unused data blocks (%s)\n", n, humanSize(n*st.BlockSize))
+	return nil
+}
+
 // volumeCommand parses a command that takes nids volume ids (at least
 // one when nids is negative), reaches the pool (see openOps) and runs fn
 // on it.

@@ -31,6 +31,7 @@ func commands() []command {
 		{"pool", "pool create", "--pool DIR --size SIZE [--block-size 64K] [--low-water BLOCKS]", "make a pool: metadata and a sparse data file", cmdPoolCreate},
 		{"pool", "pool status", "--pool DIR [--json]", "free space, low-water mark, transaction; exits 1 when out of data space", cmdPoolStatus},
 		{"pool", "pool resize", "--pool DIR --size SIZE", "grow the pool's data", cmdPoolResize},
+		{"pool", "pool trim", "--pool DIR", "punch every unused data block out of a file-backed data device (freed blocks are punched at each commit anyway)", cmdPoolTrim},
 		{"volumes", "create", "--pool DIR ID --size SIZE", "make thin volume ID: no space is used until it is written", cmdCreate},
 		{"volumes", "snapshot", "--pool DIR ID ORIGIN", "make volume ID a copy-on-write snapshot of ORIGIN, in O(1)", cmdSnapshot},
 		{"volumes", "delete", "--pool DIR ID...", "remove the volumes (all or none); blocks no other volume shares are freed", cmdDelete},

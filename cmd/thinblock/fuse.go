@@ -48,7 +48,7 @@ func serveFUSE(args []string, stderr io.Writer) error {
 		return fmt.Errorf("%w: mount point %s is not a directory", errUsage, rest[0])
 	}
 	o.Logger = log.New(stderr, "thinblock serve: ", log.LstdFlags)
-	p, err := openServedPool(&pf, thinblock.Options{AcceptRollback: *acceptRollback}, *skipCheck, o.Logger.Printf)
+	p, err := openServedPool(&pf, thinblock.Options{AcceptRollback: *acceptRollback, Logf: o.Logger.Printf}, *skipCheck, o.Logger.Printf)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -230,4 +231,31 @@ func TestVersionAndVolumeIDLimit(t *testing.T) {
 	_, errOut, code = thinblockCmd("snapshot", "--pool", dir, "16777216", "16777215")
 	assert.Equal(t, 2, code)
 	assert.Contains(t, errOut, "24-bit limit")
+}
+
+// Deleting a volume of a served, file-backed pool gives its space back to
+// the host within a commit interval; pool trim works through the server.
+func TestDeleteOnAServedPoolGivesSpaceBack(t *testing.T) {
+	needTools(t, "qemu-io")
+	s, dir := startServer(t, thinblockBinary(t, ""), map[string]string{"1": "128M", "2": "8M"})
+	runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 64M", "-c", "flush", s.uri("1"))
+	runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0x6b 0 1M", "-c", "flush", s.uri("2"))
+	data := filepath.Join(dir, "data")
+	allocated := func() int64 {
+		var st syscall.Stat_t
+		require.NoError(t, syscall.Stat(data, &st))
+		return st.Blocks * 512
+	}
+	full := allocated()
+	require.GreaterOrEqual(t, full, int64(65<<20))
+	mustRun(t, "delete", "--pool", dir, "1")
+	deadline := time.Now().Add(10 * time.Second)
+	for allocated() > full-int64(64<<20) && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	assert.LessOrEqual(t, allocated(), full-int64(64<<20), "the deleted volume's 64 MiB go back to the host at the next commit")
+	assert.Contains(t, mustRun(t, "pool", "trim", "--pool", dir), "trimmed ")
+	runTool(t, "qemu-io", "-f", "raw", "-c", "read -P 0x6b 0 1M", s.uri("2"))
+	s.stop(t)
+	assert.Contains(t, mustRun(t, "check", "--pool", dir), "metadata is consistent")
 }

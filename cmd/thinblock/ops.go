@@ -17,6 +17,7 @@ type poolOps interface {
 	Volumes() ([]thinblock.VolumeInfo, error)
 	Status() (thinblock.Status, error)
 	Resize(size uint64) error
+	Trim() (uint64, error)
 	Close() error
 }
 

@@ -151,7 +151,7 @@ func serveNBD(args []string, stderr io.Writer) error {
 		*addr = "unix://" + filepath.Join(filepath.Dir(meta), "nbd.sock")
 	}
 	logger := log.New(stderr, "thinblock serve: ", log.LstdFlags)
-	p, err := openServedPool(&pf, thinblock.Options{AcceptRollback: *acceptRollback}, *skipCheck, logger.Printf)
+	p, err := openServedPool(&pf, thinblock.Options{AcceptRollback: *acceptRollback, Logf: logger.Printf}, *skipCheck, logger.Printf)
 	if err != nil {
 		return err
 	}

@@ -104,3 +104,9 @@ func (c *Client) Resize(size uint64) error {
 	_, err := c.Call(Request{Op: OpResize, Size: size})
 	return err
 }
+
+// Trim punches every unused data block; it returns how many.
+func (c *Client) Trim() (uint64, error) {
+	r, err := c.Call(Request{Op: OpTrim})
+	return r.Trimmed, err
+}

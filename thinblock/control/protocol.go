@@ -28,6 +28,7 @@ const (
 	OpList     = "ls"
 	OpStatus   = "status"
 	OpResize   = "resize"
+	OpTrim     = "trim"
 )
 
 // Request is one line a client sends. Which fields an operation takes:
@@ -38,6 +39,7 @@ const (
 //	ls       -
 //	status   -
 //	resize   size (data bytes)
+//	trim     -  (punch every unused data block; answers trimmed)
 type Request struct {
 	Op     string   `json:"op"`
 	ID     *uint64  `json:"id,omitempty"`
@@ -53,6 +55,8 @@ type Response struct {
 	Code    string   `json:"code,omitempty"`
 	Volumes []Volume `json:"volumes,omitempty"`
 	Status  *Status  `json:"status,omitempty"`
+	// Trimmed is the number of data blocks a trim punched.
+	Trimmed uint64 `json:"trimmed,omitempty"`
 }
 
 // Error codes, so a client can give the same exit status as a local

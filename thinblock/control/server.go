@@ -209,7 +209,7 @@ func validate(r Request) error {
 		want = []string{"id", "origin"}
 	case OpDelete:
 		want = []string{"ids"}
-	case OpList, OpStatus:
+	case OpList, OpStatus, OpTrim:
 	case OpResize:
 		want = []string{"size"}
 	case "":
@@ -270,6 +270,9 @@ func (s *Server) dispatch(r Request) (Response, error) {
 		}
 		ws := FromStatus(st)
 		return Response{Status: &ws}, nil
+	case OpTrim:
+		n, err := p.Trim()
+		return Response{Trimmed: n}, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
