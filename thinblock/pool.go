@@ -112,6 +112,7 @@ type Pool struct {
 	data    *spacemap.Map
 	devices *btree.Tree // id -> deviceDetails
 	maps    *btree.Tree // virtual block -> packed mapping
+	attrs   *btree.Tree // id -> volumeAttrs (attrs.go)
 	sb      txn.Superblock
 	opts    Options
 	dirty   bool
@@ -203,6 +204,7 @@ func newPool(meta, data blockdev.Device, tm *txn.Manager, opts Options) *Pool {
 	tm.Crash = opts.Crash
 	p.devices = btree.New(tm, detailsSize, nil)
 	p.maps = btree.New(tm, 8, mappingRefs{p})
+	p.attrs = btree.New(tm, attrsSize, nil)
 	return p
 }
 
@@ -242,8 +244,8 @@ func Open(meta, data blockdev.Device, opts Options) (*Pool, error) {
 }
 
 // visitMetadata reports every reference to a metadata block in the
-// committed state: the device tree, each volume's mapping tree, and the
-// data space map.
+// committed state: the device tree, each volume's mapping tree, the
+// attribute tree and the data space map.
 func (p *Pool) visitMetadata(visit func(b uint64) (bool, error)) error {
 	err := p.devices.VisitNodes(p.sb.DevicesRoot, visit, func(id uint64, v []byte) error {
 		d, err := decodeDetails(v)
@@ -254,6 +256,9 @@ func (p *Pool) visitMetadata(visit func(b uint64) (bool, error)) error {
 	})
 	if err != nil {
 		return err
+	}
+	if err := p.visitAttrs(visit); err != nil {
+		return fmt.Errorf("volume attributes: %w", err)
 	}
 	return spacemap.VisitNodes(p.tm, p.sb.DataSMRoot, visit)
 }

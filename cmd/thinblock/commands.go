@@ -285,10 +285,20 @@ func parseAtLeastOne(fs *pflag.FlagSet, args []string) ([]string, error) {
 	return fs.Args(), nil
 }
 
+// attrFlags are a new volume's attributes.
+type attrFlags struct{ a thinblock.Attrs }
+
+func (f *attrFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.a.Name, "name", "", "a name for the volume, shown by ls (no spaces)")
+	fs.BoolVar(&f.a.ReadOnly, "read-only", false, "serve the volume read-only (an image layer); the default is writable, as in dm-thin")
+}
+
 func cmdCreate(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var size *string
+	var af attrFlags
 	return volumeCommand("create", args, stderr, 1, func(fs *pflag.FlagSet) {
 		size = fs.String("size", "", "virtual size")
+		af.register(fs)
 	}, func(p poolOps, ids []uint64) error {
 		n, err := parseSize(*size)
 		if err != nil {
@@ -297,16 +307,23 @@ func cmdCreate(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		if err := thinblock.CheckNewVolumeID(ids[0]); err != nil {
 			return err
 		}
-		return p.CreateVolume(ids[0], n)
+		if err := thinblock.CheckName(af.a.Name); err != nil {
+			return err
+		}
+		return p.CreateVolumeWith(ids[0], n, af.a)
 	})
 }
 
 func cmdSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	return volumeCommand("snapshot", args, stderr, 2, nil, func(p poolOps, ids []uint64) error {
+	var af attrFlags
+	return volumeCommand("snapshot", args, stderr, 2, af.register, func(p poolOps, ids []uint64) error {
 		if err := thinblock.CheckNewVolumeID(ids[0]); err != nil {
 			return err
 		}
-		return p.Snapshot(ids[0], ids[1])
+		if err := thinblock.CheckName(af.a.Name); err != nil {
+			return err
+		}
+		return p.SnapshotWith(ids[0], ids[1], af.a)
 	})
 }
 
@@ -338,10 +355,19 @@ func cmdLs(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 		}
 		bs := st.BlockSize
 		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "DEV\tSIZE\tMAPPED\tEXCLUSIVE\tSHARED\t")
+		fmt.Fprintln(tw, "DEV\tSIZE\tMAPPED\tEXCLUSIVE\tSHARED\tRO\tORIGIN\t NAME")
 		for _, v := range vols {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t\n", v.ID, humanSize(v.Size), humanSize(v.Mapped*bs),
-				humanSize(v.Exclusive*bs), humanSize(v.Shared*bs))
+			ro, origin := "-", "-"
+			if v.ExportReadOnly(false) {
+				ro = "ro"
+			}
+			if v.HasOrigin {
+				origin = strconv.FormatUint(v.Origin, 10)
+			} else if v.Snapshot {
+				origin = "?" // a snapshot made before origins were kept
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t %s\n", v.ID, humanSize(v.Size), humanSize(v.Mapped*bs),
+				humanSize(v.Exclusive*bs), humanSize(v.Shared*bs), ro, origin, v.Name)
 		}
 		return tw.Flush()
 	})

@@ -25,7 +25,7 @@ func serveFUSE(args []string, stderr io.Writer) error {
 	pf.register(fs)
 	var o fuseexport.Options
 	fs.BoolVar(&o.ReadOnly, "read-only", false, "export every volume read-only")
-	fs.BoolVar(&o.WritableSnapshots, "writable-snapshots", false, "export snapshots writable too")
+	fs.BoolVar(&o.WritableSnapshots, "writable-snapshots", false, writableSnapshotsDoc)
 	fs.BoolVarP(&o.Debug, "debug", "d", false, "trace FUSE operations")
 	stopTimeout := fs.Duration("stop-timeout", 30*time.Second, "after SIGTERM, how long to wait for loop devices (or processes) to let go of the volume files before detaching what can be detached and exiting")
 	skipCheck := fs.Bool("skip-check", false, "do not check the metadata before serving (for pools too large to check at every start)")
@@ -46,6 +46,9 @@ func serveFUSE(args []string, stderr io.Writer) error {
 	}
 	if st, err := os.Stat(rest[0]); err != nil || !st.IsDir() {
 		return fmt.Errorf("%w: mount point %s is not a directory", errUsage, rest[0])
+	}
+	if o.WritableSnapshots {
+		fmt.Fprintln(stderr, writableSnapshotsNote)
 	}
 	o.Logger = log.New(stderr, "thinblock serve: ", log.LstdFlags)
 	p, err := openServedPool(&pf, thinblock.Options{AcceptRollback: *acceptRollback, Logf: o.Logger.Printf}, *skipCheck, o.Logger.Printf)

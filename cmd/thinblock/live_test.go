@@ -259,3 +259,47 @@ func TestDeleteOnAServedPoolGivesSpaceBack(t *testing.T) {
 	s.stop(t)
 	assert.Contains(t, mustRun(t, "check", "--pool", dir), "metadata is consistent")
 }
+
+// ls shows each volume's name, origin and read-only attribute, locally
+// and through a server; a thin_dump round trip keeps the volumes and
+// drops the attributes, as dm-thin has none.
+func TestLsShowsNamesOriginsAndReadOnly(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pool")
+	mustRun(t, "pool", "create", "--pool", dir, "--size", "64M")
+	mustRun(t, "create", "--pool", dir, "1", "--size", "8M", "--name", "base")
+	mustRun(t, "snapshot", "--pool", dir, "2", "1", "--read-only", "--name", "layer-1")
+	s := serve(t, thinblockBinary(t, ""), dir)
+	mustRun(t, "snapshot", "--pool", dir, "3", "2", "--name", "container-a")
+	ls := mustRun(t, "ls", "--pool", dir)
+	assert.Regexp(t, `(?m)^\s*DEV\s+SIZE\s+MAPPED\s+EXCLUSIVE\s+SHARED\s+RO\s+ORIGIN\s+NAME$`, ls)
+	assert.Regexp(t, `(?m)^\s+1\s.*\s-\s+-\s+base$`, ls)
+	assert.Regexp(t, `(?m)^\s+2\s.*\sro\s+1\s+layer-1$`, ls)
+	assert.Regexp(t, `(?m)^\s+3\s.*\s-\s+2\s+container-a$`, ls)
+	var vols []struct {
+		ID       uint64  `json:"id"`
+		Name     string  `json:"name"`
+		ReadOnly bool    `json:"read_only"`
+		Origin   *uint64 `json:"origin"`
+	}
+	out := mustRun(t, "ls", "--pool", dir, "--json")
+	require.NoError(t, json.Unmarshal([]byte(out), &vols), out)
+	require.Len(t, vols, 3)
+	assert.Equal(t, "layer-1", vols[1].Name)
+	assert.True(t, vols[1].ReadOnly)
+	require.NotNil(t, vols[2].Origin)
+	assert.Equal(t, uint64(2), *vols[2].Origin)
+	assert.Nil(t, vols[0].Origin)
+	_, errOut, code := thinblockCmd("create", "--pool", dir, "4", "--size", "1M", "--name", "with space")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, errOut, "no spaces")
+	s.stop(t)
+
+	xml := filepath.Join(t.TempDir(), "dump.xml")
+	mustRun(t, "dump", "--pool", dir, "-o", xml)
+	restored := filepath.Join(t.TempDir(), "restored")
+	mustRun(t, "restore", "--pool", restored, "-i", xml)
+	ls = mustRun(t, "ls", "--pool", restored)
+	assert.NotContains(t, ls, "layer-1")
+	assert.Regexp(t, `(?m)^\s+3\s`, ls)
+	assert.Contains(t, mustRun(t, "check", "--pool", restored), "metadata is consistent")
+}

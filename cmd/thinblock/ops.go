@@ -11,8 +11,8 @@ import (
 // pool this command opened or, when a server holds the pool, through its
 // control socket: the same code prints the same output either way.
 type poolOps interface {
-	CreateVolume(id, size uint64) error
-	Snapshot(id, origin uint64) error
+	CreateVolumeWith(id, size uint64, a thinblock.Attrs) error
+	SnapshotWith(id, origin uint64, a thinblock.Attrs) error
 	DeleteVolumes(ids []uint64) error
 	Volumes() ([]thinblock.VolumeInfo, error)
 	Status() (thinblock.Status, error)

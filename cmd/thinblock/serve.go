@@ -77,7 +77,7 @@ func exports(p *thinblock.Pool, o exportOptions, logger *log.Logger) func() []nb
 			out = append(out, nbd.Export{
 				Name: strconv.FormatUint(vi.ID, 10), Description: desc,
 				Backend:  &volumeBackend{p: p, v: v, size: vi.Size},
-				ReadOnly: o.readOnly || (vi.Snapshot && !o.writableSnapshots),
+				ReadOnly: o.readOnly || vi.ExportReadOnly(o.writableSnapshots),
 			})
 		}
 		return out
@@ -124,7 +124,7 @@ func serveNBD(args []string, stderr io.Writer) error {
 	addr := fs.String("listen", "", "unix://PATH (default: nbd.sock beside the metadata) or tcp://HOST:PORT")
 	var eo exportOptions
 	fs.BoolVar(&eo.readOnly, "read-only", false, "export every volume read-only")
-	fs.BoolVar(&eo.writableSnapshots, "writable-snapshots", false, "export snapshots writable too")
+	fs.BoolVar(&eo.writableSnapshots, "writable-snapshots", false, writableSnapshotsDoc)
 	maxInFlight := fs.String("max-inflight", "256M", "bytes of requests in flight for the whole server (reads and writes not yet answered)")
 	maxPerConn := fs.String("max-inflight-per-conn", "64M", "bytes of requests in flight per connection; over it the connection is not read until its replies drain")
 	skipCheck := fs.Bool("skip-check", false, "do not check the metadata before serving (for pools too large to check at every start)")
@@ -146,6 +146,9 @@ func serveNBD(args []string, stderr io.Writer) error {
 	limits, err := parseLimits(*maxInFlight, *maxPerConn, *handshake)
 	if err != nil {
 		return err
+	}
+	if eo.writableSnapshots {
+		fmt.Fprintln(stderr, writableSnapshotsNote)
 	}
 	if *addr == "" {
 		*addr = "unix://" + filepath.Join(filepath.Dir(meta), "nbd.sock")
@@ -288,3 +291,10 @@ func releaseWhenIdle(srv *nbd.Server) func() {
 	}()
 	return func() { close(stop); <-done }
 }
+
+// The deprecated --writable-snapshots: read-only is now a volume's own
+// attribute, chosen at create and snapshot time.
+const (
+	writableSnapshotsDoc  = "deprecated: snapshots are writable unless made with --read-only; this only makes snapshots made before volume attributes writable"
+	writableSnapshotsNote = "thinblock serve: --writable-snapshots is deprecated: a snapshot is writable unless made with `thinblock snapshot --read-only`; the flag now only affects snapshots made before volumes had attributes"
+)

@@ -58,13 +58,23 @@ func (c *Client) Call(r Request) (Response, error) {
 
 // CreateVolume asks for a new empty volume.
 func (c *Client) CreateVolume(id, size uint64) error {
-	_, err := c.Call(Request{Op: OpCreate, ID: &id, Size: size})
+	return c.CreateVolumeWith(id, size, thinblock.Attrs{})
+}
+
+// CreateVolumeWith asks for a new empty volume with attributes.
+func (c *Client) CreateVolumeWith(id, size uint64, a thinblock.Attrs) error {
+	_, err := c.Call(Request{Op: OpCreate, ID: &id, Size: size, Name: a.Name, ReadOnly: a.ReadOnly})
 	return err
 }
 
 // Snapshot asks for a snapshot of origin.
 func (c *Client) Snapshot(id, origin uint64) error {
-	_, err := c.Call(Request{Op: OpSnapshot, ID: &id, Origin: &origin})
+	return c.SnapshotWith(id, origin, thinblock.Attrs{})
+}
+
+// SnapshotWith asks for a snapshot of origin with attributes.
+func (c *Client) SnapshotWith(id, origin uint64, a thinblock.Attrs) error {
+	_, err := c.Call(Request{Op: OpSnapshot, ID: &id, Origin: &origin, Name: a.Name, ReadOnly: a.ReadOnly})
 	return err
 }
 

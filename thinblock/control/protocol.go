@@ -33,8 +33,8 @@ const (
 
 // Request is one line a client sends. Which fields an operation takes:
 //
-//	create   id, size
-//	snapshot id, origin
+//	create   id, size; name, read_only optional
+//	snapshot id, origin; name, read_only optional
 //	delete   ids (one or more)
 //	ls       -
 //	status   -
@@ -46,6 +46,9 @@ type Request struct {
 	Origin *uint64  `json:"origin,omitempty"`
 	IDs    []uint64 `json:"ids,omitempty"`
 	Size   uint64   `json:"size,omitempty"`
+	// create and snapshot: the new volume's attributes.
+	Name     string `json:"name,omitempty"`
+	ReadOnly bool   `json:"read_only,omitempty"`
 }
 
 // Response is the line that answers a Request: Error is empty on
@@ -81,6 +84,11 @@ type Volume struct {
 	CreationTime uint32 `json:"creation_time"`
 	SnapTime     uint32 `json:"snap_time"`
 	Snapshot     bool   `json:"snapshot"`
+	// Attributes: absent for a volume made before they existed.
+	Name     string  `json:"name,omitempty"`
+	ReadOnly bool    `json:"read_only"`
+	Origin   *uint64 `json:"origin,omitempty"`
+	HasAttrs bool    `json:"has_attributes"`
 }
 
 // Status is the pool's status as sent on the wire and by
@@ -101,14 +109,25 @@ type Status struct {
 
 // FromVolumeInfo converts the pool's description of a volume.
 func FromVolumeInfo(v thinblock.VolumeInfo) Volume {
-	return Volume{ID: v.ID, Size: v.Size, Mapped: v.Mapped, Exclusive: v.Exclusive, Shared: v.Shared,
-		CreationTime: v.CreationTime, SnapTime: v.SnapTime, Snapshot: v.Snapshot}
+	w := Volume{ID: v.ID, Size: v.Size, Mapped: v.Mapped, Exclusive: v.Exclusive, Shared: v.Shared,
+		CreationTime: v.CreationTime, SnapTime: v.SnapTime, Snapshot: v.Snapshot,
+		Name: v.Name, ReadOnly: v.ReadOnly, HasAttrs: v.HasAttrs}
+	if v.HasOrigin {
+		o := v.Origin
+		w.Origin = &o
+	}
+	return w
 }
 
 // VolumeInfo converts back to the pool's type.
 func (v Volume) VolumeInfo() thinblock.VolumeInfo {
-	return thinblock.VolumeInfo{ID: v.ID, Size: v.Size, Mapped: v.Mapped, Exclusive: v.Exclusive, Shared: v.Shared,
-		CreationTime: v.CreationTime, SnapTime: v.SnapTime, Snapshot: v.Snapshot}
+	i := thinblock.VolumeInfo{ID: v.ID, Size: v.Size, Mapped: v.Mapped, Exclusive: v.Exclusive, Shared: v.Shared,
+		CreationTime: v.CreationTime, SnapTime: v.SnapTime, Snapshot: v.Snapshot,
+		HasAttrs: v.HasAttrs, Name: v.Name, ReadOnly: v.ReadOnly}
+	if v.Origin != nil {
+		i.HasOrigin, i.Origin = true, *v.Origin
+	}
+	return i
 }
 
 // FromStatus converts the pool's status.

@@ -200,13 +200,14 @@ func peerAllowed(nc net.Conn) error {
 // validate checks a request whole: a known operation carrying exactly
 // the fields it takes.
 func validate(r Request) error {
-	has := map[string]bool{"id": r.ID != nil, "origin": r.Origin != nil, "ids": r.IDs != nil, "size": r.Size != 0}
-	var want []string
+	has := map[string]bool{"id": r.ID != nil, "origin": r.Origin != nil, "ids": r.IDs != nil, "size": r.Size != 0,
+		"name": r.Name != "", "read_only": r.ReadOnly}
+	var want, may []string
 	switch r.Op {
 	case OpCreate:
-		want = []string{"id", "size"}
+		want, may = []string{"id", "size"}, []string{"name", "read_only"}
 	case OpSnapshot:
-		want = []string{"id", "origin"}
+		want, may = []string{"id", "origin"}, []string{"name", "read_only"}
 	case OpDelete:
 		want = []string{"ids"}
 	case OpList, OpStatus, OpTrim:
@@ -224,13 +225,19 @@ func validate(r Request) error {
 		}
 		wanted[f] = true
 	}
-	for _, f := range []string{"id", "origin", "ids", "size"} {
+	for _, f := range may {
+		wanted[f] = true
+	}
+	for _, f := range []string{"id", "origin", "ids", "size", "name", "read_only"} {
 		if has[f] && !wanted[f] {
 			return invalid("%s takes no %q", r.Op, f)
 		}
 	}
 	if r.Op == OpCreate || r.Op == OpSnapshot {
 		if err := thinblock.CheckNewVolumeID(*r.ID); err != nil {
+			return err
+		}
+		if err := thinblock.CheckName(r.Name); err != nil {
 			return err
 		}
 	}
@@ -279,9 +286,9 @@ func (s *Server) dispatch(r Request) (Response, error) {
 	var err error
 	switch r.Op {
 	case OpCreate:
-		err = p.CreateVolume(*r.ID, r.Size)
+		err = p.CreateVolumeWith(*r.ID, r.Size, thinblock.Attrs{Name: r.Name, ReadOnly: r.ReadOnly})
 	case OpSnapshot:
-		err = p.Snapshot(*r.ID, *r.Origin)
+		err = p.SnapshotWith(*r.ID, *r.Origin, thinblock.Attrs{Name: r.Name, ReadOnly: r.ReadOnly})
 	case OpDelete:
 		err = s.deleteLocked(r.IDs)
 	case OpResize:

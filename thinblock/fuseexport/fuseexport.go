@@ -27,8 +27,9 @@ import (
 type Options struct {
 	// ReadOnly exports every volume read-only.
 	ReadOnly bool
-	// WritableSnapshots exports snapshots writable (by default they are
-	// read-only, so a snapshot mounts with the old content).
+	// WritableSnapshots exports writable the snapshots made before
+	// volumes had attributes (read-only by default then); a volume made
+	// since is read-only when it was made so.
 	WritableSnapshots bool
 	Debug             bool
 	Logger            *log.Logger
@@ -77,7 +78,7 @@ func (r *root) refresh(ctx context.Context) error {
 			continue // deleted meanwhile
 		}
 		n := &volumeFile{p: r.p, v: v, size: vi.Size, mtime: uint64(time.Now().Unix()),
-			readOnly: r.opts.ReadOnly || (vi.Snapshot && !r.opts.WritableSnapshots)}
+			readOnly: r.opts.ReadOnly || vi.ExportReadOnly(r.opts.WritableSnapshots)}
 		r.gen++
 		child := r.NewPersistentInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: vi.ID + 2, Gen: r.gen})
 		r.AddChild(strconv.FormatUint(vi.ID, 10), child, false)
