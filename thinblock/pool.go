@@ -82,6 +82,11 @@ type Options struct {
 	// Logf gets a line for a problem that fails no request (giving
 	// space back); nil discards.
 	Logf func(format string, args ...any)
+	// NoSpaceWait is the out-of-space policy of Volume.Write and
+	// ZeroRange (nospace.go): 0 fails a write that needs a block when
+	// none is free at once, a positive value waits that long for space
+	// first, a negative one waits for good.
+	NoSpaceWait time.Duration
 }
 
 // checkRecovery refuses a pool that would silently lose a committed
@@ -124,6 +129,9 @@ type Pool struct {
 	noPunch bool
 	// givenBack counts the data blocks punched out of the data device.
 	givenBack uint64
+	// spaceCh is closed when space may have been given to the pool
+	// (nospace.go); guarded by mu.
+	spaceCh chan struct{}
 	// noCopyRange is set once the data device refused copy_file_range;
 	// copy-on-write then copies through memory. Read outside mu.
 	noCopyRange atomic.Bool
@@ -334,6 +342,7 @@ func (p *Pool) commitLocked() error {
 	p.sb = p.tm.Superblock()
 	p.data.Committed()
 	p.dirty = false
+	p.spaceGivenLocked()
 	if err := p.giveBackLocked(); err != nil && p.opts.Logf != nil {
 		// The commit stands; the space stays allocated on the host.
 		p.opts.Logf("give space back: %v", err)
@@ -429,8 +438,14 @@ func (p *Pool) Resize(dataSize uint64) error {
 			return fmt.Errorf("grow data device: %w", err)
 		}
 	}
+	old := p.data.Blocks()
 	if err := p.data.Resize(blocks); err != nil {
 		return err
+	}
+	// The low-water mark keeps its share of the pool, as a percentage
+	// setting would.
+	if old > 0 {
+		p.sb.LowWater = uint64(float64(p.sb.LowWater) * float64(blocks) / float64(old))
 	}
 	p.dirty = true
 	return p.commitLocked()

@@ -32,11 +32,17 @@ func serveFUSE(args []string, stderr io.Writer) error {
 	acceptRollback := fs.Bool("accept-rollback", false, "serve even if the newest superblock is damaged and its committed transaction would be lost (see thinblock check)")
 	var sf serviceFlags
 	sf.register(fs)
+	var wf watchFlags
+	wf.register(fs)
 	rest, err := parse(fs, args, 1)
 	if err != nil {
 		return err
 	}
 	meta, _, err := pf.paths()
+	if err != nil {
+		return err
+	}
+	noSpaceWait, err := wf.noSpaceWait()
 	if err != nil {
 		return err
 	}
@@ -51,7 +57,7 @@ func serveFUSE(args []string, stderr io.Writer) error {
 		fmt.Fprintln(stderr, writableSnapshotsNote)
 	}
 	o.Logger = log.New(stderr, "thinblock serve: ", log.LstdFlags)
-	p, err := openServedPool(&pf, thinblock.Options{AcceptRollback: *acceptRollback, Logf: o.Logger.Printf}, *skipCheck, o.Logger.Printf)
+	p, err := openServedPool(&pf, thinblock.Options{AcceptRollback: *acceptRollback, Logf: o.Logger.Printf, NoSpaceWait: noSpaceWait}, *skipCheck, o.Logger.Printf)
 	if err != nil {
 		return err
 	}
@@ -76,6 +82,8 @@ func serveFUSE(args []string, stderr io.Writer) error {
 	}
 	defer stopControl()
 	fmt.Fprintf(stderr, "thinblock: serving volumes as files in %s\n", rest[0])
+	stopWatch := watchPool(p.Pool, filepath.Dir(meta), wf.lowWaterCommand, 200*time.Millisecond, o.Logger.Printf)
+	defer stopWatch()
 	defer svc.ready(o.Logger.Printf)()
 	served := make(chan struct{})
 	go func() { srv.Wait(); close(served) }()
@@ -83,9 +91,11 @@ func serveFUSE(args []string, stderr io.Writer) error {
 	select {
 	case <-served: // unmounted from outside
 		stopControl()
+		stopWatch()
 		return p.Close()
 	case sig := <-signals:
 		stopControl()
+		stopWatch()
 		return stopFUSE(fuseStop{srv: srv, mnt: rest[0], pool: p, signals: signals, served: served,
 			timeout: *stopTimeout, logf: o.Logger.Printf}, sig)
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -302,4 +303,80 @@ func TestLsShowsNamesOriginsAndReadOnly(t *testing.T) {
 	assert.NotContains(t, ls, "layer-1")
 	assert.Regexp(t, `(?m)^\s+3\s`, ls)
 	assert.Contains(t, mustRun(t, "check", "--pool", restored), "metadata is consistent")
+}
+
+// Crossing the low-water mark runs the configured command once, with the
+// pool's figures; here it grows the pool through the control socket, as
+// lvm's autoextend does, while writes that found no block wait
+// (--no-space=queue) and then complete. The mark keeps its share.
+func TestLowWaterCommandGrowsThePoolWhileWritesWait(t *testing.T) {
+	needTools(t, "qemu-io")
+	bin := thinblockBinary(t, "")
+	dir := filepath.Join(t.TempDir(), "pool")
+	mustRun(t, "pool", "create", "--pool", dir, "--size", "1M", "--low-water", "4")
+	mustRun(t, "create", "--pool", dir, "1", "--size", "8M")
+	logPath := filepath.Join(dir, "low-water.log")
+	command := fmt.Sprintf(`echo "$THINBLOCK_FREE_BLOCKS $THINBLOCK_LOW_WATER_BLOCKS $THINBLOCK_DATA_BLOCKS $THINBLOCK_BLOCK_SIZE" >> %s; %s pool resize --pool "$THINBLOCK_POOL" --size 4M`, logPath, bin)
+	s := serve(t, bin, dir, "--low-water-command", command, "--no-space", "queue:30s")
+	// 3 MiB: 48 blocks, three times what the pool has at first.
+	runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0x3c 0 3M", "-c", "flush", s.uri("1"))
+	runTool(t, "qemu-io", "-f", "raw", "-c", "read -P 0x3c 0 3M", s.uri("1"))
+	out, err := os.ReadFile(logPath)
+	require.NoError(t, err)
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	require.Len(t, lines, 1, "the command runs once per crossing: %q", out)
+	var free, lw, blocks, bs uint64
+	_, err = fmt.Sscan(lines[0], &free, &lw, &blocks, &bs)
+	require.NoError(t, err)
+	assert.LessOrEqual(t, free, uint64(4))
+	assert.Equal(t, []uint64{4, 16, 64 << 10}, []uint64{lw, blocks, bs})
+	st := mustRun(t, "pool", "status", "--pool", dir)
+	assert.Contains(t, st, "/64 blocks used")
+	assert.Contains(t, st, "low water mark:  16 free blocks", "the mark is rescaled with the pool")
+	assert.Contains(t, s.stop(t), "at or below the low-water mark")
+}
+
+// Without a command, a queued write waits until the pool is grown by
+// hand; with --no-space=error (the default) it fails at once.
+func TestOutOfSpacePolicies(t *testing.T) {
+	needTools(t, "qemu-io")
+	bin := thinblockBinary(t, "")
+	dir := filepath.Join(t.TempDir(), "pool")
+	mustRun(t, "pool", "create", "--pool", dir, "--size", "1M")
+	mustRun(t, "create", "--pool", dir, "1", "--size", "8M")
+	s := serve(t, bin, dir, "--no-space", "queue")
+	uri := s.uri("1")
+	done := make(chan error, 1)
+	go func() {
+		out, err := exec.Command("qemu-io", "-f", "raw", "-c", "write -P 0x4d 0 2M", "-c", "flush", uri).CombinedOutput()
+		if err == nil && strings.Contains(string(out), "error") {
+			err = fmt.Errorf("%s", out)
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("the write did not wait for space: %v", err)
+	case <-time.After(time.Second):
+	}
+	mustRun(t, "pool", "resize", "--pool", dir, "--size", "4M")
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the queued write did not complete after the pool grew")
+	}
+	runTool(t, "qemu-io", "-f", "raw", "-c", "read -P 0x4d 0 2M", uri)
+	s.stop(t)
+
+	s = serve(t, bin, dir)
+	start := time.Now()
+	out, _ := exec.Command("qemu-io", "-f", "raw", "-c", "write -P 0x4e 2M 4M", uri).CombinedOutput()
+	assert.Contains(t, string(out), "No space left on device")
+	assert.Less(t, time.Since(start), 5*time.Second)
+	s.stop(t)
+
+	_, errOut, code := thinblockCmd("serve", "nbd", "--pool", dir, "--no-space", "queue:soon")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, errOut, "the timeout must be a duration")
 }

@@ -30,11 +30,11 @@ type volumeBackend struct {
 
 func (b *volumeBackend) Size() uint64                             { return b.size }
 func (b *volumeBackend) ReadAt(p []byte, off int64) (int, error)  { return b.v.ReadAt(p, off) }
-func (b *volumeBackend) WriteAt(p []byte, off int64) (int, error) { return b.v.WriteAt(p, off) }
+func (b *volumeBackend) WriteAt(p []byte, off int64) (int, error) { return b.v.Write(p, off) }
 func (b *volumeBackend) Flush() error                             { return b.p.Commit() }
 func (b *volumeBackend) Trim(off, n int64) error                  { return b.v.Discard(off, n) }
 func (b *volumeBackend) WriteZeroes(off, n int64, unmap bool) error {
-	return b.v.WriteZeroes(off, n, unmap)
+	return b.v.ZeroRange(off, n, unmap)
 }
 
 func (b *volumeBackend) Extents(off, n int64) ([]nbd.Extent, error) {
@@ -132,10 +132,16 @@ func serveNBD(args []string, stderr io.Writer) error {
 	handshake := fs.Duration("handshake-timeout", nbd.DefaultHandshakeTimeout, "disconnect a client that has not chosen an export by then")
 	var sf serviceFlags
 	sf.register(fs)
+	var wf watchFlags
+	wf.register(fs)
 	if _, err := parse(fs, args, 0); err != nil {
 		return err
 	}
 	meta, _, err := pf.paths()
+	if err != nil {
+		return err
+	}
+	noSpaceWait, err := wf.noSpaceWait()
 	if err != nil {
 		return err
 	}
@@ -154,7 +160,7 @@ func serveNBD(args []string, stderr io.Writer) error {
 		*addr = "unix://" + filepath.Join(filepath.Dir(meta), "nbd.sock")
 	}
 	logger := log.New(stderr, "thinblock serve: ", log.LstdFlags)
-	p, err := openServedPool(&pf, thinblock.Options{AcceptRollback: *acceptRollback, Logf: logger.Printf}, *skipCheck, logger.Printf)
+	p, err := openServedPool(&pf, thinblock.Options{AcceptRollback: *acceptRollback, Logf: logger.Printf, NoSpaceWait: noSpaceWait}, *skipCheck, logger.Printf)
 	if err != nil {
 		return err
 	}
@@ -187,6 +193,8 @@ func serveNBD(args []string, stderr io.Writer) error {
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	fmt.Fprintf(stderr, "thinblock: serving %d volumes over NBD on %s\n", len(srv.Exports()), *addr)
+	stopWatch := watchPool(p.Pool, filepath.Dir(meta), wf.lowWaterCommand, 200*time.Millisecond, logger.Printf)
+	defer stopWatch()
 	defer svc.ready(logger.Printf)()
 	select {
 	case sig := <-signals:
@@ -200,6 +208,7 @@ func serveNBD(args []string, stderr io.Writer) error {
 		logger.Printf("shutdown: %v", err)
 	}
 	stopControl()
+	stopWatch()
 	if strings.HasPrefix(*addr, "unix://") {
 		os.Remove(strings.TrimPrefix(*addr, "unix://"))
 	}

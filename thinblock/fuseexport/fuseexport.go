@@ -227,7 +227,7 @@ func (f *volumeFile) Write(ctx context.Context, fh fs.FileHandle, data []byte, o
 	if off < 0 || uint64(off)+uint64(len(data)) > f.size {
 		return 0, syscall.EFBIG
 	}
-	if _, err := f.v.WriteAt(data, off); err != nil {
+	if _, err := f.v.Write(data, off); err != nil {
 		return 0, errno(err)
 	}
 	return uint32(len(data)), 0
@@ -253,7 +253,7 @@ func (f *volumeFile) Allocate(ctx context.Context, fh fs.FileHandle, off, size u
 	case mode&unix.FALLOC_FL_PUNCH_HOLE != 0:
 		return errno(f.v.Discard(int64(off), int64(size)))
 	case mode&unix.FALLOC_FL_ZERO_RANGE != 0:
-		return errno(f.v.WriteZeroes(int64(off), int64(size), false))
+		return errno(f.v.ZeroRange(int64(off), int64(size), false))
 	}
 	return syscall.EOPNOTSUPP
 }
