@@ -157,3 +157,44 @@ func (v VolumeInfo) ExportReadOnly(legacyWritableSnapshots bool) bool {
 	}
 	return v.Snapshot && !legacyWritableSnapshots
 }
+
+// AttrChange is a change to a volume's attributes; nil fields stay.
+type AttrChange struct {
+	Name     *string
+	ReadOnly *bool
+}
+
+// SetAttrs changes volume id's attributes (a layer is marked read-only
+// once written, as Docker does with an image layer).
+func (p *Pool) SetAttrs(id uint64, c AttrChange) error {
+	if c.Name != nil {
+		if err := CheckName(*c.Name); err != nil {
+			return err
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := p.usable(); err != nil {
+		return err
+	}
+	d, err := p.detailsLocked(id)
+	if err != nil {
+		return err
+	}
+	a, found, err := p.attrsLocked(id)
+	if err != nil {
+		return err
+	}
+	if !found && d.Flags&FlagSnapshot != 0 {
+		// A snapshot made before attributes was read-only by default;
+		// it stays so unless the change says otherwise.
+		a.ReadOnly = true
+	}
+	if c.Name != nil {
+		a.Name = *c.Name
+	}
+	if c.ReadOnly != nil {
+		a.ReadOnly = *c.ReadOnly
+	}
+	return p.saveAttrsLocked(id, a)
+}

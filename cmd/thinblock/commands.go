@@ -327,6 +327,31 @@ func cmdSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error
 	})
 }
 
+func cmdSet(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	var name *string
+	var ro, rw *bool
+	return volumeCommand("set", args, stderr, 1, func(fs *pflag.FlagSet) {
+		name = fs.String("name", "", "rename the volume")
+		ro = fs.Bool("read-only", false, "serve it read-only from now on (e.g. an image layer once written)")
+		rw = fs.Bool("writable", false, "serve it writable from now on")
+	}, func(p poolOps, ids []uint64) error {
+		var c thinblock.AttrChange
+		switch {
+		case *ro && *rw:
+			return fmt.Errorf("%w: --read-only or --writable, not both", errUsage)
+		case *ro || *rw:
+			c.ReadOnly = ro
+		}
+		if *name != "" {
+			c.Name = name
+		}
+		if c.Name == nil && c.ReadOnly == nil {
+			return fmt.Errorf("%w: set what? --name, --read-only or --writable", errUsage)
+		}
+		return p.SetAttrs(ids[0], c)
+	})
+}
+
 func cmdDelete(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	return volumeCommand("delete", args, stderr, -1, nil, func(p poolOps, ids []uint64) error {
 		return p.DeleteVolumes(ids)

@@ -35,6 +35,7 @@ func commands() []command {
 		{"volumes", "create", "--pool DIR ID --size SIZE [--name NAME] [--read-only]", "make thin volume ID: no space is used until it is written", cmdCreate},
 		{"volumes", "snapshot", "--pool DIR ID ORIGIN [--name NAME] [--read-only]", "make volume ID a copy-on-write snapshot of ORIGIN, in O(1); writable unless --read-only", cmdSnapshot},
 		{"volumes", "delete", "--pool DIR ID...", "remove the volumes (all or none); blocks no other volume shares are freed", cmdDelete},
+		{"volumes", "set", "--pool DIR ID [--name NAME] [--read-only|--writable]", "change a volume's attributes", cmdSet},
 		{"volumes", "ls", "--pool DIR [--json]", "volumes with size, mapped, exclusive and shared blocks (as thin_ls), read-only, origin and name", cmdLs},
 		{"metadata", "check", "--pool DIR | --meta FILE [--repair]", "verify the metadata; --repair rebuilds the space map", cmdCheck},
 		{"metadata", "delta", "--pool DIR A B", "ranges where volumes A and B differ, as thin_delta", cmdDelta},

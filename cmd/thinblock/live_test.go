@@ -265,6 +265,7 @@ func TestDeleteOnAServedPoolGivesSpaceBack(t *testing.T) {
 // and through a server; a thin_dump round trip keeps the volumes and
 // drops the attributes, as dm-thin has none.
 func TestLsShowsNamesOriginsAndReadOnly(t *testing.T) {
+	needTools(t, "nbdinfo")
 	dir := filepath.Join(t.TempDir(), "pool")
 	mustRun(t, "pool", "create", "--pool", dir, "--size", "64M")
 	mustRun(t, "create", "--pool", dir, "1", "--size", "8M", "--name", "base")
@@ -293,6 +294,17 @@ func TestLsShowsNamesOriginsAndReadOnly(t *testing.T) {
 	_, errOut, code := thinblockCmd("create", "--pool", dir, "4", "--size", "1M", "--name", "with space")
 	assert.Equal(t, 2, code)
 	assert.Contains(t, errOut, "no spaces")
+
+	// set changes them on a served pool; the export follows.
+	assert.NotContains(t, runTool(t, "nbdinfo", s.uri("3")), "is_read_only: true")
+	mustRun(t, "set", "--pool", dir, "3", "--read-only", "--name", "layer-2")
+	assert.Regexp(t, `(?m)^\s+3\s.*\sro\s+2\s+layer-2$`, mustRun(t, "ls", "--pool", dir))
+	assert.Contains(t, runTool(t, "nbdinfo", s.uri("3")), "is_read_only: true")
+	mustRun(t, "set", "--pool", dir, "3", "--writable")
+	assert.Contains(t, runTool(t, "nbdinfo", s.uri("3")), "is_read_only: false")
+	_, errOut, code = thinblockCmd("set", "--pool", dir, "3")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, errOut, "set what?")
 	s.stop(t)
 
 	xml := filepath.Join(t.TempDir(), "dump.xml")

@@ -18,6 +18,7 @@ type poolOps interface {
 	Status() (thinblock.Status, error)
 	Resize(size uint64) error
 	Trim() (uint64, error)
+	SetAttrs(id uint64, c thinblock.AttrChange) error
 	Close() error
 }
 

@@ -120,3 +120,16 @@ func (c *Client) Trim() (uint64, error) {
 	r, err := c.Call(Request{Op: OpTrim})
 	return r.Trimmed, err
 }
+
+// SetAttrs changes a volume's attributes.
+func (c *Client) SetAttrs(id uint64, ch thinblock.AttrChange) error {
+	r := Request{Op: OpSet, ID: &id}
+	if ch.Name != nil {
+		r.Name = *ch.Name
+	}
+	if ch.ReadOnly != nil {
+		r.ReadOnly, r.Writable = *ch.ReadOnly, !*ch.ReadOnly
+	}
+	_, err := c.Call(r)
+	return err
+}

@@ -127,6 +127,8 @@ func TestRequestsAreValidatedWhole(t *testing.T) {
 		{"ls with a size", `{"op":"ls","size":5}`, `ls takes no "size"`},
 		{"an id above 24 bits", `{"op":"create","id":16777216,"size":1048576}`, "24-bit limit"},
 		{"a snapshot id above 24 bits", `{"op":"snapshot","id":16777216,"origin":1}`, "24-bit limit"},
+		{"set of nothing", `{"op":"set","id":1}`, "changes nothing"},
+		{"set both ways", `{"op":"set","id":1,"read_only":true,"writable":true}`, "together"},
 		{"negative id", `{"op":"create","id":-1,"size":1048576}`, "not a JSON request"},
 	}
 	for _, tc := range cases {

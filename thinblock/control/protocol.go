@@ -29,6 +29,7 @@ const (
 	OpStatus   = "status"
 	OpResize   = "resize"
 	OpTrim     = "trim"
+	OpSet      = "set"
 )
 
 // Request is one line a client sends. Which fields an operation takes:
@@ -40,6 +41,7 @@ const (
 //	status   -
 //	resize   size (data bytes)
 //	trim     -  (punch every unused data block; answers trimmed)
+//	set      id; name, read_only or writable (what is not given stays)
 type Request struct {
 	Op     string   `json:"op"`
 	ID     *uint64  `json:"id,omitempty"`
@@ -49,6 +51,8 @@ type Request struct {
 	// create and snapshot: the new volume's attributes.
 	Name     string `json:"name,omitempty"`
 	ReadOnly bool   `json:"read_only,omitempty"`
+	// set: make the volume writable.
+	Writable bool `json:"writable,omitempty"`
 }
 
 // Response is the line that answers a Request: Error is empty on

@@ -201,7 +201,7 @@ func peerAllowed(nc net.Conn) error {
 // the fields it takes.
 func validate(r Request) error {
 	has := map[string]bool{"id": r.ID != nil, "origin": r.Origin != nil, "ids": r.IDs != nil, "size": r.Size != 0,
-		"name": r.Name != "", "read_only": r.ReadOnly}
+		"name": r.Name != "", "read_only": r.ReadOnly, "writable": r.Writable}
 	var want, may []string
 	switch r.Op {
 	case OpCreate:
@@ -213,6 +213,17 @@ func validate(r Request) error {
 	case OpList, OpStatus, OpTrim:
 	case OpResize:
 		want = []string{"size"}
+	case OpSet:
+		want, may = []string{"id"}, []string{"name", "read_only", "writable"}
+		if r.ReadOnly && r.Writable {
+			return invalid("set: read_only and writable together")
+		}
+		if !r.ReadOnly && !r.Writable && r.Name == "" {
+			return invalid("set changes nothing")
+		}
+		if err := thinblock.CheckName(r.Name); err != nil {
+			return err
+		}
 	case "":
 		return invalid("request names no operation")
 	default:
@@ -228,7 +239,7 @@ func validate(r Request) error {
 	for _, f := range may {
 		wanted[f] = true
 	}
-	for _, f := range []string{"id", "origin", "ids", "size", "name", "read_only"} {
+	for _, f := range []string{"id", "origin", "ids", "size", "name", "read_only", "writable"} {
 		if has[f] && !wanted[f] {
 			return invalid("%s takes no %q", r.Op, f)
 		}
@@ -293,6 +304,16 @@ func (s *Server) dispatch(r Request) (Response, error) {
 		err = s.deleteLocked(r.IDs)
 	case OpResize:
 		err = p.Resize(r.Size)
+	case OpSet:
+		var c thinblock.AttrChange
+		if r.Name != "" {
+			c.Name = &r.Name
+		}
+		if r.ReadOnly || r.Writable {
+			ro := r.ReadOnly
+			c.ReadOnly = &ro
+		}
+		err = p.SetAttrs(*r.ID, c)
 	}
 	if err == nil && r.Op != OpResize && s.Changed != nil {
 		s.Changed()

@@ -70,15 +70,17 @@ func (r *root) refresh(ctx context.Context) error {
 	present := map[uint64]bool{}
 	for _, vi := range vols {
 		present[vi.ID] = true
-		if _, ok := r.files[vi.ID]; ok {
+		if f, ok := r.files[vi.ID]; ok {
+			// An attribute may have changed (thinblock set --read-only).
+			f.readOnly.Store(r.opts.ReadOnly || vi.ExportReadOnly(r.opts.WritableSnapshots))
 			continue
 		}
 		v, err := r.p.Volume(vi.ID)
 		if err != nil {
 			continue // deleted meanwhile
 		}
-		n := &volumeFile{p: r.p, v: v, size: vi.Size, mtime: uint64(time.Now().Unix()),
-			readOnly: r.opts.ReadOnly || vi.ExportReadOnly(r.opts.WritableSnapshots)}
+		n := &volumeFile{p: r.p, v: v, size: vi.Size, mtime: uint64(time.Now().Unix())}
+		n.readOnly.Store(r.opts.ReadOnly || vi.ExportReadOnly(r.opts.WritableSnapshots))
 		r.gen++
 		child := r.NewPersistentInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: vi.ID + 2, Gen: r.gen})
 		r.AddChild(strconv.FormatUint(vi.ID, 10), child, false)
@@ -145,7 +147,7 @@ type volumeFile struct {
 	p        *thinblock.Pool
 	v        *thinblock.Volume
 	size     uint64
-	readOnly bool
+	readOnly atomic.Bool
 	mtime    uint64 // when the export started
 	opens    atomic.Int32
 }
@@ -178,7 +180,7 @@ func errno(err error) syscall.Errno { return sysx.Errno(err) }
 
 func (f *volumeFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	out.Mode = syscall.S_IFREG | 0o644
-	if f.readOnly {
+	if f.readOnly.Load() {
 		out.Mode = syscall.S_IFREG | 0o444
 	}
 	out.Size = f.size
@@ -202,7 +204,7 @@ func (f *volumeFile) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.Set
 }
 
 func (f *volumeFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	if f.readOnly && flags&syscall.O_ACCMODE != syscall.O_RDONLY {
+	if f.readOnly.Load() && flags&syscall.O_ACCMODE != syscall.O_RDONLY {
 		return nil, 0, syscall.EROFS
 	}
 	f.opens.Add(1)
@@ -221,7 +223,7 @@ func (f *volumeFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, of
 }
 
 func (f *volumeFile) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
-	if f.readOnly {
+	if f.readOnly.Load() {
 		return 0, syscall.EROFS
 	}
 	if off < 0 || uint64(off)+uint64(len(data)) > f.size {
@@ -243,7 +245,7 @@ func (f *volumeFile) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno 
 // Allocate handles PUNCH_HOLE (discard) and ZERO_RANGE; reserving space
 // in a thin volume is not possible, so plain allocation is refused.
 func (f *volumeFile) Allocate(ctx context.Context, fh fs.FileHandle, off, size uint64, mode uint32) syscall.Errno {
-	if f.readOnly {
+	if f.readOnly.Load() {
 		return syscall.EROFS
 	}
 	if off+size > f.size {
