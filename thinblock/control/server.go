@@ -120,7 +120,11 @@ func (s *Server) Close() error {
 	}
 	for nc := range s.conns {
 		// A blocked read ends; a request being answered still answers.
-		nc.(interface{ CloseRead() error }).CloseRead()
+		if cr, ok := nc.(interface{ CloseRead() error }); ok {
+			cr.CloseRead()
+		} else {
+			nc.Close()
+		}
 	}
 	s.connMu.Unlock()
 	s.wg.Wait()
