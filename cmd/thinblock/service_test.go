@@ -127,3 +127,33 @@ func TestSystemdUnitFile(t *testing.T) {
 		t.Logf("systemd-analyze verify exited %v (nothing about our unit):\n%s", err, out)
 	}
 }
+
+// serve fuse --daemon returns once the volume files are there.
+func TestServeFUSEAsADaemon(t *testing.T) {
+	requireRootFUSE(t)
+	dir := filepath.Join(t.TempDir(), "pool")
+	mustRun(t, "pool", "create", "--pool", dir, "--size", "64M")
+	mustRun(t, "create", "--pool", dir, "7", "--size", "8M")
+	mnt := filepath.Join(t.TempDir(), "volumes")
+	require.NoError(t, os.Mkdir(mnt, 0o755))
+	pidFile := filepath.Join(dir, "fuse.pid")
+	out, err := exec.Command(thinblockBinary(t, ""), "serve", "fuse", "--pool", dir, mnt, "--daemon", "--pid-file", pidFile).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	t.Cleanup(func() { syscall.Unmount(mnt, 2 /* MNT_DETACH */) })
+	st, err := os.Stat(filepath.Join(mnt, "7"))
+	require.NoError(t, err, "the volume file is there when --daemon returns")
+	assert.Equal(t, int64(8<<20), st.Size())
+	assert.FileExists(t, filepath.Join(dir, "control.sock"))
+	b, err := os.ReadFile(pidFile)
+	require.NoError(t, err)
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	require.NoError(t, err)
+	require.NoError(t, syscall.Kill(pid, syscall.SIGTERM))
+	for i := 0; i < 300 && syscall.Kill(pid, 0) == nil; i++ {
+		time.Sleep(20 * time.Millisecond)
+	}
+	require.Error(t, syscall.Kill(pid, 0), "the server did not stop on SIGTERM")
+	_, err = os.Stat(filepath.Join(mnt, "7"))
+	assert.True(t, os.IsNotExist(err), "unmounted: %v", err)
+	assert.NoFileExists(t, pidFile)
+}
