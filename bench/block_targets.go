@@ -116,6 +116,8 @@ func BlockTargets() []Target {
 			}
 			return ""
 		}, setup: setupThinblock},
+		&transportTarget{name: "thinblock-tcp"},
+		&transportTarget{name: "thinblock-tls", tls: true},
 		&blockTarget{name: "qemu-nbd-qcow2", skip: needTools("qemu-img", "qemu-nbd"),
 			setup: func(env *Env, dir string) (*Instance, error) {
 				img := filepath.Join(dir, "image.qcow2")

@@ -126,6 +126,12 @@ func Run(cfg *Config, env *Env, targets []Target, workloads []Workload) *Report 
 	return rep
 }
 
+// selective is a target that measures only some of its family's
+// workloads; NotFor says why it leaves one out, or "".
+type selective interface {
+	NotFor(workload string) string
+}
+
 // runTarget runs a target's workloads: one shared instance for the ones
 // that can share it, a new one per repeat for the fresh ones.
 func runTarget(cfg *Config, env *Env, t Target, workloads []Workload, progress func(Target, Workload, int)) []Row {
@@ -139,6 +145,9 @@ func runTarget(cfg *Config, env *Env, t Target, workloads []Workload, progress f
 	}()
 	for _, w := range workloads {
 		row := Row{Family: t.Family(), Target: t.Name(), Workload: w.Name}
+		if s, ok := t.(selective); ok {
+			row.Skipped = s.NotFor(w.Name)
+		}
 		for _, cmd := range w.Needs {
 			if !have(cmd) {
 				row.Skipped = cmd + " not installed"

@@ -41,7 +41,7 @@ func commands() []command {
 		{"metadata", "delta", "--pool DIR A B", "ranges where volumes A and B differ, as thin_delta", cmdDelta},
 		{"metadata", "dump", "--pool DIR | --meta FILE [-o FILE]", "the metadata as thin_dump's XML", cmdDump},
 		{"metadata", "restore", "--pool DIR [-i FILE] [--data-size SIZE]", "make a pool's metadata from thin_dump's XML (default: standard input)", cmdRestore},
-		{"serve", "serve nbd", "--pool DIR [--listen unix://PATH|tcp://HOST:PORT] [--daemon] [--low-water-command CMD] [--no-space error|queue[:TIMEOUT]] [flags]", "serve every volume over NBD until SIGTERM, with the control socket DIR/control.sock", func(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+		{"serve", "serve nbd", "--pool DIR [--listen unix://PATH|tcp://HOST:PORT] [--tls-creds DIR] [--daemon] [--low-water-command CMD] [--no-space error|queue[:TIMEOUT]] [flags]", "serve every volume over NBD until SIGTERM, with the control socket DIR/control.sock", func(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			return serveNBD(args, stderr)
 		}},
 		{"serve", "serve fuse", "--pool DIR MOUNTDIR [--daemon] [--low-water-command CMD] [--no-space error|queue[:TIMEOUT]] [flags]", "serve every volume as a file in MOUNTDIR (for losetup) until SIGTERM, with the control socket DIR/control.sock", func(args []string, stdin io.Reader, stdout, stderr io.Writer) error {

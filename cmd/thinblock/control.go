@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"fmt"
 	"log"
 	"net"
@@ -52,6 +53,9 @@ func nbdHolders(srv *nbd.Server) func(id uint64) []string {
 // describePeer names the other end of a connection: for a unix socket
 // the process (SO_PEERCRED), otherwise its address.
 func describePeer(nc net.Conn) string {
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
 	if uc, ok := nc.(*net.UnixConn); ok {
 		if raw, err := uc.SyscallConn(); err == nil {
 			var cred *unix.Ucred

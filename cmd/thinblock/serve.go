@@ -13,7 +13,6 @@ import (
 	"runtime/metrics"
 	"runtime/pprof"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -84,36 +83,32 @@ func exports(p *thinblock.Pool, o exportOptions, logger *log.Logger) func() []nb
 	}
 }
 
-// listen opens unix://PATH (mode 0600) or tcp://HOST:PORT.
-func listen(addr string) (net.Listener, error) {
-	switch {
-	case strings.HasPrefix(addr, "unix://"):
-		path := strings.TrimPrefix(addr, "unix://")
-		if st, err := os.Lstat(path); err == nil && st.Mode()&os.ModeSocket != 0 {
-			os.Remove(path) // a stale socket of an earlier server
-		}
-		// The socket is made under a temporary name and renamed into
-		// place once it listens: bind makes the file, and a client that
-		// saw it before listen would be refused.
-		tmp := fmt.Sprintf("%s.%d.tmp", path, os.Getpid())
-		os.Remove(tmp)
-		old := syscall.Umask(0o077)
-		l, err := net.Listen("unix", tmp)
-		syscall.Umask(old)
-		if err != nil {
-			return nil, err
-		}
-		l.(*net.UnixListener).SetUnlinkOnClose(false) // the name is path's now
-		if err := os.Rename(tmp, path); err != nil {
-			l.Close()
-			os.Remove(tmp)
-			return nil, err
-		}
-		return l, nil
-	case strings.HasPrefix(addr, "tcp://"):
-		return net.Listen("tcp", strings.TrimPrefix(addr, "tcp://"))
+// listen opens a unix socket (mode 0600) or a TCP address. The socket is
+// made under a temporary name and renamed into place once it listens:
+// bind makes the file, and a client that saw it before listen would be
+// refused.
+func listen(a listenAddr) (net.Listener, error) {
+	if a.tcp != nil {
+		return net.ListenTCP("tcp", a.tcp)
 	}
-	return nil, fmt.Errorf("%w: --listen %q: want unix://PATH or tcp://HOST:PORT", errUsage, addr)
+	if st, err := os.Lstat(a.unix); err == nil && st.Mode()&os.ModeSocket != 0 {
+		os.Remove(a.unix) // a stale socket of an earlier server
+	}
+	tmp := fmt.Sprintf("%s.%d.tmp", a.unix, os.Getpid())
+	os.Remove(tmp)
+	old := syscall.Umask(0o077)
+	l, err := net.Listen("unix", tmp)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, err
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false) // the name is a.unix's now
+	if err := os.Rename(tmp, a.unix); err != nil {
+		l.Close()
+		os.Remove(tmp)
+		return nil, err
+	}
+	return l, nil
 }
 
 func serveNBD(args []string, stderr io.Writer) error {
@@ -121,7 +116,7 @@ func serveNBD(args []string, stderr io.Writer) error {
 	fs := flagSet("serve nbd", stderr)
 	var pf poolFlags
 	pf.register(fs)
-	addr := fs.String("listen", "", "unix://PATH (default: nbd.sock beside the metadata) or tcp://HOST:PORT")
+	addr := fs.String("listen", "", "unix://PATH (default: nbd.sock beside the metadata) or tcp://HOST:PORT (off loopback only with TLS required, or --insecure)")
 	var eo exportOptions
 	fs.BoolVar(&eo.readOnly, "read-only", false, "export every volume read-only")
 	fs.BoolVar(&eo.writableSnapshots, "writable-snapshots", false, writableSnapshotsDoc)
@@ -134,6 +129,8 @@ func serveNBD(args []string, stderr io.Writer) error {
 	sf.register(fs)
 	var wf watchFlags
 	wf.register(fs)
+	var tf tlsFlags
+	tf.register(fs)
 	if _, err := parse(fs, args, 0); err != nil {
 		return err
 	}
@@ -159,6 +156,17 @@ func serveNBD(args []string, stderr io.Writer) error {
 	if *addr == "" {
 		*addr = "unix://" + filepath.Join(filepath.Dir(meta), "nbd.sock")
 	}
+	la, err := parseListen(*addr)
+	if err != nil {
+		return err
+	}
+	tlsSet, err := tf.load()
+	if err != nil {
+		return err
+	}
+	if err := checkExposure(*addr, la, tlsSet, tf.insecure); err != nil {
+		return err
+	}
 	logger := log.New(stderr, "thinblock serve: ", log.LstdFlags)
 	p, err := openServedPool(&pf, thinblock.Options{AcceptRollback: *acceptRollback, Logf: logger.Printf, NoSpaceWait: noSpaceWait}, *skipCheck, logger.Printf)
 	if err != nil {
@@ -171,13 +179,14 @@ func serveNBD(args []string, stderr io.Writer) error {
 			defer func() { pprof.StopCPUProfile(); f.Close() }()
 		}
 	}
-	l, err := listen(*addr)
+	l, err := listen(la)
 	if err != nil {
 		p.Close()
 		return err
 	}
 	srv := &nbd.Server{Exports: exports(p.Pool, eo, logger), Logger: logger,
-		MaxInFlight: limits.total, MaxInFlightPerConn: limits.perConn, HandshakeTimeout: limits.handshake}
+		MaxInFlight: limits.total, MaxInFlightPerConn: limits.perConn, HandshakeTimeout: limits.handshake,
+		TLS: tlsSet.config, RequireTLS: tlsSet.require}
 	stopControl, err := startControl(&pf, p.Pool, nbdHolders(srv), nil, logger)
 	if err != nil {
 		l.Close()
@@ -192,7 +201,11 @@ func serveNBD(args []string, stderr io.Writer) error {
 	defer signal.Stop(signals)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
-	fmt.Fprintf(stderr, "thinblock: serving %d volumes over NBD on %s\n", len(srv.Exports()), *addr)
+	where := *addr
+	if la.tcp != nil {
+		where = "tcp://" + l.Addr().String() // the port chosen, for :0
+	}
+	fmt.Fprintf(stderr, "thinblock: serving %d volumes over NBD on %s (%s)\n", len(srv.Exports()), where, tlsSet.describe())
 	stopWatch := watchPool(p.Pool, filepath.Dir(meta), wf.lowWaterCommand, 200*time.Millisecond, logger.Printf)
 	defer stopWatch()
 	defer svc.ready(logger.Printf)()
@@ -209,8 +222,8 @@ func serveNBD(args []string, stderr io.Writer) error {
 	}
 	stopControl()
 	stopWatch()
-	if strings.HasPrefix(*addr, "unix://") {
-		os.Remove(strings.TrimPrefix(*addr, "unix://"))
+	if la.unix != "" {
+		os.Remove(la.unix)
 	}
 	read, written := srv.Stats()
 	fmt.Fprintf(stderr, "thinblock: stopped; read %d bytes, wrote %d bytes for clients\n", read, written)

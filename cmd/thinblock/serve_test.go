@@ -13,6 +13,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -21,11 +22,31 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// server is a running `thinblock serve nbd`.
+// server is a running `thinblock serve nbd`, on a unix socket (sock)
+// or a TCP address (addr).
 type server struct {
 	cmd    *exec.Cmd
 	sock   string
-	stderr *bytes.Buffer
+	addr   string
+	stderr *lockedBuffer
+}
+
+// lockedBuffer is a server's stderr, read while the server writes it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func (s *server) uri(export string) string {
@@ -63,7 +84,7 @@ func startServer(t *testing.T, bin string, vols map[string]string, extra ...stri
 
 func serve(t *testing.T, bin, dir string, extra ...string) *server {
 	t.Helper()
-	s := &server{sock: filepath.Join(dir, "nbd.sock"), stderr: &bytes.Buffer{}}
+	s := &server{sock: filepath.Join(dir, "nbd.sock"), stderr: &lockedBuffer{}}
 	s.cmd = exec.Command(bin, append([]string{"serve", "nbd", "--pool", dir}, extra...)...)
 	s.cmd.Stderr = s.stderr
 	require.NoError(t, s.cmd.Start())
@@ -230,7 +251,19 @@ func TestFioVerifiesOverOneAndSeveralConnections(t *testing.T) {
 func TestMalformedRequestsGetErrorsNotCrashes(t *testing.T) {
 	bin := thinblockBinary(t, "")
 	s, _ := startServer(t, bin, map[string]string{"1": "1M"})
-	c := dialExport(t, s.sock, "1")
+	malformedRequests(t, func() *rawClient { return dialExport(t, s.sock, "1") },
+		func() net.Conn {
+			raw, err := net.Dial("unix", s.sock)
+			require.NoError(t, err)
+			return raw
+		})
+	s.stop(t)
+}
+
+// malformedRequests sends bad requests on a client of export "1" (1 MiB)
+// that dial connects, and garbage on a connection that dialRaw opens.
+func malformedRequests(t *testing.T, dial func() *rawClient, dialRaw func() net.Conn) {
+	c := dial()
 	// Past the end: EINVAL for a read, ENOSPC for a write.
 	assert.Equal(t, uint32(22), c.request(t, 0, 1, 1<<20-10, 20, nil))
 	assert.Equal(t, uint32(28), c.request(t, 1, 2, 1<<20-10, 20, make([]byte, 20)))
@@ -251,17 +284,15 @@ func TestMalformedRequestsGetErrorsNotCrashes(t *testing.T) {
 	_, err := c.conn.Read(make([]byte, 1))
 	assert.ErrorIs(t, err, io.EOF, "connection closed")
 	// Garbage during negotiation.
-	raw, err := net.Dial("unix", s.sock)
-	require.NoError(t, err)
+	raw := dialRaw()
 	raw.Write([]byte("this is not NBD at all, not even close......"))
 	raw.SetReadDeadline(time.Now().Add(5 * time.Second))
 	io.Copy(io.Discard, raw)
 	raw.Close()
 	// Another client is still served.
-	c2 := dialExport(t, s.sock, "1")
+	c2 := dial()
 	assert.Equal(t, uint32(0), c2.request(t, 0, 1, 4096, 4, nil))
 	assert.Equal(t, "abcd", string(c2.lastData))
-	s.stop(t)
 }
 
 // rawClient speaks just enough NBD (fixed newstyle, EXPORT_NAME, simple
@@ -276,18 +307,40 @@ func dialExport(t *testing.T, sock, name string) *rawClient {
 	conn, err := net.Dial("unix", sock)
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
+	greet(t, conn)
+	return exportName(t, conn, name)
+}
+
+// greet reads the server's greeting and answers it: fixed newstyle, no
+// zeroes.
+func greet(t *testing.T, conn net.Conn) {
+	t.Helper()
 	hello := make([]byte, 18)
-	_, err = io.ReadFull(conn, hello)
+	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err := io.ReadFull(conn, hello)
 	require.NoError(t, err)
 	require.Equal(t, "NBDMAGIC", string(hello[:8]))
+	_, err = conn.Write(binary.BigEndian.AppendUint32(nil, 3))
+	require.NoError(t, err)
+}
+
+// sendOption sends one option request.
+func sendOption(t *testing.T, conn net.Conn, code uint32, data []byte) {
+	t.Helper()
 	be := binary.BigEndian
-	conn.Write(be.AppendUint32(nil, 3)) // fixed newstyle, no zeroes
 	opt := be.AppendUint64(nil, 0x49484156454f5054)
-	opt = be.AppendUint32(opt, 1)
-	opt = be.AppendUint32(opt, uint32(len(name)))
-	conn.Write(append(opt, name...))
+	opt = be.AppendUint32(opt, code)
+	opt = be.AppendUint32(opt, uint32(len(data)))
+	_, err := conn.Write(append(opt, data...))
+	require.NoError(t, err)
+}
+
+// exportName enters transmission with NBD_OPT_EXPORT_NAME.
+func exportName(t *testing.T, conn net.Conn, name string) *rawClient {
+	t.Helper()
+	sendOption(t, conn, 1, []byte(name))
 	reply := make([]byte, 10)
-	_, err = io.ReadFull(conn, reply)
+	_, err := io.ReadFull(conn, reply)
 	require.NoError(t, err)
 	return &rawClient{conn: conn}
 }
@@ -346,7 +399,25 @@ func TestRequestValidationOverARealConnection(t *testing.T) {
 	needTools(t, "qemu-io")
 	bin := thinblockBinary(t, "")
 	s, dir := startServer(t, bin, map[string]string{"1": "1M"})
-	c := dialExport(t, s.sock, "1")
+	validationCases(t, dialExport(t, s.sock, "1"))
+	// A read-only export refuses writes with EPERM.
+	s.stop(t)
+	s = serve(t, bin, dir, "--read-only")
+	ro := dialExport(t, s.sock, "1")
+	assert.Equal(t, uint32(1), ro.request(t, 1, 1, 0, 4, []byte("nope")))
+	assert.Equal(t, uint32(1), ro.request(t, 4, 2, 0, 4096, nil), "TRIM")
+	runTool(t, "qemu-io", "-r", "-f", "raw", "-c", "read -P 0x67 0 1", "-c", "read -P 0 4 4092", s.uri("1"))
+	log := s.stop(t)
+	assert.Contains(t, log, "refused WRITE on read-only export")
+	s = serve(t, bin, dir)
+	runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 64k 64k", "-c", "read -P 0x5a 64k 64k", s.uri("1"))
+	s.stop(t)
+}
+
+// validationCases sends requests that fail validation, each answered
+// with its errno on a connection that stays usable, on a client of an
+// empty writable export of 1 MiB; it leaves "good" at offset 0.
+func validationCases(t *testing.T, c *rawClient) {
 	cases := []struct {
 		name       string
 		flags, typ uint16
@@ -376,18 +447,6 @@ func TestRequestValidationOverARealConnection(t *testing.T) {
 	assert.Equal(t, uint32(0), c.request(t, 1, 2, 0, 4, []byte("good")))
 	assert.Equal(t, uint32(0), c.request(t, 0, 3, 0, 4, nil))
 	assert.Equal(t, "good", string(c.lastData))
-	// A read-only export refuses writes with EPERM.
-	s.stop(t)
-	s = serve(t, bin, dir, "--read-only")
-	ro := dialExport(t, s.sock, "1")
-	assert.Equal(t, uint32(1), ro.request(t, 1, 1, 0, 4, []byte("nope")))
-	assert.Equal(t, uint32(1), ro.request(t, 4, 2, 0, 4096, nil), "TRIM")
-	runTool(t, "qemu-io", "-r", "-f", "raw", "-c", "read -P 0x67 0 1", "-c", "read -P 0 4 4092", s.uri("1"))
-	log := s.stop(t)
-	assert.Contains(t, log, "refused WRITE on read-only export")
-	s = serve(t, bin, dir)
-	runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 64k 64k", "-c", "read -P 0x5a 64k 64k", s.uri("1"))
-	s.stop(t)
 }
 
 // procStatus reads a field of /proc/PID/status in bytes (VmRSS, VmHWM).
@@ -401,10 +460,8 @@ func procStatus(t *testing.T, pid int, field string) int64 {
 	return n << 10
 }
 
-// slowReader sends n READs of size bytes and never reads a reply.
-func slowReader(t *testing.T, sock, export string, n int, size uint32) *rawClient {
-	t.Helper()
-	c := dialExport(t, sock, export)
+// slowReader sends n READs of size bytes on c and never reads a reply.
+func slowReader(c *rawClient, n int, size uint32) *rawClient {
 	be := binary.BigEndian
 	var reqs []byte
 	for i := 0; i < n; i++ {
@@ -426,14 +483,25 @@ func slowReader(t *testing.T, sock, export string, n int, size uint32) *rawClien
 func TestSlowReadersStayWithinTheInFlightBound(t *testing.T) {
 	needTools(t, "qemu-io", "nbdinfo")
 	s, _ := startServer(t, thinblockBinary(t, ""), map[string]string{"1": "64M"})
+	slowReadersStayBounded(t, s, func() *rawClient { return dialExport(t, s.sock, "1") },
+		func(args ...string) {
+			runTool(t, "qemu-io", append(append([]string{"-f", "raw"}, args...), s.uri("1"))...)
+		},
+		func() string { return runTool(t, "nbdinfo", s.uri("1")) })
+}
+
+// slowReadersStayBounded: two slow readers that dial connects to export
+// "1" (64 MiB) stay within the per-connection bound while qemuIO (which
+// takes qemu-io's commands) and nbdinfo, other clients, are served.
+func slowReadersStayBounded(t *testing.T, s *server, dial func() *rawClient, qemuIO func(args ...string), nbdinfo func() string) {
 	pid := s.cmd.Process.Pid
-	runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0x3c 0 1M", s.uri("1"))
+	qemuIO("-c", "write -P 0x3c 0 1M")
 	base := procStatus(t, pid, "VmRSS")
-	slow := []*rawClient{slowReader(t, s.sock, "1", 200, 32<<20), slowReader(t, s.sock, "1", 200, 32<<20)}
+	slow := []*rawClient{slowReader(dial(), 200, 32<<20), slowReader(dial(), 200, 32<<20)}
 	time.Sleep(3 * time.Second)
 	// Others are served while the slow ones are stuck.
-	runTool(t, "qemu-io", "-f", "raw", "-c", "read -P 0x3c 0 1M", "-c", "write -P 0x4d 2M 1M", s.uri("1"))
-	assert.Contains(t, runTool(t, "nbdinfo", s.uri("1")), "export-size: 67108864")
+	qemuIO("-c", "read -P 0x3c 0 1M", "-c", "write -P 0x4d 2M 1M")
+	assert.Contains(t, nbdinfo(), "export-size: 67108864")
 	time.Sleep(time.Second)
 	// Two connections at 64 MiB each, plus a margin of 96 MiB for the
 	// runtime, the pooled buffers and the other clients.

@@ -13,17 +13,24 @@ import (
 
 // conn is one client connection.
 type conn struct {
-	s  *Server
-	nc net.Conn
-	br *bufio.Reader
+	s *Server
+	// sock is the accepted socket: deadlines and a forced close go to
+	// it, from any goroutine. nc is what the protocol is spoken over:
+	// sock, or a TLS connection over it after STARTTLS; only the
+	// connection's own goroutines use it.
+	sock net.Conn
+	nc   net.Conn
+	br   *bufio.Reader
 
 	// Negotiated state.
-	noZeroes   bool
-	structured bool
-	allocation bool   // base:allocation is active
-	metaExport string // the export SET_META_CONTEXT named
-	export     Export
-	maxRequest uint32
+	fixedNewstyle bool
+	tls           bool // STARTTLS succeeded: nc is a *tls.Conn
+	noZeroes      bool
+	structured    bool
+	allocation    bool   // base:allocation is active
+	metaExport    string // the export SET_META_CONTEXT named
+	export        Export
+	maxRequest    uint32
 
 	// inflight bounds the bytes of this connection's requests in
 	// flight; each also holds its bytes of the server's budget.
@@ -41,7 +48,7 @@ type conn struct {
 func newConn(s *Server, nc net.Conn) *conn {
 	// The negotiation needs a small buffer; transmission gets a large
 	// one (see transmit), so a client idle in the handshake costs little.
-	return &conn{s: s, nc: nc, br: bufio.NewReaderSize(nc, 4096), maxRequest: s.maxRequest(),
+	return &conn{s: s, sock: nc, nc: nc, br: bufio.NewReaderSize(nc, 4096), maxRequest: s.maxRequest(),
 		inflight: newBudget(s.perConnLimit()), stopped: make(chan struct{})}
 }
 
@@ -82,10 +89,14 @@ func (c *conn) give(n int64) {
 func (c *conn) stopReading() {
 	c.stopOnce.Do(func() {
 		close(c.stopped)
-		c.nc.SetReadDeadline(time.Now())
+		c.sock.SetReadDeadline(time.Now())
 		// A client that stopped reading its replies would hold the
 		// shutdown up for good.
-		c.nc.SetWriteDeadline(time.Now().Add(stopWriteGrace))
+		grace := stopWriteGrace
+		if c.s.stopGrace > 0 {
+			grace = c.s.stopGrace
+		}
+		c.sock.SetWriteDeadline(time.Now().Add(grace))
 	})
 }
 
@@ -105,9 +116,27 @@ type outgoing struct {
 var errAbort = errors.New("client aborted the negotiation")
 
 func (c *conn) serve() error {
-	defer c.nc.Close()
+	err := c.run()
+	c.close(err)
+	return err
+}
+
+// close ends the connection. After a clean end over TLS, closing nc
+// sends TLS's close_notify first (bounded by crypto/tls at 5 seconds);
+// after an error the socket is closed at once: a write that failed or
+// timed out leaves nothing to say, and close_notify would wait on a
+// client that does not read.
+func (c *conn) close(err error) {
+	if c.tls && err == nil {
+		c.nc.Close()
+		return
+	}
+	c.sock.Close()
+}
+
+func (c *conn) run() error {
 	if t := c.s.handshakeTimeout(); t > 0 {
-		c.nc.SetDeadline(time.Now().Add(t))
+		c.sock.SetDeadline(time.Now().Add(t))
 	}
 	e, err := c.handshake()
 	if err != nil {
@@ -125,7 +154,7 @@ func (c *conn) serve() error {
 		}
 		return err
 	}
-	c.nc.SetDeadline(time.Time{})
+	c.sock.SetDeadline(time.Time{})
 	select {
 	case <-c.stopped:
 		return nil
@@ -162,11 +191,21 @@ func (c *conn) handshake() (Export, error) {
 	if flags&^(flagFixedNewstyle|flagNoZeroes) != 0 {
 		return Export{}, fmt.Errorf("%w: unknown client flags %#x", errProtocol, flags)
 	}
+	c.fixedNewstyle = flags&flagFixedNewstyle != 0
 	c.noZeroes = flags&flagNoZeroes != 0
+	if c.s.RequireTLS && !c.fixedNewstyle {
+		return Export{}, errors.New("client cannot negotiate TLS (no fixed newstyle), which this server requires")
+	}
 	for {
 		o, err := readOption(c.br)
 		if err != nil {
 			return Export{}, err
+		}
+		if refused, err := c.refuseBeforeTLS(o); refused || err != nil {
+			if err != nil {
+				return Export{}, err
+			}
+			continue
 		}
 		e, done, err := c.option(o)
 		if err != nil || done {
@@ -213,7 +252,7 @@ func (c *conn) option(o option) (Export, bool, error) {
 		}
 		return Export{}, false, writeOptionReply(w, o.code, repAck, nil)
 	case optStartTLS:
-		return reject(repErrPolicy, "TLS is not offered")
+		return Export{}, false, c.startTLS(o)
 	case optStructuredReply:
 		if len(o.data) != 0 {
 			return reject(repErrInvalid, "STRUCTURED_REPLY takes no data")
@@ -437,9 +476,10 @@ func (c *conn) writer() {
 		release [][]byte
 	)
 	var cost int64
+	send := c.sender()
 	flush := func() {
 		if err == nil && len(batch) > 0 {
-			_, err = batch.WriteTo(c.nc)
+			err = send(batch)
 		}
 		batch = batch[:0]
 		for _, b := range release {
@@ -461,6 +501,28 @@ func (c *conn) writer() {
 	}
 	flush()
 	c.writeErr <- err
+}
+
+// sender returns how the writer sends a batch of replies: one writev
+// on a plain socket; over TLS, through a buffer, so the small headers
+// and the replies queued together go out in full records rather than a
+// record (and a system call) each.
+func (c *conn) sender() func(net.Buffers) error {
+	if !c.tls {
+		return func(b net.Buffers) error {
+			_, err := b.WriteTo(c.nc)
+			return err
+		}
+	}
+	bw := bufio.NewWriterSize(c.nc, tlsWriteBuffer)
+	return func(b net.Buffers) error {
+		for _, p := range b {
+			if _, err := bw.Write(p); err != nil {
+				return err
+			}
+		}
+		return bw.Flush()
+	}
 }
 
 // reply sends the answer to req: data for a read, or an error.

@@ -9,13 +9,16 @@
 // request whole (command, flags against the command and the
 // negotiation, offset, length, read-only) before it is dispatched, so
 // dispatch assumes a valid request. A backend error becomes an error
-// reply, never a dropped connection. budget.go bounds the bytes of
-// requests in flight, per connection and for the server: a connection
-// over its bound is not read until its replies drain.
+// reply, never a dropped connection. tls.go owns NBD_OPT_STARTTLS: the
+// upgrade, and what a server that requires TLS answers before it.
+// budget.go bounds the bytes of requests in flight, per connection and
+// for the server: a connection over its bound is not read until its
+// replies drain.
 package nbd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log"
@@ -84,6 +87,18 @@ type Server struct {
 	// PooledBuffers bounds the free data buffers kept for reuse
 	// (default 64 MiB).
 	PooledBuffers int64
+	// TLS, when set, lets clients upgrade with NBD_OPT_STARTTLS; the
+	// option haggling then goes on, and transmission runs, inside TLS.
+	// Nil: STARTTLS is refused (NBD_REP_ERR_POLICY).
+	TLS *tls.Config
+	// RequireTLS refuses every option but STARTTLS and ABORT until TLS
+	// is running (the spec's FORCEDTLS mode); it needs TLS. Without it
+	// a server with TLS serves plain clients too (SELECTIVETLS, with no
+	// export TLS-only).
+	RequireTLS bool
+
+	// stopGrace replaces stopWriteGrace, for tests.
+	stopGrace time.Duration
 
 	// Bytes read and written for clients, for statistics.
 	bytesRead, bytesWritten atomic.Uint64
@@ -193,8 +208,15 @@ func (s *Server) Clients(name string) []net.Conn {
 	return out
 }
 
+// ErrTLSConfig is returned by Serve when TLS is required but not
+// configured.
+var ErrTLSConfig = errors.New("nbd: RequireTLS without a TLS configuration")
+
 // Serve accepts connections on l until Shutdown.
 func (s *Server) Serve(l net.Listener) error {
+	if s.RequireTLS && s.TLS == nil {
+		return ErrTLSConfig
+	}
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -265,7 +287,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	case <-ctx.Done():
 		s.mu.Lock()
 		for c := range s.conns {
-			c.nc.Close()
+			c.sock.Close()
 		}
 		s.mu.Unlock()
 		return ctx.Err()
