@@ -24,6 +24,8 @@ const (
 	// a user namespace whose ids are shifted host ids (see userns.go).
 	Rootless Family = "union-userns"
 	Block    Family = "block"
+	// Container is podman running containers, its storage on each union.
+	Container Family = "container"
 )
 
 // Reference is the target each family's ratios are relative to.
@@ -33,6 +35,8 @@ func (f Family) Reference() string {
 		return "kernel-overlay"
 	case Rootless:
 		return "fuse-overlayfs"
+	case Container:
+		return "podman-kernel-overlay"
 	}
 	return "raw-file"
 }
@@ -58,15 +62,16 @@ type sizes struct {
 	blockSize  string // block targets' volume size
 	blockBytes int64
 	snapSizes  []string // mapped sizes for the snapshot workloads
+	dpkgFiles  int      // files in the package the container-dpkg workload installs
 }
 
 func (c *Config) sizes() sizes {
 	if c.Quick {
 		return sizes{bigFile: 16 << 20, files: 500, chmodFiles: 200, fioSize: "16M", fioRuntime: time.Second,
-			blockSize: "64M", snapSizes: []string{"64M", "1G"}}
+			blockSize: "64M", snapSizes: []string{"64M", "1G"}, dpkgFiles: 500}
 	}
 	return sizes{bigFile: 1 << 30, files: 20000, chmodFiles: 10000, fioSize: "1G", fioRuntime: 2 * time.Second,
-		blockSize: "1G", snapSizes: []string{"1G", "16G"}}
+		blockSize: "1G", snapSizes: []string{"1G", "16G"}, dpkgFiles: 5000}
 }
 
 // runCmd runs a command and returns its combined output, or an error

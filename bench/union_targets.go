@@ -26,6 +26,10 @@ type Instance struct {
 	// metaDirs are directories of files the create workload made, for
 	// stat, readdir and unlink to use.
 	metaDirs []string
+	// podman is the podman command line, debs the directory of .debs
+	// the dpkg workload installs, for container targets.
+	podman   []string
+	debs     string
 	teardown func() error
 }
 

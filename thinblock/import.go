@@ -61,13 +61,6 @@ func (p *Pool) SetTime(t uint32) {
 	p.dirty = true
 }
 
-// Time is the pool's snapshot counter.
-func (p *Pool) Time() uint32 {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.sb.Time
-}
-
 // Details returns a volume's device-tree entry.
 func (p *Pool) Details(id uint64) (DeviceDetails, error) {
 	p.mu.Lock()

@@ -105,26 +105,40 @@ func (p *Pool) Restore(r io.Reader, progress func(devices int)) error {
 	var dev uint64
 	inDevice := false
 	devices := 0
-	var pendingMappings [][3]uint64
-	var pendingTimes []uint32
+	// A device's mappings wait for its end tag: its size may have to be
+	// taken from the highest one.
+	type mappingRun struct {
+		virtual, data, length uint64
+		time                  uint32
+	}
+	var pending []mappingRun
 	var devAttrs attrMap
 	flush := func() error {
-		size, _ := devAttrs.uintOr("thinblock_size", 0)
+		size, err := devAttrs.uintOr("thinblock_size", 0)
+		if err != nil {
+			return err
+		}
 		if size == 0 {
 			var maxBlock uint64
-			for _, m := range pendingMappings {
-				maxBlock = max(maxBlock, m[0]+m[2])
+			for _, m := range pending {
+				maxBlock = max(maxBlock, m.virtual+m.length)
 			}
 			size = max(maxBlock, 1) * p.BlockSize()
 		}
-		ct, _ := devAttrs.uintOr("creation_time", 0)
-		st, _ := devAttrs.uintOr("snap_time", 0)
+		ct, err := devAttrs.uintOr("creation_time", 0)
+		if err != nil {
+			return err
+		}
+		st, err := devAttrs.uintOr("snap_time", 0)
+		if err != nil {
+			return err
+		}
 		if err := p.ImportVolume(dev, size, uint32(ct), uint32(st)); err != nil {
 			return err
 		}
-		for i, m := range pendingMappings {
-			for k := uint64(0); k < m[2]; k++ {
-				if err := p.ImportMapping(dev, m[0]+k, m[1]+k, pendingTimes[i]); err != nil {
+		for _, m := range pending {
+			for k := uint64(0); k < m.length; k++ {
+				if err := p.ImportMapping(dev, m.virtual+k, m.data+k, m.time); err != nil {
 					return err
 				}
 			}
@@ -148,9 +162,11 @@ func (p *Pool) Restore(r io.Reader, progress func(devices int)) error {
 			a := attrs(t)
 			switch t.Name.Local {
 			case "superblock":
-				if tm, err := a.uintOr("time", 0); err == nil {
-					p.SetTime(uint32(tm))
+				tm, err := a.uintOr("time", 0)
+				if err != nil {
+					return err
 				}
+				p.SetTime(uint32(tm))
 			case "device":
 				if inDevice {
 					return fmt.Errorf("dump: nested <device>")
@@ -158,7 +174,7 @@ func (p *Pool) Restore(r io.Reader, progress func(devices int)) error {
 				if dev, err = a.uint("dev_id"); err != nil {
 					return err
 				}
-				inDevice, devAttrs, pendingMappings, pendingTimes = true, a, nil, nil
+				inDevice, devAttrs, pending = true, a, nil
 			case "single_mapping", "range_mapping":
 				if !inDevice {
 					return fmt.Errorf("dump: <%s> outside a <device>", t.Name.Local)
@@ -179,9 +195,11 @@ func (p *Pool) Restore(r io.Reader, progress func(devices int)) error {
 				if err != nil {
 					return err
 				}
-				tm, _ := a.uintOr("time", 0)
-				pendingMappings = append(pendingMappings, [3]uint64{vb, db, n})
-				pendingTimes = append(pendingTimes, uint32(tm))
+				tm, err := a.uintOr("time", 0)
+				if err != nil {
+					return err
+				}
+				pending = append(pending, mappingRun{virtual: vb, data: db, length: n, time: uint32(tm)})
 			}
 		case xml.EndElement:
 			if t.Name.Local == "device" {

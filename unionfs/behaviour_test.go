@@ -93,6 +93,7 @@ func TestBehaviourTable(t *testing.T) {
 	behaviours = append(behaviours, nameBehaviours...)
 	behaviours = append(behaviours, listingBehaviours...)
 	behaviours = append(behaviours, execBehaviours...)
+	behaviours = append(behaviours, linkBehaviours...)
 	for _, b := range behaviours {
 		t.Run(b.name, func(t *testing.T) {
 			for _, tg := range targets {

@@ -64,6 +64,9 @@ func (u *FS) copyUpAs(n *node, how copyHow) error {
 		}
 		n.st.metacopy = false
 		n.copiedUp.Store(true)
+		// The data copy replaced the metadata-only file with a new
+		// one: a relabelled name shows the new number.
+		u.relabelBrokenLink(n, path)
 		return nil
 	}
 	metacopy, err := u.copyUpObject(n.st.lowers[0], path, n.StableAttr(), how)
@@ -75,7 +78,33 @@ func (u *FS) copyUpAs(n *node, how copyHow) error {
 	if !metacopy {
 		n.copiedUp.Store(true)
 	}
+	u.relabelBrokenLink(n, path)
 	return nil
+}
+
+// relabelBrokenLink is called after n, copied up to path, got a new upper
+// file. If n is a name of a lower hard link (see identityFrom), it is now
+// a file of its own: it shows the copy's inode number (see relabel.go)
+// and link count. An open, a setxattr or an mmap answers with no
+// attributes, so the kernel would show its cached ones until it asks
+// again: they are dropped (that takes no kernel lock, so it is safe under
+// any request). The caller holds n.mu.
+func (u *FS) relabelBrokenLink(n *node, path string) {
+	id := n.StableAttr()
+	if id.Gen == 0 {
+		return
+	}
+	var st unix.Stat_t
+	if err := u.upper.lstat(path, &st); err == nil {
+		u.relabels.set(id, u.inoFor(u.upper, st.Ino))
+	}
+	n.NotifyContent(-1, 0)
+	// The kernel's cached listing of the directory holds the old number
+	// as the name's d_ino: drop it (no directory read holds its pages
+	// while it waits for the daemon).
+	if p := n.parentNode(); p != nil {
+		p.NotifyContent(0, 0)
+	}
 }
 
 // copyUpObject copies the lower object src to path in the upper layer;

@@ -58,7 +58,10 @@ type FS struct {
 	// idXattr records a copied-up object's identity so that its inode
 	// number survives copy-up and remounts.
 	idXattr string
-	logger  *log.Logger
+	// relabels holds the inode numbers shown for copied-up names of
+	// lower hard links (see relabel.go).
+	relabels *relabels
+	logger   *log.Logger
 
 	// ns is the namespace lock (see the package doc).
 	ns sync.RWMutex
@@ -97,7 +100,7 @@ func New(opts Options, logger *log.Logger) (*FS, error) {
 	if logger == nil {
 		logger = log.New(os.Stderr, "unionmount: ", log.LstdFlags)
 	}
-	u := &FS{opts: opts, work: -1, logger: logger, mounted: make(chan struct{}),
+	u := &FS{opts: opts, work: -1, logger: logger, mounted: make(chan struct{}), relabels: newRelabels(),
 		orphanedPath: ".unionmount-orphaned-" + rand.Text() + "/deleted"}
 	var err error
 	if u.wformat, u.wauto, err = whiteout.ParseFormat(opts.Whiteout); err != nil {

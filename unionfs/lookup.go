@@ -72,9 +72,9 @@ func (u *FS) lookup(parentPath string, ps nodeState, name string) (*found, error
 	path := join(parentPath, name)
 	var f found
 	have := false
-	plan := make([]layerRef, len(ps.lowers))
+	plan := make([]planStep, len(ps.lowers))
 	for i, pl := range ps.lowers {
-		plan[i] = layerRef{pl.l, join(pl.path, name)}
+		plan[i] = planStep{ref: layerRef{pl.l, join(pl.path, name)}}
 	}
 	if ps.upper {
 		err := u.upper.lstat(path, &f.stat)
@@ -103,11 +103,28 @@ func (u *FS) lookup(parentPath string, ps nodeState, name string) (*found, error
 		}
 	}
 	for i := 0; i < len(plan); i++ {
-		ref := plan[i]
+		ref := plan[i].ref
+		stopHere := false
+		if plan[i].fromRoot {
+			w, err := u.walkRedirect(ref)
+			if err != nil {
+				return nil, err
+			}
+			if w.rewrite != "" {
+				plan = append(plan[:i+1], u.redirectPlan(plan[i+1:], w.rewrite, ref.l.index)...)
+			}
+			if w.absent {
+				if w.stop {
+					break
+				}
+				continue
+			}
+			stopHere = w.stop
+		}
 		var st unix.Stat_t
 		err := ref.l.lstat(ref.path, &st)
 		if isNotFound(err) {
-			if whiteout.HasAufsWhiteout(ref.l.fd, dirOf(ref.path), baseOf(ref.path)) {
+			if stopHere || whiteout.HasAufsWhiteout(ref.l.fd, dirOf(ref.path), baseOf(ref.path)) {
 				break
 			}
 			continue
@@ -137,8 +154,12 @@ func (u *FS) lookup(parentPath string, ps nodeState, name string) (*found, error
 		if u.markers.IsOpaque(ref.l.fd, ref.path) || whiteout.HasAufsWhiteout(ref.l.fd, dirOf(ref.path), baseOf(ref.path)) {
 			break
 		}
-		if r, ok := u.redirect(ref.l.fd, ref.path); ok {
+		r, redirected := u.redirect(ref.l.fd, ref.path)
+		if redirected {
 			plan = append(plan[:i+1], u.redirectPlan(plan[i+1:], r, ref.l.index)...)
+		}
+		if stopHere && !(redirected && strings.HasPrefix(r, "/")) {
+			break // an opaque directory above it in this layer
 		}
 	}
 	if !have {
@@ -156,16 +177,25 @@ func (u *FS) redirect(fd int, path string) (string, bool) {
 	return u.markers.Redirect(fd, path)
 }
 
+// planStep is one layer a lookup looks in. fromRoot marks a path taken
+// from an absolute redirect: its parent directories in that layer were
+// never looked at, so they are walked first (see walkRedirect).
+type planStep struct {
+	ref      layerRef
+	fromRoot bool
+}
+
 // redirectPlan rewrites the rest of a lookup plan for a redirect r found
 // in layer index below (-1 for the upper): an absolute redirect names a
-// path from each lower root; a relative one renames the last component.
-func (u *FS) redirectPlan(rest []layerRef, r string, below int) []layerRef {
+// path from each lower root, walked there from the root; a relative one
+// renames the last component.
+func (u *FS) redirectPlan(rest []planStep, r string, below int) []planStep {
 	if strings.HasPrefix(r, "/") {
 		target := strings.Trim(r, "/")
-		var plan []layerRef
+		var plan []planStep
 		for _, l := range u.lowers {
 			if l.index > below {
-				plan = append(plan, layerRef{l, target})
+				plan = append(plan, planStep{layerRef{l, target}, true})
 			}
 		}
 		return plan
@@ -173,11 +203,77 @@ func (u *FS) redirectPlan(rest []layerRef, r string, below int) []layerRef {
 	if strings.Contains(r, "/") {
 		return nil // malformed: kernel overlay refuses it too
 	}
-	plan := make([]layerRef, len(rest))
-	for i, ref := range rest {
-		plan[i] = layerRef{ref.l, join(dirOf(ref.path), r)}
+	plan := make([]planStep, len(rest))
+	for i, step := range rest {
+		plan[i] = planStep{layerRef{step.ref.l, join(dirOf(step.ref.path), r)}, step.fromRoot}
 	}
 	return plan
+}
+
+// walked is what walkRedirect found on the way to a redirect's target in
+// one layer.
+type walked struct {
+	// absent: the layer holds nothing at the path (a parent is missing,
+	// a whiteout, or not a directory).
+	absent bool
+	// stop: the layers below are not looked in (a whiteout, a
+	// non-directory or an opaque directory on the way).
+	stop bool
+	// rewrite, if set, is a redirect of a parent on the way, rewritten
+	// to name the target itself: the layers below look there instead.
+	rewrite string
+}
+
+// walkRedirect walks the parent directories of ref.path in its layer from
+// the root, as kernel overlay's lookup walks an absolute redirect
+// component by component: a whiteout or a non-directory (a symlink
+// included: it is never followed) on the way means the layer holds
+// nothing there and hides the path in every layer below; an opaque
+// directory hides it below but this layer still counts; a redirect of a
+// parent changes where the layers below look.
+func (u *FS) walkRedirect(ref layerRef) (walked, error) {
+	var w walked
+	dir := ""     // where the walk is in this layer
+	logical := "" // the same place as the layers below name it
+	moved := false
+	rest := ref.path
+	for {
+		name, after, more := strings.Cut(rest, "/")
+		if !more {
+			if moved {
+				w.rewrite = "/" + join(logical, rest)
+			}
+			return w, nil // the parents are whole: the caller looks at the target
+		}
+		if whiteout.HasAufsWhiteout(ref.l.fd, dir, name) {
+			return walked{absent: true, stop: true}, nil
+		}
+		p := join(dir, name)
+		var st unix.Stat_t
+		err := ref.l.lstat(p, &st)
+		if isNotFound(err) {
+			w.absent = true
+			return w, nil
+		}
+		if err != nil {
+			return w, err
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR || u.markers.IsWhiteout(ref.l.fd, p, &st) {
+			return walked{absent: true, stop: true}, nil
+		}
+		next := join(logical, name)
+		if u.markers.IsOpaque(ref.l.fd, p) {
+			w.stop = true
+		} else if r, ok := u.redirect(ref.l.fd, p); ok {
+			switch {
+			case strings.HasPrefix(r, "/"):
+				next, moved, w.stop = strings.Trim(r, "/"), true, false
+			case !strings.Contains(r, "/"):
+				next, moved = join(logical, r), true
+			}
+		}
+		dir, logical, rest = p, next, after
+	}
 }
 
 // lowerHas reports whether a lower layer of the directory (state ps,

@@ -28,8 +28,9 @@ func (u *FS) maybeMetacopy(st *unix.Stat_t) bool {
 // its data is the first regular file at the same path in plan, the lower
 // layers below it. Kernel overlay fails such a lookup with EIO when the
 // data is gone, and so does this.
-func (u *FS) findMetacopyData(f *found, plan []layerRef) (*found, error) {
-	for _, ref := range plan {
+func (u *FS) findMetacopyData(f *found, plan []planStep) (*found, error) {
+	for _, step := range plan {
+		ref := step.ref
 		var st unix.Stat_t
 		err := ref.l.lstat(ref.path, &st)
 		if isNotFound(err) {

@@ -85,7 +85,7 @@ func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuse.Server, *
 		Logger:          logger,
 		RootStableAttr:  &fs.StableAttr{Ino: 1},
 	}
-	server, err := fuse.NewServer(newImplicitDirs(fs.NewNodeFS(root, fsopts)), mountpoint, &fsopts.MountOptions)
+	server, err := fuse.NewServer(newImplicitDirs(&relabelReplies{fs.NewNodeFS(root, fsopts), u.relabels}), mountpoint, &fsopts.MountOptions)
 	if err == nil {
 		go server.Serve()
 		err = server.WaitMount()

@@ -304,13 +304,16 @@ func (o *Options) Validate(mountpoint string) error {
 }
 
 func (o *Options) checkMountpoint(mountpoint string) error {
-	abs, err := filepath.Abs(mountpoint)
+	abs, err := unclean(mountpoint)
 	if err != nil {
 		return err
 	}
 	st, err := os.Stat(abs)
 	if err != nil {
 		return badOption("mount point %s: %v", mountpoint, errors.Unwrap(err))
+	}
+	if abs, err = filepath.EvalSymlinks(abs); err != nil {
+		return badOption("mount point %s: %v", mountpoint, err)
 	}
 	if !st.IsDir() {
 		return badOption("mount point %s is not a directory", mountpoint)
@@ -335,12 +338,16 @@ func (o *Options) checkMountpoint(mountpoint string) error {
 }
 
 // checkDir resolves p to an absolute, symlink-free path and checks it is
-// a directory.
+// a directory. The path is resolved as the kernel resolves it: each
+// symlink before the ".." that follows it, so "l/LINK/../diff1" with LINK
+// pointing at "../ID/diff" is "ID/diff1" (containers/storage writes such
+// lowerdirs for id-mapped layers). Cleaning the text first, as
+// filepath.Abs does, would make it "l/diff1".
 func checkDir(role, p string) (string, error) {
 	if p == "" {
 		return "", badOption("%s dir is empty", role)
 	}
-	abs, err := filepath.Abs(p)
+	abs, err := unclean(p)
 	if err != nil {
 		return "", badOption("%s dir %s: %v", role, p, err)
 	}
@@ -359,6 +366,19 @@ func checkDir(role, p string) (string, error) {
 		return "", badOption("%s dir %s is not a directory", role, p)
 	}
 	return real, nil
+}
+
+// unclean makes p absolute without cleaning it: a ".." after a symlink
+// must stay for filepath.EvalSymlinks to apply after following the link.
+func unclean(p string) (string, error) {
+	if filepath.IsAbs(p) {
+		return p, nil
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	return wd + string(filepath.Separator) + p, nil // not Join: it cleans
 }
 
 // isWithin reports whether p is inside dir (or is dir).

@@ -107,12 +107,12 @@ func TestValidateDefaultsTheWorkDirBesideTheUpper(t *testing.T) {
 	assert.True(t, os.IsNotExist(err), "validation writes nothing")
 }
 
-// The option table in the README is the one --help shows: both come
-// from optionTable, and this keeps the README's copy in step.
+// The option table in docs/unionmount.md is the one --help shows: both come
+// from optionTable, and this keeps the documented copy in step.
 // UNIONMOUNT_UPDATE_DOCS=1 rewrites it.
 func TestDocumentedOptionsMatchTheTable(t *testing.T) {
 	const begin, end = "<!-- options:begin", "<!-- options:end -->"
-	path := "../README.md"
+	path := "../docs/unionmount.md"
 	data, err := os.ReadFile(path)
 	require.NoError(t, err)
 	text := string(data)
@@ -149,4 +149,51 @@ func TestHelpListsEveryOption(t *testing.T) {
 	for _, n := range []string{"metacopy=", "writeback=", "timeout=", "passthrough"} {
 		assert.Contains(t, help, n)
 	}
+}
+
+// containers/storage, when it remaps a layer's ids, gives the layers
+// above it lowerdirs of the form l/LINK/../diff1 with LINK a symlink to
+// ../ID/diff, relative to its overlay dir: the kernel follows LINK before
+// applying "..", so the path names ID/diff1, not l/diff1.
+func TestValidateResolvesLayerPathsAsTheKernelDoes(t *testing.T) {
+	root, err := filepath.EvalSymlinks(t.TempDir())
+	require.NoError(t, err)
+	for _, d := range []string{"l", "ID/diff", "ID/diff1", "ID/upper", "ID/work", "UP/diff", "m"} {
+		require.NoError(t, os.MkdirAll(filepath.Join(root, d), 0o755))
+	}
+	require.NoError(t, os.Symlink("../ID/diff", filepath.Join(root, "l/LINK")))
+	require.NoError(t, os.Symlink("../UP/diff", filepath.Join(root, "l/UPLINK")))
+	want := filepath.Join(root, "ID/diff1")
+
+	t.Run("lowerdir, upperdir and workdir, absolute", func(t *testing.T) {
+		o, err := ParseOptions([]string{"lowerdir=" + root + "/l/LINK/../diff1:" + root + "/l/UPLINK/../../ID/diff" +
+			",upperdir=" + root + "/l/LINK/../upper,workdir=" + root + "/l/LINK/../work"})
+		require.NoError(t, err)
+		require.NoError(t, o.Validate(root+"/m"))
+		assert.Equal(t, []string{want, filepath.Join(root, "ID/diff")}, o.Lowers)
+		assert.Equal(t, filepath.Join(root, "ID/upper"), o.Upper)
+		assert.Equal(t, filepath.Join(root, "ID/work"), o.Work)
+	})
+	t.Run("relative to the working directory, as containers/storage passes them", func(t *testing.T) {
+		t.Chdir(root)
+		o, err := ParseOptions([]string{"lowerdir=l/LINK/../diff1,upperdir=l/LINK/../upper,workdir=l/LINK/../work"})
+		require.NoError(t, err)
+		require.NoError(t, o.Validate(root+"/m"))
+		assert.Equal(t, []string{want}, o.Lowers)
+		assert.Equal(t, filepath.Join(root, "ID/upper"), o.Upper)
+	})
+	t.Run("aufs branches", func(t *testing.T) {
+		o, err := ParseOptions([]string{"br=" + root + "/l/LINK/../upper=rw:" + root + "/l/LINK/../diff1=ro"})
+		require.NoError(t, err)
+		require.NoError(t, o.Validate(root+"/m"))
+		assert.Equal(t, []string{want}, o.Lowers)
+		assert.Equal(t, filepath.Join(root, "ID/upper"), o.Upper)
+	})
+	t.Run("a path that does not resolve is still refused by name", func(t *testing.T) {
+		o, err := ParseOptions([]string{"lowerdir=" + root + "/l/LINK/../nothing"})
+		require.NoError(t, err)
+		err = o.Validate(root + "/m")
+		require.ErrorIs(t, err, ErrBadOption)
+		assert.Contains(t, err.Error(), "l/LINK/../nothing does not exist")
+	})
 }

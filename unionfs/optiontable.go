@@ -11,7 +11,7 @@ import (
 
 // optionSpec is one -o option: its names, the form of its value, one
 // line of documentation, and how it sets the options. Parsing, --help
-// and the README's option table all come from optionTable, so the three
+// and the option table of docs/unionmount.md all come from optionTable, so the three
 // cannot drift apart.
 type optionSpec struct {
 	// names are the option's spellings; the first is the one shown.
@@ -215,7 +215,7 @@ func OptionsHelp() string {
 	return b.String()
 }
 
-// OptionsMarkdown is the README's option table, from the table.
+// OptionsMarkdown is docs/unionmount.md's option table, from the table.
 func OptionsMarkdown() string {
 	var b strings.Builder
 	b.WriteString("| option | meaning |\n| --- | --- |\n")

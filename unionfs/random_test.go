@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -30,6 +31,56 @@ var (
 	randomNames = []string{"a", "b", "c", "x", "y", "sub"}
 )
 
+// randomStack is a stack of lower layers the random comparison starts
+// from, and the paths its operations draw from.
+type randomStack struct {
+	lowers       []fstest.Spec
+	dirs, names  []string
+	kinds        []string                            // the operations drawn, opKinds if nil
+	prepare      func(t *testing.T, lowers []string) // markers a Spec cannot hold
+	remount      bool                                // compare once more after remounting both
+	checksFactor int                                 // divides randomChecks
+}
+
+var twoLayers = randomStack{lowers: randomLowers, dirs: randomDirs, names: randomNames, checksFactor: 1}
+
+// threeLayers hides parts of the bottom layer in the middle one (an
+// opaque directory, a symlink over a directory, a whiteout over one) and
+// holds hard links, so that renames of directories (recorded as
+// redirects) and copy-ups of links meet them, also after a remount.
+var threeLayers = randomStack{
+	lowers: []fstest.Spec{
+		{"d1/a": "top a", "p/": "", "q/s/": "", "w/s/": "", "hl1": "h", "hl2": fstest.HardLink("hl1")},
+		{"d1/c": "mid c", "r/s/": "", "r/c": "mid r c", "q": "->d1", "hm1": "m", "d1/hm2": fstest.HardLink("hm1")},
+		{"r/s/b": "hidden b", "r/a": "hidden a", "q/s/x": "hidden x", "w/s/y": "hidden y", "d1/c": "bottom c", "d1/x": "bottom x", "p/s/a": "bottom a"},
+	},
+	dirs:  []string{"", "d1", "r", "r/s", "p", "q", "q/s", "w", "w/s"},
+	names: []string{"a", "b", "c", "s", "x", "y", "q", "r", "w", "hl1", "hm1", "hm2"},
+	// Renames and links more often than the rest: they make the
+	// redirects and the broken links.
+	kinds: append(append([]string{}, opKinds...), "rename", "rename", "rename", "link"),
+	prepare: func(t *testing.T, lowers []string) {
+		prefix := "trusted."
+		if fstest.InUserNamespace() {
+			prefix = "user." // kernel overlay reads only these there (userxattr)
+		}
+		if err := unix.Setxattr(filepath.Join(lowers[1], "r"), prefix+"overlay.opaque", []byte("y"), 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Mknod(filepath.Join(lowers[1], "w"), unix.S_IFCHR|0o600, 0); err != nil {
+			t.Fatal(err)
+		}
+	},
+	remount:      true,
+	checksFactor: 3,
+}
+
+// opKinds are the operations drawOp draws from, each as likely.
+var opKinds = []string{
+	"create", "write", "truncate", "chmod", "link", "symlink", "rename",
+	"unlink", "mkdir", "rmdir", "setxattr", "removexattr",
+}
+
 // fsOp is one random operation, applied by path to a mount.
 type fsOp struct {
 	kind string
@@ -43,24 +94,25 @@ func (o fsOp) String() string {
 	return fmt.Sprintf("%s(%q %q data=%q off=%d mode=%o)", o.kind, o.a, o.b, o.data, o.off, o.mode)
 }
 
-func drawPath(t *rapid.T, label string) string {
-	dir := rapid.SampledFrom(randomDirs).Draw(t, label+"dir")
-	name := rapid.SampledFrom(randomNames).Draw(t, label+"name")
+func drawPath(t *rapid.T, s *randomStack, label string) string {
+	dir := rapid.SampledFrom(s.dirs).Draw(t, label+"dir")
+	name := rapid.SampledFrom(s.names).Draw(t, label+"name")
 	if dir == "" {
 		return name
 	}
 	return dir + "/" + name
 }
 
-func drawOp(t *rapid.T) fsOp {
-	o := fsOp{kind: rapid.SampledFrom([]string{
-		"create", "write", "truncate", "chmod", "link", "symlink", "rename",
-		"unlink", "mkdir", "rmdir", "setxattr", "removexattr",
-	}).Draw(t, "kind")}
-	o.a = drawPath(t, "a")
+func drawOp(t *rapid.T, s *randomStack) fsOp {
+	kinds := s.kinds
+	if kinds == nil {
+		kinds = opKinds
+	}
+	o := fsOp{kind: rapid.SampledFrom(kinds).Draw(t, "kind")}
+	o.a = drawPath(t, s, "a")
 	switch o.kind {
 	case "link", "rename", "symlink":
-		o.b = drawPath(t, "b")
+		o.b = drawPath(t, s, "b")
 	}
 	switch o.kind {
 	case "create", "write", "setxattr":
@@ -142,28 +194,44 @@ func TestRandomOperationsMatchKernelOverlay(t *testing.T) {
 	// views are compared.
 	for _, format := range []string{"chardev", "xattr", "aufs"} {
 		t.Run("whiteout="+format, func(t *testing.T) {
-			randomAgainstKernel(t, format, false)
+			randomAgainstKernel(t, &twoLayers, format, false)
 		})
 	}
 	// Metadata-only copy-up, on both sides where the kernel has it (not
 	// in a user namespace): merged views must not depend on it.
 	t.Run("metacopy=on", func(t *testing.T) {
-		randomAgainstKernel(t, "chardev", true)
+		randomAgainstKernel(t, &twoLayers, "chardev", true)
 	})
 	// Without passthrough the kernel caches writes (the writeback cache),
 	// as it does in a user namespace.
 	t.Run("passthrough=off", func(t *testing.T) {
-		randomAgainstKernel(t, "chardev", false, "passthrough=off")
+		randomAgainstKernel(t, &twoLayers, "chardev", false, "passthrough=off")
+	})
+	// In a user namespace renames of lower directories fail with EXDEV
+	// on both sides (see kernelOverlayOptions), the rest still counts.
+	t.Run("three layers then a remount", func(t *testing.T) {
+		randomAgainstKernel(t, &threeLayers, "chardev", false)
 	})
 }
 
-func randomAgainstKernel(t *testing.T, format string, metacopy bool, unionExtra ...string) {
+func randomAgainstKernel(t *testing.T, stack *randomStack, format string, metacopy bool, unionExtra ...string) {
+	if f := flag.Lookup("rapid.checks"); f != nil && stack.checksFactor > 1 {
+		old := f.Value.String()
+		var n int
+		fmt.Sscan(old, &n)
+		f.Value.Set(fmt.Sprint(max(n/stack.checksFactor, 1)))
+		defer f.Value.Set(old)
+	}
 	rapid.Check(t, func(rt *rapid.T) {
-		kernel := fstest.NewLayers(t, len(randomLowers))
-		union := fstest.NewLayers(t, len(randomLowers))
-		for i, spec := range randomLowers {
+		kernel := fstest.NewLayers(t, len(stack.lowers))
+		union := fstest.NewLayers(t, len(stack.lowers))
+		for i, spec := range stack.lowers {
 			fstest.WriteTree(t, kernel.Lowers[i], spec)
 			fstest.WriteTree(t, union.Lowers[i], spec)
+		}
+		if stack.prepare != nil {
+			stack.prepare(t, kernel.Lowers)
+			stack.prepare(t, union.Lowers)
 		}
 		kernelOpts := kernelOverlayOptions()
 		unionOpts := append([]string{"whiteout=" + format}, unionExtra...)
@@ -193,7 +261,7 @@ func randomAgainstKernel(t *testing.T, format string, metacopy bool, unionExtra 
 				mounted.Unmount()
 			}
 		}()
-		ops := rapid.SliceOfN(rapid.Custom(drawOp), 1, 40).Draw(rt, "ops")
+		ops := rapid.SliceOfN(rapid.Custom(func(t *rapid.T) fsOp { return drawOp(t, stack) }), 1, 40).Draw(rt, "ops")
 		for i, o := range ops {
 			ek, eu := o.apply(kernel.Mount), o.apply(union.Mount)
 			if ek != eu {
@@ -201,6 +269,7 @@ func randomAgainstKernel(t *testing.T, format string, metacopy bool, unionExtra 
 			}
 			compareTrees(rt, fmt.Sprintf("after step %d %v: merged view", i, o), kernel.Mount, union.Mount)
 		}
+		compareInodes(rt, "after the last step", kernel.Mount, union.Mount)
 		merged, err := fstest.TakeSnapshot(kernel.Mount)
 		if err != nil {
 			rt.Fatal(err)
@@ -233,6 +302,29 @@ func randomAgainstKernel(t *testing.T, format string, metacopy bool, unionExtra 
 		case format == "chardev":
 			compareTrees(rt, "upper dirs", kernel.Upper, union.Upper)
 		}
+		if stack.remount {
+			// Redirects are followed from the layers alone after a
+			// remount: the merged views must still match.
+			unmountKernel, err := fstest.StartKernelOverlay(kernel, kernelOpts...)
+			if err != nil {
+				rt.Fatal(err)
+			}
+			remounted, err := uniontest.Start(union, unionOpts...)
+			if err != nil {
+				unmountKernel()
+				rt.Fatal(err)
+			}
+			defer func() {
+				if err := unmountKernel(); err != nil {
+					rt.Error(err)
+				}
+				if err := remounted.Unmount(); err != nil {
+					rt.Error(err)
+				}
+			}()
+			compareTrees(rt, "after a remount: merged view", kernel.Mount, union.Mount)
+			compareInodes(rt, "after a remount", kernel.Mount, union.Mount)
+		}
 	})
 }
 
@@ -255,4 +347,51 @@ func compareTrees(t *rapid.T, what, want, got string) {
 	if d := fstest.Diff(ws, gs); len(d) > 0 {
 		t.Fatalf("%s differs from kernel overlay:\n  %s", what, strings.Join(d, "\n  "))
 	}
+}
+
+// compareInodes compares which names of two merged views (kernel
+// overlay's at want) share an inode number. Upper dirs differ by design:
+// the kernel links its whiteouts to one another.
+func compareInodes(t *rapid.T, what, want, got string) {
+	if fstest.InUserNamespace() {
+		// There the kernel shows the names of one copied-up file with
+		// different numbers: the name it copied up keeps the lower
+		// number, a new link of it shows the upper file's (kernel
+		// 6.18, link of a lower file with one name).
+		return
+	}
+	wl, gl := sharedInodes(t, want), sharedInodes(t, got)
+	if wl != gl {
+		t.Fatalf("%s: names that share an inode number differ from kernel overlay:\n  kernel overlay: %s\n  unionmount:     %s", what, wl, gl)
+	}
+}
+
+// sharedInodes lists the groups of non-directories under root that share
+// an inode number, each group sorted, as one line.
+func sharedInodes(t *rapid.T, root string) string {
+	byIno := map[uint64][]string{}
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		byIno[st.Ino] = append(byIno[st.Ino], rel)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("walk %s: %v", root, err)
+	}
+	var groups []string
+	for _, names := range byIno {
+		if len(names) > 1 {
+			sort.Strings(names)
+			groups = append(groups, strings.Join(names, "="))
+		}
+	}
+	sort.Strings(groups)
+	return "[" + strings.Join(groups, " ") + "]"
 }

@@ -92,7 +92,7 @@ func (u *FS) mergeLayer(out []mergedEntry, seen map[string]bool, dirfd int, ref 
 		}
 		e.mode = cst.Mode & unix.S_IFMT
 		if withIno {
-			e.ino = u.identityAt(dirfd, e.name, layerRef{ref.l, join(ref.path, e.name)}, &cst).Ino
+			e.ino = u.relabels.ino(u.identityAt(dirfd, e.name, layerRef{ref.l, join(ref.path, e.name)}, &cst))
 		}
 		out = append(out, e)
 	}

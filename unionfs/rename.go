@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -216,12 +217,36 @@ func (u *FS) markMovedDir(src, dst *renameSide) error {
 		return nil
 	}
 	if len(f.state.lowers) > 0 {
-		return u.markers.SetRedirect(u.upper.fd, src.path, "/"+f.state.lowers[0].path)
+		return u.markers.SetRedirect(u.upper.fd, src.path, "/"+u.lowerName(src.path))
 	}
 	if dst.lowerHas {
 		return u.markers.SetOpaqueFormat(u.upper.fd, src.path, u.wformat)
 	}
 	return nil
+}
+
+// lowerName is the path under which a lookup from the lower roots finds
+// the lower part of the copied-up directory at path, as kernel overlay
+// writes an absolute redirect: the union path, with each directory on
+// the way that has a redirect of its own (it was moved before) named by
+// that redirect. Redirects in the lower layers then lead each layer's
+// walk on (see walkRedirect); the path where the topmost lower part
+// happens to lie would miss them.
+func (u *FS) lowerName(path string) string {
+	logical, dir := "", ""
+	for _, name := range strings.Split(path, "/") {
+		dir = join(dir, name)
+		r, ok := u.markers.Redirect(u.upper.fd, dir)
+		switch {
+		case ok && strings.HasPrefix(r, "/"):
+			logical = strings.Trim(r, "/")
+		case ok && !strings.Contains(r, "/"):
+			logical = join(logical, r)
+		default:
+			logical = join(logical, name)
+		}
+	}
+	return logical
 }
 
 // exchange swaps two names atomically (RENAME_EXCHANGE).

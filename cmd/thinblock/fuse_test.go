@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/unionmount/unionmount/internal/fstest"
 	"golang.org/x/sys/unix"
 )
 
@@ -29,12 +30,7 @@ func serveFuse(t *testing.T, bin, dir string, extra ...string) *fuseServer {
 	s.cmd = exec.Command(bin, append([]string{"serve", "fuse", "--pool", dir, s.mnt}, extra...)...)
 	s.cmd.Stderr = &s.stderr
 	require.NoError(t, s.cmd.Start())
-	for i := 0; i < 300; i++ {
-		if ents, _ := os.ReadDir(s.mnt); len(ents) > 0 {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	fstest.WaitFor(3*time.Second, func() bool { ents, _ := os.ReadDir(s.mnt); return len(ents) > 0 })
 	t.Cleanup(func() {
 		if s.cmd.ProcessState == nil {
 			syscall.Unmount(s.mnt, unix.MNT_DETACH)
@@ -80,12 +76,10 @@ func detach(t *testing.T, dev string) {
 	out, err := exec.Command("losetup", "-d", dev).CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	// The kernel lets go of the backing file a little after -d returns.
-	for i := 0; i < 100; i++ {
-		if _, err := os.Stat("/sys/block/" + filepath.Base(dev) + "/loop"); err != nil {
-			return
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	fstest.WaitFor(2*time.Second, func() bool {
+		_, err := os.Stat("/sys/block/" + filepath.Base(dev) + "/loop")
+		return err != nil
+	})
 }
 
 func mountDev(t *testing.T, dev string, opts ...string) string {

@@ -266,3 +266,22 @@ func TestPoolOnABlockDevice(t *testing.T) {
 	assert.Contains(t, mustRun(t, "pool", "status", "--meta", meta, "--data", dev), "0/512 blocks used")
 	assert.Contains(t, mustRun(t, "check", "--meta", meta), "metadata is consistent")
 }
+
+// A dump whose numbers do not parse is refused, naming the attribute; it
+// was read as 0 before, and the volume made with a time of 0.
+func TestRestoreRefusesAttributesThatDoNotParse(t *testing.T) {
+	for _, c := range []struct{ name, xml, want string }{
+		{"a device's snap_time", `<superblock uuid="" time="1" transaction="1" data_block_size="128" nr_data_blocks="100"><device dev_id="1" mapped_blocks="0" transaction="0" creation_time="0" snap_time="soon"></device></superblock>`, `snap_time="soon"`},
+		{"a mapping's time", `<superblock uuid="" time="1" transaction="1" data_block_size="128" nr_data_blocks="100"><device dev_id="1" mapped_blocks="1" transaction="0" creation_time="0" snap_time="0"><single_mapping origin_block="0" data_block="0" time="-1"/></device></superblock>`, `time="-1"`},
+		{"the superblock's time", `<superblock uuid="" time="x" transaction="1" data_block_size="128" nr_data_blocks="100"></superblock>`, `time="x"`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "pool")
+			in := filepath.Join(t.TempDir(), "dump.xml")
+			require.NoError(t, os.WriteFile(in, []byte(c.xml), 0o644))
+			_, errOut, code := thinblockCmd("restore", "--pool", dir, "-i", in)
+			assert.NotEqual(t, 0, code)
+			assert.Contains(t, errOut, c.want)
+		})
+	}
+}

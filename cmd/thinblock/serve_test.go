@@ -20,6 +20,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/unionmount/unionmount/internal/fstest"
 )
 
 // server is a running `thinblock serve nbd`, on a unix socket (sock)
@@ -88,12 +89,7 @@ func serve(t *testing.T, bin, dir string, extra ...string) *server {
 	s.cmd = exec.Command(bin, append([]string{"serve", "nbd", "--pool", dir}, extra...)...)
 	s.cmd.Stderr = s.stderr
 	require.NoError(t, s.cmd.Start())
-	for i := 0; i < 300; i++ {
-		if _, err := os.Stat(s.sock); err == nil {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	fstest.WaitFor(3*time.Second, func() bool { _, err := os.Stat(s.sock); return err == nil })
 	require.FileExists(t, s.sock, "server did not start: %s", s.stderr)
 	t.Cleanup(func() {
 		if s.cmd.ProcessState == nil {
@@ -513,12 +509,7 @@ func slowReadersStayBounded(t *testing.T, s *server, dial func() *rawClient, qem
 		c.conn.Close()
 	}
 	var rss int64
-	for i := 0; i < 100; i++ {
-		if rss = procStatus(t, pid, "VmRSS"); rss < base+48<<20 {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	fstest.WaitFor(10*time.Second, func() bool { rss = procStatus(t, pid, "VmRSS"); return rss < base+48<<20 })
 	t.Logf("RSS after the slow readers closed: %d MiB", rss>>20)
 	assert.Less(t, rss, base+48<<20, "memory is given back after the load")
 	s.stop(t)

@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/unionmount/unionmount/internal/fstest"
 	"github.com/unionmount/unionmount/internal/testpki"
 )
 
@@ -59,12 +60,12 @@ func serveTCP(t *testing.T, bin, dir string, extra ...string) *server {
 		}
 	})
 	re := regexp.MustCompile(`on tcp://(127\.0\.0\.1:\d+)`)
-	for i := 0; i < 500 && s.addr == ""; i++ {
+	fstest.WaitFor(5*time.Second, func() bool {
 		if m := re.FindStringSubmatch(s.stderr.String()); m != nil {
 			s.addr = m[1]
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return s.addr != ""
+	})
 	require.NotEmpty(t, s.addr, "server did not start: %s", s.stderr)
 	return s
 }

@@ -49,8 +49,9 @@ func TestQuickRunReportsEveryRow(t *testing.T) {
 	rep, err := bench.ReadJSON(filepath.Join(out, "unionbench.json"))
 	require.NoError(t, err)
 	cfg := &bench.Config{Quick: true}
-	targets := append(bench.UnionTargets(), bench.BlockTargets()...)
-	workloads := append(append(bench.UnionWorkloads(), bench.BlockWorkloads()...), bench.SnapshotWorkloads(cfg)...)
+	targets := append(append(bench.UnionTargets(), bench.ContainerTargets()...), bench.BlockTargets()...)
+	workloads := append(append(append(bench.UnionWorkloads(), bench.ContainerWorkloads()...), bench.BlockWorkloads()...),
+		bench.SnapshotWorkloads(cfg)...)
 	rows := map[string]bench.Row{}
 	for _, r := range rep.Rows {
 		if r.Family == bench.Rootless {
@@ -87,7 +88,7 @@ func TestQuickRunReportsEveryRow(t *testing.T) {
 			switch {
 			case r.Skipped != "":
 			case r.Error != "":
-				assert.False(t, strings.HasPrefix(tg.Name(), "unionmount") || strings.HasPrefix(tg.Name(), "thinblock"),
+				assert.False(t, strings.HasPrefix(tg.Name(), "unionmount") || strings.HasPrefix(tg.Name(), "thinblock") || tg.Name() == "podman-unionmount",
 					"our own target failed: %s: %s", key, r.Error)
 			default:
 				figures++
@@ -100,7 +101,7 @@ func TestQuickRunReportsEveryRow(t *testing.T) {
 		}
 	}
 	assert.Greater(t, figures, 10, "most rows have figures")
-	for _, name := range []string{"unionmount", "thinblock"} {
+	for _, name := range []string{"unionmount", "thinblock", "podman-unionmount"} {
 		for _, r := range rep.Rows {
 			if r.Target == name && r.Skipped == "" {
 				assert.NotEmpty(t, r.Values, "%s/%s has a figure", name, r.Workload)
@@ -110,12 +111,13 @@ func TestQuickRunReportsEveryRow(t *testing.T) {
 	md := stdout.String()
 	assert.Contains(t, md, "### union (reference: kernel-overlay)")
 	assert.Contains(t, md, "### block (reference: raw-file)")
+	assert.Contains(t, md, "### container (reference: podman-kernel-overlay)")
 	assert.Contains(t, md, "dm-thin: skipped", "a skipped target says why")
 
-	families := 2
+	families := 3
 	if rootless {
 		assert.Contains(t, md, "### union-userns (reference: fuse-overlayfs)")
-		families = 3
+		families++
 	}
 	charts, _ := filepath.Glob(filepath.Join(out, "*.png"))
 	assert.Len(t, charts, families)

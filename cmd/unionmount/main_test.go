@@ -114,10 +114,7 @@ func layers(t *testing.T) *fstest.Layers {
 
 func waitUnmounted(t *testing.T, dir string) {
 	t.Helper()
-	for i := 0; i < 200 && mounted(dir); i++ {
-		time.Sleep(10 * time.Millisecond)
-	}
-	assert.False(t, mounted(dir), "%s still mounted", dir)
+	assert.True(t, fstest.WaitFor(2*time.Second, func() bool { return !mounted(dir) }), "%s still mounted", dir)
 }
 
 func TestBackgroundMountIsReadyWhenCommandReturnsAndFusermountStopsIt(t *testing.T) {
@@ -169,10 +166,7 @@ func TestSigtermUnmountsCleanly(t *testing.T) {
 	l := layers(t)
 	cmd := exec.Command(bin, "-f", "-o", "lower="+l.Lowers[0]+",upper="+l.Upper+",work="+l.Work, l.Mount)
 	require.NoError(t, cmd.Start())
-	for i := 0; i < 200 && !mounted(l.Mount); i++ {
-		time.Sleep(10 * time.Millisecond)
-	}
-	require.True(t, mounted(l.Mount))
+	require.True(t, fstest.WaitFor(2*time.Second, func() bool { return mounted(l.Mount) }), "mounted")
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
 	require.NoError(t, cmd.Wait(), "exit status 0 after SIGTERM")
 	waitUnmounted(t, l.Mount)
@@ -216,10 +210,7 @@ func crashDuringCopyUp(t *testing.T, bin, point string, metacopy bool) {
 	cmd := exec.Command(bin, "-f", "-o", opts, l.Mount)
 	cmd.Env = append(os.Environ(), "UNIONMOUNT_CRASH_AT="+point)
 	require.NoError(t, cmd.Start())
-	for i := 0; i < 200 && !mounted(l.Mount); i++ {
-		time.Sleep(10 * time.Millisecond)
-	}
-	require.True(t, mounted(l.Mount))
+	require.True(t, fstest.WaitFor(2*time.Second, func() bool { return mounted(l.Mount) }), "mounted")
 	stop, aborted := fstest.AbortAfter(l.Mount, 20*time.Second)
 	f, err := os.OpenFile(l.Mount+"/f", os.O_WRONLY|os.O_APPEND, 0)
 	if err == nil {
@@ -335,4 +326,41 @@ func TestApplyAndConvertCommands(t *testing.T) {
 	assert.Contains(t, string(out), "climbs out")
 	names, _ := os.ReadDir(empty)
 	assert.Empty(t, names)
+}
+
+// TestLayerPathsAsContainersStorageWritesThem mounts, as containers/storage
+// does for the layers above an id-mapped one, with lowerdirs of the form
+// l/LINK/../diff1 relative to the overlay dir, LINK a symlink to
+// ../ID/diff: kernel overlay and unionmount both follow LINK before "..".
+func TestLayerPathsAsContainersStorageWritesThem(t *testing.T) {
+	fstest.RequireFUSE(t)
+	fstest.RequireKernelOverlay(t)
+	bin := binary(t)
+	root := t.TempDir()
+	fstest.WriteTree(t, root, fstest.Spec{
+		"ID/diff/": "", "ID/diff1/f": "from ID/diff1", "l/diff1/f": "from l/diff1",
+		"upper/": "", "work/": "", "kmnt/": "", "umnt/": "",
+	})
+	require.NoError(t, os.Symlink("../ID/diff", filepath.Join(root, "l/LINK")))
+	opts := "lowerdir=l/LINK/../diff1:l/LINK,upperdir=upper,workdir=work"
+	kernel := exec.Command("mount", "-t", "overlay", "overlay", "-o", opts+",index=off", "kmnt")
+	kernel.Dir = root
+	out, err := kernel.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	defer unix.Unmount(filepath.Join(root, "kmnt"), 0)
+	data, err := os.ReadFile(filepath.Join(root, "kmnt/f"))
+	require.NoError(t, err)
+	assert.Equal(t, "from ID/diff1", string(data), "kernel overlay: the reference")
+	require.NoError(t, unix.Unmount(filepath.Join(root, "kmnt"), 0))
+
+	union := exec.Command(bin, "-o", opts, "umnt")
+	union.Dir = root
+	out, err = union.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	data, err = os.ReadFile(filepath.Join(root, "umnt/f"))
+	assert.NoError(t, err)
+	assert.Equal(t, "from ID/diff1", string(data), "with l/diff1 there too, a path cleaned as text mounts the wrong layer")
+	out, err = exec.Command("fusermount3", "-u", filepath.Join(root, "umnt")).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	waitUnmounted(t, filepath.Join(root, "umnt"))
 }

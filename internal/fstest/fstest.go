@@ -106,8 +106,8 @@ func MountKernelOverlay(t testing.TB, l *Layers, extra ...string) {
 }
 
 // Spec describes a tree: a path ending in "/" is a directory, "->TARGET"
-// makes a symlink, Executable(content) an executable file, anything else
-// is a file's content.
+// makes a symlink, Executable(content) an executable file, HardLink(path)
+// another name of the file at path, anything else is a file's content.
 type Spec map[string]string
 
 // executableMark starts a Spec value that makes an executable file; no
@@ -117,10 +117,21 @@ const executableMark = "\x00exec\x00"
 // Executable is a Spec value for a file of mode 0755 holding content.
 func Executable(content string) string { return executableMark + content }
 
-// WriteTree creates spec under dir.
+// hardLinkMark starts a Spec value that makes a hard link.
+const hardLinkMark = "\x00link\x00"
+
+// HardLink is a Spec value for another name of the file the Spec makes at
+// path (relative to the tree's root).
+func HardLink(path string) string { return hardLinkMark + path }
+
+// WriteTree creates spec under dir: hard links last, once the files they
+// name exist.
 func WriteTree(t testing.TB, dir string, spec Spec) {
 	t.Helper()
 	for p, v := range spec {
+		if strings.HasPrefix(v, hardLinkMark) {
+			continue
+		}
 		full := filepath.Join(dir, p)
 		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
 			t.Fatal(err)
@@ -140,6 +151,17 @@ func WriteTree(t testing.TB, dir string, spec Spec) {
 			}
 		default:
 			if err := os.WriteFile(full, []byte(v), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for p, v := range spec {
+		if target, ok := strings.CutPrefix(v, hardLinkMark); ok {
+			full := filepath.Join(dir, p)
+			if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Link(filepath.Join(dir, target), full); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -21,11 +21,8 @@ func StartKernelOverlay(l *Layers, extra ...string) (func() error, error) {
 	}
 	return func() error {
 		var err error
-		for i := 0; i < 50; i++ {
-			if err = unix.Unmount(l.Mount, 0); err == nil {
-				return nil
-			}
-			time.Sleep(20 * time.Millisecond)
+		if WaitFor(time.Second, func() bool { err = unix.Unmount(l.Mount, 0); return err == nil }) {
+			return nil
 		}
 		return fmt.Errorf("unmount %s: %w", l.Mount, err)
 	}, nil

@@ -38,9 +38,6 @@ func New(tm *txn.Manager, valueSize int, refs ValueRefs) *Tree {
 	return &Tree{tm: tm, valueSize: valueSize, refs: refs}
 }
 
-// ValueSize is the size of the tree's values.
-func (t *Tree) ValueSize() int { return t.valueSize }
-
 func (t *Tree) capacityOf(n *node) int {
 	if n.leaf {
 		return capacity(t.valueSize)

@@ -291,9 +291,6 @@ func (m *Manager) Shadow(b uint64, verify func([]byte) error) (nb uint64, data [
 		return 0, nil, false, err
 	}
 	data = append([]byte(nil), view...)
-	if err != nil {
-		return 0, nil, false, err
-	}
 	if m.fresh[b] && m.refs[b] == 1 {
 		return b, data, false, nil
 	}
@@ -389,6 +386,3 @@ func (m *Manager) Commit(sb Superblock) error {
 	m.pending = map[uint64]bool{}
 	return m.crash(CrashAfterFlip)
 }
-
-// Dirty reports whether the transaction holds changes.
-func (m *Manager) Dirty() bool { return len(m.fresh) > 0 || len(m.pending) > 0 }

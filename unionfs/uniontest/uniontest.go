@@ -91,13 +91,7 @@ func Start(l *fstest.Layers, extra ...string) (*Mounted, error) {
 // mount logged an internal fault.
 func (m *Mounted) Unmount() error {
 	var err error
-	for i := 0; i < 50; i++ {
-		if err = m.stop(); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err != nil {
+	if !fstest.WaitFor(time.Second, func() bool { err = m.stop(); return err == nil }) {
 		return fmt.Errorf("unmount %s: %w", m.dir, err)
 	}
 	m.close()
