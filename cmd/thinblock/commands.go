@@ -141,7 +141,7 @@ func cmdPoolStatus(args []string, stdin io.Reader, stdout, stderr io.Writer) (er
 		humanSize(used*st.BlockSize), humanSize(st.DataBlocks*st.BlockSize))
 	fmt.Fprintf(stdout, "low water mark:  %d free blocks\n", st.LowWater)
 	fmt.Fprintf(stdout, "data available:  %s\n", humanSize(st.FreeBlocks*st.BlockSize))
-	fmt.Fprintf(stdout, "metadata:        %d/%d blocks used (%s of %s)\n", st.MetadataUsed, st.MetadataBlocks,
+	fmt.Fprintf(stdout, "metadata:        %d/%d blocks used (%s of %s; the file grows as needed)\n", st.MetadataUsed, st.MetadataBlocks,
 		humanSize(st.MetadataUsed*4096), humanSize(st.MetadataBlocks*4096))
 	fmt.Fprintf(stdout, "volumes:         %d\n", st.Volumes)
 	state := "ok"
