@@ -3,6 +3,8 @@ package thinblock_test
 import (
 	"fmt"
 	"math/rand"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/unionmount/unionmount/thinblock"
@@ -111,5 +113,70 @@ func BenchmarkFirstWriteAfterSnapshot(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// BenchmarkConcurrentFirstWriteAfterSnapshot is the copy-on-write row of
+// the harness in the library: 16 writers, each 4 KiB write the first to
+// a 64 KiB block a snapshot shares, on file devices (the copy is a real
+// copy_file_range).
+func BenchmarkConcurrentFirstWriteAfterSnapshot(b *testing.B) {
+	const blocks = 4096
+	dir := b.TempDir()
+	meta, err := blockdev.OpenFile(dir+"/meta", true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	data, err := blockdev.OpenFile(dir+"/data", true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	bs := int64(thinblock.DefaultBlockSize)
+	p, err := thinblock.Create(meta, data, thinblock.CreateOptions{DataSize: uint64(3 * blocks * bs)}, thinblock.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.CreateVolume(1, uint64(blocks*bs)); err != nil {
+		b.Fatal(err)
+	}
+	v, _ := p.Volume(1)
+	fill := make([]byte, 1<<20)
+	for off := int64(0); off < blocks*bs; off += int64(len(fill)) {
+		if _, err := v.WriteAt(fill, off); err != nil {
+			b.Fatal(err)
+		}
+	}
+	snap := uint64(2)
+	b.SetBytes(4096)
+	b.ResetTimer()
+	for done := 0; done < b.N; {
+		b.StopTimer()
+		if snap > 2 {
+			p.DeleteVolume(snap - 1)
+		}
+		if err := p.Snapshot(snap, 1); err != nil {
+			b.Fatal(err)
+		}
+		snap++
+		b.StartTimer()
+		n := min(b.N-done, blocks)
+		var next atomic.Int64
+		var wg sync.WaitGroup
+		for w := 0; w < 16; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				buf := make([]byte, 4096)
+				for i := next.Add(1) - 1; i < int64(n); i = next.Add(1) - 1 {
+					if _, err := v.WriteAt(buf, i*bs); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		done += n
 	}
 }

@@ -94,7 +94,7 @@ func (r mappingRefs) IncValue(v []byte) error {
 
 func (r mappingRefs) DecValue(v []byte) error {
 	b, _ := unpackMapping(v)
-	return r.p.data.Dec(b)
+	return r.p.decDataLocked(b)
 }
 
 var _ btree.ValueRefs = mappingRefs{}

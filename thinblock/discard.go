@@ -16,7 +16,9 @@ func (v *Volume) zeroRange(off, n int64, unmap bool) error {
 	p := v.p
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	d, err := p.ioStartLocked(v.id, off, n)
+	// Everything here happens under the lock, but not the data I/O of
+	// requests already admitted: wait for any block being filled.
+	d, err := p.admitLocked(v.id, off, n, false)
 	if err != nil {
 		return err
 	}
@@ -38,11 +40,7 @@ func (v *Volume) zeroRange(off, n int64, unmap bool) error {
 				return
 			}
 			if found || !unmap {
-				var job *dataJob
-				job, errOut = p.writeBlockLocked(&d, uint64(vb), int(in), make([]byte, chunk))
-				if errOut == nil && job != nil {
-					errOut = p.runJobs([]dataJob{*job})
-				}
+				errOut = p.writeNowLocked(&d, uint64(vb), int(in), make([]byte, chunk))
 			}
 			pos += chunk
 		}
@@ -78,10 +76,29 @@ func (p *Pool) unmapLocked(d *deviceDetails, from, to uint64) error {
 		if found {
 			d.Mapped--
 			b, _ := unpackMapping(old)
-			if err := p.data.Dec(b); err != nil {
+			if err := p.decDataLocked(b); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// writeNowLocked writes chunk at in of virtual block vb with the lock
+// held throughout, so a new block is mapped as soon as it is filled.
+//
+// Preconditions: p.mu is held; no cell is held on (volume, vb).
+func (p *Pool) writeNowLocked(d *deviceDetails, vb uint64, in int, chunk []byte) error {
+	job, err := p.writeBlockLocked(d, vb, in, chunk)
+	if err != nil {
+		return err
+	}
+	done, err := p.runJobs([]dataJob{job})
+	if job.fill != nil {
+		if done == 1 {
+			return p.mapNewLocked(d, job.fill)
+		}
+		p.data.Release(job.fill.nb)
+	}
+	return err
 }

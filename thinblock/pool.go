@@ -9,12 +9,45 @@
 // volume and its snapshots node by node; the first write to a shared data
 // block copies it.
 //
-// Lock order: Pool.mu, then Pool.ioGate. Pool.mu serializes all metadata
-// work; data I/O runs after it is released, holding ioGate shared. A
-// commit holds ioGate exclusively, so the data of every mapped block is
-// written before the commit syncs, and no freed block is reused while a
-// read of its old content is still running. A pool commits on Commit (a
+// Locks, as a tree: a lock is taken only while holding its ancestors or
+// nothing, never while holding a sibling or a descendant.
+//
+//	Pool.mu                 all metadata: trees, space map, cells, frozen
+//	  Pool.ioGate           shared by data I/O, exclusive by a commit
+//	  inflight.mu (Pool.io) counts of data I/O running outside Pool.mu
+//
+// Pool.mu serializes all metadata work; data I/O runs after it is
+// released, holding ioGate shared. A commit holds ioGate exclusively, so
+// the data of every mapped block is written before the commit syncs. A
+// request that needs Pool.mu again after its I/O (to map a filled block)
+// drops ioGate first. Functions named ...Locked, or with a
+// "Preconditions:" line, expect Pool.mu held. A pool commits on Commit (a
 // client's flush) and every CommitInterval while dirty.
+//
+// The copy-on-write rule: no mapping is visible to another request
+// before the data block it points to holds complete and final content.
+//   - A new data block that must be filled (a copy of a shared block, a
+//     block written whole, or zeros written around a first write where
+//     holes cannot be punched) is reserved in the space map, filled
+//     outside Pool.mu, and mapped only then. Meanwhile the cell of its
+//     (volume, virtual block) is held, and every read, write, discard or
+//     write-zeroes touching that virtual block waits for the cell
+//     (prison.go; dm-thin's bio prison). A fresh block that can be zeroed
+//     by punching a hole is zeroed under Pool.mu and mapped at once: zeros
+//     are its final content until the write lands.
+//   - Reads and overwrites of blocks only their volume maps take no cell:
+//     the fast path costs a map look-up and two leaf-lock round trips.
+//   - A reference to a data block dropped while I/O to it is in flight
+//     (a read through the volume that is copying away from it, a write
+//     racing a discard or a delete) is dropped only at the next commit,
+//     which waits for all I/O (decDataLocked). Until then the block
+//     counts as shared, so no other volume overwrites it in place, and
+//     it cannot be freed and handed out again under that I/O.
+//   - A reserved block is not recorded as used by a commit, so a crash
+//     while it is filled leaks nothing.
+//   - Snapshot and DeleteVolume fall between writes: they wait for the
+//     writes in flight on the volume, and new writes to it wait for them,
+//     so a snapshot never shares a block a write is still landing in.
 package thinblock
 
 import (
@@ -135,8 +168,21 @@ type Pool struct {
 	// noCopyRange is set once the data device refused copy_file_range;
 	// copy-on-write then copies through memory. Read outside mu.
 	noCopyRange atomic.Bool
-	stop        chan struct{}
-	done        chan struct{}
+	// cells holds a channel, closed when the cell is freed, for each
+	// virtual block whose new data block is being filled (prison.go).
+	// Guarded by mu.
+	cells map[cellKey]chan struct{}
+	// frozen holds, for each volume a Snapshot waits to take, a channel
+	// closed when it has: writes to the volume wait for it. Guarded by mu.
+	frozen map[uint64]chan struct{}
+	// io counts the data I/O running outside mu (prison.go).
+	io inflight
+	// deferred are references to data blocks dropped while I/O to them
+	// was in flight; the commit, which waits for all I/O, drops them.
+	// Guarded by mu.
+	deferred []uint64
+	stop     chan struct{}
+	done     chan struct{}
 }
 
 func checkBlockSize(bs uint64) error {
@@ -208,7 +254,9 @@ func cacheBlocks(o Options) int {
 }
 
 func newPool(meta, data blockdev.Device, tm *txn.Manager, opts Options) *Pool {
-	p := &Pool{metaDev: meta, dataDev: data, tm: tm, sb: tm.Superblock(), opts: opts}
+	p := &Pool{metaDev: meta, dataDev: data, tm: tm, sb: tm.Superblock(), opts: opts,
+		cells: map[cellKey]chan struct{}{}, frozen: map[uint64]chan struct{}{}}
+	p.io.init()
 	tm.Crash = opts.Crash
 	p.devices = btree.New(tm, detailsSize, nil)
 	p.maps = btree.New(tm, 8, mappingRefs{p})
@@ -328,6 +376,14 @@ func (p *Pool) commitLocked() error {
 	if err := p.crash(CrashAfterDataSync); err != nil {
 		return p.fail(err)
 	}
+	// No I/O runs now: the references dropped while it did can go.
+	for _, b := range p.deferred {
+		if err := p.data.Dec(b); err != nil {
+			return p.fail(err)
+		}
+		p.dirty = true
+	}
+	p.deferred = nil
 	if !p.dirty {
 		return nil
 	}

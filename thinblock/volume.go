@@ -104,13 +104,15 @@ func (p *Pool) Snapshot(id, origin uint64) error {
 
 // SnapshotWith makes volume id a copy-on-write snapshot of origin, at a
 // cost independent of origin's size: the two share origin's mapping
-// tree. Its attributes (and origin) commit with it.
+// tree. Its attributes (and origin) commit with it. It is taken between
+// writes: those in flight on origin end first, and new ones wait for it.
 func (p *Pool) SnapshotWith(id, origin uint64, a Attrs) error {
 	if err := CheckName(a.Name); err != nil {
 		return err
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.quiesceLocked(origin)
 	if err := p.usable(); err != nil {
 		return err
 	}
@@ -143,10 +145,13 @@ func (p *Pool) SnapshotWith(id, origin uint64, a Attrs) error {
 }
 
 // DeleteVolume removes a volume; the blocks no other volume shares are
-// freed (at the next commit).
+// freed (at the next commit). Writes in flight on it end first, so none
+// maps a block after it is gone; reads in flight keep the blocks they
+// read from being reused until they end.
 func (p *Pool) DeleteVolume(id uint64) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.quiesceLocked(id)
 	if err := p.usable(); err != nil {
 		return err
 	}

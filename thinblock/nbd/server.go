@@ -30,6 +30,26 @@ import (
 )
 
 // Backend is a device an export serves.
+//
+// Thread model: fully parallel, nbdkit's PARALLEL (the weakest of its
+// SERIALIZE_CONNECTIONS, SERIALIZE_ALL_REQUESTS, SERIALIZE_REQUESTS and
+// PARALLEL: nothing is serialized for the Backend). Every
+// method is called from many goroutines at once: the workers of one
+// connection serve its requests concurrently and out of order, and
+// several connections may share one Backend. A Backend must tolerate
+// that on the same and on overlapping ranges, and keep these promises:
+//   - Requests on disjoint byte ranges do not affect each other, even
+//     when they fall in the same block of the Backend's own storage.
+//   - A write (WriteAt, Trim, WriteZeroes) that has returned is seen by
+//     every read that starts after it, until a later write covers it.
+//   - Overlapping writes in flight together may leave either's data
+//     (per 512-byte sector); a read overlapping a write in flight may
+//     return the old or the new data (or, on storage without sector
+//     atomicity such as a file, a mix of the two). Nothing else is
+//     allowed: never zeros, stale data or another write's data once a
+//     covering write has returned.
+//   - Flush covers every write that returned before Flush was called,
+//     on every connection.
 type Backend interface {
 	Size() uint64
 	ReadAt(p []byte, off int64) (int, error)

@@ -2,7 +2,10 @@
 // thin pool: how many mapping-tree leaves point at it. Counts live in
 // refcount blocks (1016 counts each) indexed by a B-tree, both shadowed
 // like all metadata. A block freed in a transaction stays reserved until
-// the commit, since the committed mappings may still point at it.
+// the commit, since the committed mappings may still point at it; one
+// first used in this transaction is free again at once. A block can also
+// be reserved for a write that has yet to map it: no other allocation
+// gets it, and no commit records it as used.
 package spacemap
 
 import (
@@ -37,7 +40,10 @@ type Map struct {
 	// can be reused at once when freed again.
 	fresh   map[uint64]bool
 	pending map[uint64]bool
-	cursor  uint64
+	// reserved are blocks handed out by Reserve and not yet claimed or
+	// released; their count is still 0.
+	reserved map[uint64]bool
+	cursor   uint64
 	// freed are the blocks whose count reached zero in this transaction
 	// (some may be in use again by its end), for TakeFreed.
 	freed map[uint64]bool
@@ -51,7 +57,7 @@ func Create(tm *txn.Manager, blocks uint64) (*Map, error) {
 		return nil, err
 	}
 	return &Map{tm: tm, index: idx, root: root, blocks: blocks, free: blocks,
-		fresh: map[uint64]bool{}, pending: map[uint64]bool{}}, nil
+		fresh: map[uint64]bool{}, pending: map[uint64]bool{}, reserved: map[uint64]bool{}}, nil
 }
 
 // OpenCounted loads the space map at root whose free block count is
@@ -61,13 +67,13 @@ func OpenCounted(tm *txn.Manager, root, blocks, free uint64) (*Map, error) {
 		return nil, fmt.Errorf("space map: %d free blocks recorded of %d", free, blocks)
 	}
 	return &Map{tm: tm, index: btree.New(tm, 8, nil), root: root, blocks: blocks, free: free,
-		fresh: map[uint64]bool{}, pending: map[uint64]bool{}}, nil
+		fresh: map[uint64]bool{}, pending: map[uint64]bool{}, reserved: map[uint64]bool{}}, nil
 }
 
 // Open loads the space map at root and counts its free blocks.
 func Open(tm *txn.Manager, root, blocks uint64) (*Map, error) {
 	m := &Map{tm: tm, index: btree.New(tm, 8, nil), root: root, blocks: blocks,
-		fresh: map[uint64]bool{}, pending: map[uint64]bool{}}
+		fresh: map[uint64]bool{}, pending: map[uint64]bool{}, reserved: map[uint64]bool{}}
 	used := uint64(0)
 	err := m.index.Walk(root, 0, ^uint64(0), func(i uint64, v []byte) (bool, error) {
 		counts, err := m.readCounts(binary.LittleEndian.Uint64(v), i)
@@ -294,7 +300,35 @@ func (m *Map) Dec(d uint64) error {
 
 // Alloc finds a free data block and gives it one reference.
 func (m *Map) Alloc() (uint64, error) {
-	if m.free <= uint64(len(m.pending)) {
+	d, err := m.Reserve()
+	if err != nil {
+		return 0, err
+	}
+	return d, m.Claim(d)
+}
+
+// Claim gives reserved block d its first reference.
+func (m *Map) Claim(d uint64) error {
+	if !m.reserved[d] {
+		return fmt.Errorf("data block %d was not reserved", d)
+	}
+	if err := m.Inc(d); err != nil {
+		return err
+	}
+	delete(m.reserved, d)
+	m.fresh[d] = true
+	return nil
+}
+
+// Release gives back reserved block d unused.
+func (m *Map) Release(d uint64) {
+	delete(m.reserved, d)
+}
+
+// Reserve finds a free data block and holds it, unreferenced, until
+// Claim or Release: no other Reserve or Alloc returns it meanwhile.
+func (m *Map) Reserve() (uint64, error) {
+	if m.free <= uint64(len(m.pending)+len(m.reserved)) {
 		return 0, ErrNoSpace
 	}
 	for scanned := uint64(0); scanned < m.blocks; {
@@ -310,12 +344,9 @@ func (m *Map) Alloc() (uint64, error) {
 				break
 			}
 			scanned++
-			if counts[j] == 0 && !m.pending[cand] {
+			if counts[j] == 0 && !m.pending[cand] && !m.reserved[cand] {
 				m.cursor = cand + 1
-				if err := m.Inc(cand); err != nil {
-					return 0, err
-				}
-				m.fresh[cand] = true
+				m.reserved[cand] = true
 				return cand, nil
 			}
 		}
@@ -328,7 +359,8 @@ func (m *Map) Alloc() (uint64, error) {
 	return 0, ErrNoSpace
 }
 
-// Committed releases the blocks freed in the transaction just committed.
+// Committed releases the blocks freed in the transaction just committed
+// (reservations stay).
 func (m *Map) Committed() {
 	m.pending = map[uint64]bool{}
 	m.fresh = map[uint64]bool{}
@@ -343,7 +375,7 @@ func (m *Map) Resize(blocks uint64) error {
 			if err != nil {
 				return err
 			}
-			if c != 0 {
+			if c != 0 || m.reserved[d] {
 				return fmt.Errorf("cannot shrink: data block %d is in use", d)
 			}
 		}

@@ -15,11 +15,11 @@ func (m *Map) TakeFreed() []uint64 {
 }
 
 // Unused reports whether data block d is free for good: no reference,
-// and not freed in the current transaction (whose committed mappings may
-// still point at it).
+// not freed in the current transaction (whose committed mappings may
+// still point at it), and not reserved for a write that is filling it.
 func (m *Map) Unused(d uint64) (bool, error) {
 	c, err := m.Get(d)
-	return err == nil && c == 0 && !m.pending[d], err
+	return err == nil && c == 0 && !m.pending[d] && !m.reserved[d], err
 }
 
 // ForEachUnused calls fn for each run [start, start+n) of blocks that
@@ -44,7 +44,7 @@ func (m *Map) ForEachUnused(fn func(start, n uint64) error) error {
 			if d >= m.blocks {
 				break
 			}
-			if c == 0 && !m.pending[d] {
+			if c == 0 && !m.pending[d] && !m.reserved[d] {
 				if runLen == 0 {
 					runStart = d
 				}
