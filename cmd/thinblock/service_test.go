@@ -105,14 +105,14 @@ func TestSystemdUnitFile(t *testing.T) {
 	unit, err := os.ReadFile("../../contrib/systemd/thinblock@.service")
 	require.NoError(t, err)
 	text := string(unit)
-	for _, key := range []string{"[Unit]", "[Service]", "[Install]", "Type=notify", "ExecStart=/usr/local/bin/thinblock serve nbd --pool /var/lib/thinblock/%i", "KillSignal=SIGTERM"} {
+	for _, key := range []string{"[Unit]", "[Service]", "[Install]", "Type=notify", "ExecStart=/usr/local/sbin/thinblock serve nbd --pool /var/lib/thinblock/%i", "KillSignal=SIGTERM"} {
 		assert.Contains(t, text, key)
 	}
 	if _, err := exec.LookPath("systemd-analyze"); err != nil {
 		t.Skip("systemd-analyze is not installed: checked the keys only")
 	}
 	dir := t.TempDir()
-	text = strings.ReplaceAll(text, "/usr/local/bin/thinblock", thinblockBinary(t, ""))
+	text = strings.ReplaceAll(text, "/usr/local/sbin/thinblock", thinblockBinary(t, ""))
 	path := filepath.Join(dir, "thinblock@test.service")
 	require.NoError(t, os.WriteFile(path, []byte(text), 0o644))
 	out, err := exec.Command("systemd-analyze", "verify", path).CombinedOutput()
