@@ -112,6 +112,14 @@ type Options struct {
 	// although its transaction was (or may have been) committed, at the
 	// older transaction; without it Open refuses with txn.ErrRollback.
 	AcceptRollback bool
+	// Logf gets a line for a problem that fails no request (giving
+	// space back); nil discards.
+	Logf func(format string, args ...any)
+	// NoSpaceWait is the out-of-space policy of Volume.Write and
+	// ZeroRange (nospace.go): 0 fails a write that needs a block when
+	// none is free at once, a positive value waits that long for space
+	// first, a negative one waits for good.
+	NoSpaceWait time.Duration
 }
 
 // checkRecovery refuses a pool that would silently lose a committed
@@ -142,6 +150,7 @@ type Pool struct {
 	data    *spacemap.Map
 	devices *btree.Tree // id -> deviceDetails
 	maps    *btree.Tree // virtual block -> packed mapping
+	attrs   *btree.Tree // id -> volumeAttrs (attrs.go)
 	sb      txn.Superblock
 	opts    Options
 	dirty   bool
@@ -151,6 +160,11 @@ type Pool struct {
 	// noPunch is set once the data device refused to punch holes, so
 	// fresh blocks are zeroed by writing.
 	noPunch bool
+	// givenBack counts the data blocks punched out of the data device.
+	givenBack uint64
+	// spaceCh is closed when space may have been given to the pool
+	// (nospace.go); guarded by mu.
+	spaceCh chan struct{}
 	// noCopyRange is set once the data device refused copy_file_range;
 	// copy-on-write then copies through memory. Read outside mu.
 	noCopyRange atomic.Bool
@@ -246,6 +260,7 @@ func newPool(meta, data blockdev.Device, tm *txn.Manager, opts Options) *Pool {
 	tm.Crash = opts.Crash
 	p.devices = btree.New(tm, detailsSize, nil)
 	p.maps = btree.New(tm, 8, mappingRefs{p})
+	p.attrs = btree.New(tm, attrsSize, nil)
 	return p
 }
 
@@ -285,8 +300,8 @@ func Open(meta, data blockdev.Device, opts Options) (*Pool, error) {
 }
 
 // visitMetadata reports every reference to a metadata block in the
-// committed state: the device tree, each volume's mapping tree, and the
-// data space map.
+// committed state: the device tree, each volume's mapping tree, the
+// attribute tree and the data space map.
 func (p *Pool) visitMetadata(visit func(b uint64) (bool, error)) error {
 	err := p.devices.VisitNodes(p.sb.DevicesRoot, visit, func(id uint64, v []byte) error {
 		d, err := decodeDetails(v)
@@ -297,6 +312,9 @@ func (p *Pool) visitMetadata(visit func(b uint64) (bool, error)) error {
 	})
 	if err != nil {
 		return err
+	}
+	if err := p.visitAttrs(visit); err != nil {
+		return fmt.Errorf("volume attributes: %w", err)
 	}
 	return spacemap.VisitNodes(p.tm, p.sb.DataSMRoot, visit)
 }
@@ -380,6 +398,11 @@ func (p *Pool) commitLocked() error {
 	p.sb = p.tm.Superblock()
 	p.data.Committed()
 	p.dirty = false
+	p.spaceGivenLocked()
+	if err := p.giveBackLocked(); err != nil && p.opts.Logf != nil {
+		// The commit stands; the space stays allocated on the host.
+		p.opts.Logf("give space back: %v", err)
+	}
 	return nil
 }
 
@@ -471,8 +494,14 @@ func (p *Pool) Resize(dataSize uint64) error {
 			return fmt.Errorf("grow data device: %w", err)
 		}
 	}
+	old := p.data.Blocks()
 	if err := p.data.Resize(blocks); err != nil {
 		return err
+	}
+	// The low-water mark keeps its share of the pool, as a percentage
+	// setting would.
+	if old > 0 {
+		p.sb.LowWater = uint64(float64(p.sb.LowWater) * float64(blocks) / float64(old))
 	}
 	p.dirty = true
 	return p.commitLocked()

@@ -90,6 +90,9 @@ func RepairSpaceMap(meta, data blockdev.Device, opts Options, trustMappings bool
 		if err != nil {
 			return err
 		}
+		if err := p.visitAttrs(visit); err != nil {
+			return fmt.Errorf("volume attributes: %w", err)
+		}
 		// Reserve what can still be read of the old space map.
 		spacemap.VisitNodes(tm, p.sb.DataSMRoot, visit)
 		return nil

@@ -16,6 +16,14 @@ type VolumeInfo struct {
 	CreationTime uint32
 	SnapTime     uint32
 	Snapshot     bool // made by Snapshot
+	// HasAttrs is set for a volume made with attributes (every volume
+	// made since they exist); then Name and ReadOnly are its choice,
+	// and Origin is what it was snapshotted from when HasOrigin.
+	HasAttrs  bool
+	Name      string
+	ReadOnly  bool
+	HasOrigin bool
+	Origin    uint64
 }
 
 func (p *Pool) detailsLocked(id uint64) (deviceDetails, error) {
@@ -46,14 +54,27 @@ func (p *Pool) usable() error {
 	return nil
 }
 
-// CreateVolume makes an empty thin volume of size bytes.
+// CreateVolume makes an empty thin volume of size bytes, writable and
+// without a name.
 func (p *Pool) CreateVolume(id, size uint64) error {
+	return p.CreateVolumeWith(id, size, Attrs{})
+}
+
+// CreateVolumeWith makes an empty thin volume of size bytes with the
+// given attributes, in one transaction.
+func (p *Pool) CreateVolumeWith(id, size uint64, a Attrs) error {
+	if err := CheckName(a.Name); err != nil {
+		return err
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if err := p.usable(); err != nil {
 		return err
 	}
-	return p.createVolumeLocked(id, size, p.sb.Time, 0)
+	if err := p.createVolumeLocked(id, size, p.sb.Time, 0); err != nil {
+		return err
+	}
+	return p.saveAttrsLocked(id, volumeAttrs{Attrs: a})
 }
 
 // createVolumeLocked makes an empty volume with the given times.
@@ -75,11 +96,20 @@ func (p *Pool) createVolumeLocked(id, size uint64, creationTime, snapTime uint32
 		TxnID: p.sb.TxnID, CreationTime: creationTime, SnapTime: snapTime})
 }
 
-// Snapshot makes volume id a copy-on-write snapshot of origin, at a cost
-// independent of origin's size: the two share origin's mapping tree. It
-// is taken between writes: those in flight on origin end first, and new
-// ones wait for it.
+// Snapshot makes volume id a writable copy-on-write snapshot of origin,
+// without a name (see SnapshotWith).
 func (p *Pool) Snapshot(id, origin uint64) error {
+	return p.SnapshotWith(id, origin, Attrs{})
+}
+
+// SnapshotWith makes volume id a copy-on-write snapshot of origin, at a
+// cost independent of origin's size: the two share origin's mapping
+// tree. Its attributes (and origin) commit with it. It is taken between
+// writes: those in flight on origin end first, and new ones wait for it.
+func (p *Pool) SnapshotWith(id, origin uint64, a Attrs) error {
+	if err := CheckName(a.Name); err != nil {
+		return err
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.quiesceLocked(origin)
@@ -104,6 +134,9 @@ func (p *Pool) Snapshot(id, origin uint64) error {
 		return err
 	}
 	if err := p.saveDetailsLocked(id, snap); err != nil {
+		return err
+	}
+	if err := p.saveAttrsLocked(id, volumeAttrs{Attrs: a, HasOrigin: true, Origin: origin}); err != nil {
 		return err
 	}
 	// Mappings made from now on are younger than the snapshot.
@@ -132,6 +165,9 @@ func (p *Pool) DeleteVolume(id uint64) error {
 	}
 	p.sb.DevicesRoot = root
 	p.dirty = true
+	if err := p.removeAttrsLocked(id); err != nil {
+		return err
+	}
 	return p.maps.Delete(d.MappingRoot)
 }
 
@@ -147,6 +183,13 @@ func (p *Pool) Volumes() ([]VolumeInfo, error) {
 		}
 		info := VolumeInfo{ID: id, Size: d.SizeBytes, Mapped: d.Mapped, CreationTime: d.CreationTime, SnapTime: d.SnapTime,
 			Snapshot: d.Flags&FlagSnapshot != 0}
+		a, found, err := p.attrsLocked(id)
+		if err != nil {
+			return false, fmt.Errorf("volume %d: %w", id, err)
+		}
+		if found {
+			info.HasAttrs, info.Name, info.ReadOnly, info.HasOrigin, info.Origin = true, a.Name, a.ReadOnly, a.HasOrigin, a.Origin
+		}
 		err = p.maps.WalkSharing(d.MappingRoot, func(_ uint64, val []byte, sharedPath bool) error {
 			b, _ := unpackMapping(val)
 			c, err := p.data.Get(b)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +15,18 @@ import (
 	"github.com/unionmount/unionmount/thinblock"
 	"github.com/unionmount/unionmount/thinblock/blockdev"
 	"github.com/unionmount/unionmount/thinblock/check"
+	"github.com/unionmount/unionmount/thinblock/control"
 )
+
+// printJSON prints v as indented JSON.
+func printJSON(w io.Writer, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "%s\n", b)
+	return err
+}
 
 // flagSet makes a command's flag set; parse errors are usage errors.
 func flagSet(name string, stderr io.Writer) *pflag.FlagSet {
@@ -85,14 +97,15 @@ func cmdPoolCreate(args []string, stdin io.Reader, stdout, stderr io.Writer) err
 	return op.Close()
 }
 
-func cmdPoolStatus(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+func cmdPoolStatus(args []string, stdin io.Reader, stdout, stderr io.Writer) (err error) {
 	fs := flagSet("pool status", stderr)
 	var pf poolFlags
 	pf.register(fs)
+	asJSON := fs.Bool("json", false, "print the status as one JSON object")
 	if _, err := parse(fs, args, 0); err != nil {
 		return err
 	}
-	p, err := openPool(&pf)
+	p, err := openOps(&pf)
 	if err != nil {
 		return err
 	}
@@ -101,13 +114,35 @@ func cmdPoolStatus(args []string, stdin io.Reader, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	// Like thin_check's, the status is for scripts too: a pool that
+	// cannot take new writes is a failure they must not miss.
+	var bad error
+	switch {
+	case st.Failed != "":
+		bad = fmt.Errorf("the pool failed: %s", st.Failed)
+	case st.OutOfSpace:
+		bad = errors.New("the pool is out of data space: writes that need new blocks fail with ENOSPC (grow it with `thinblock pool resize`)")
+	}
+	if *asJSON {
+		if err := printJSON(stdout, control.FromStatus(st)); err != nil {
+			return err
+		}
+		return bad
+	}
+	defer func() {
+		if err == nil {
+			err = bad
+		}
+	}()
 	used := st.DataBlocks - st.FreeBlocks
 	fmt.Fprintf(stdout, "transaction:     %d\n", st.TransactionID)
 	fmt.Fprintf(stdout, "block size:      %s\n", humanSize(st.BlockSize))
 	fmt.Fprintf(stdout, "data:            %d/%d blocks used (%s of %s)\n", used, st.DataBlocks,
 		humanSize(used*st.BlockSize), humanSize(st.DataBlocks*st.BlockSize))
 	fmt.Fprintf(stdout, "low water mark:  %d free blocks\n", st.LowWater)
-	fmt.Fprintf(stdout, "metadata:        %d/%d blocks used\n", st.MetadataUsed, st.MetadataBlocks)
+	fmt.Fprintf(stdout, "data available:  %s\n", humanSize(st.FreeBlocks*st.BlockSize))
+	fmt.Fprintf(stdout, "metadata:        %d/%d blocks used (%s of %s; the file grows as needed)\n", st.MetadataUsed, st.MetadataBlocks,
+		humanSize(st.MetadataUsed*4096), humanSize(st.MetadataBlocks*4096))
 	fmt.Fprintf(stdout, "volumes:         %d\n", st.Volumes)
 	state := "ok"
 	switch {
@@ -134,7 +169,7 @@ func cmdPoolResize(args []string, stdin io.Reader, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	p, err := openPool(&pf)
+	p, err := openOps(&pf)
 	if err != nil {
 		return err
 	}
@@ -147,25 +182,59 @@ func cmdPoolResize(args []string, stdin io.Reader, stdout, stderr io.Writer) err
 	return nil
 }
 
-// volumeCommand parses a command that takes volume ids, opens the pool
-// and runs fn on it.
-func volumeCommand(name string, args []string, stderr io.Writer, nids int, extra func(*pflag.FlagSet),
-	fn func(p *openedPool, ids []uint64) error) error {
-	fs := flagSet(name, stderr)
+func cmdPoolTrim(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	fs := flagSet("pool trim", stderr)
 	var pf poolFlags
 	pf.register(fs)
-	if extra != nil {
-		extra(fs)
+	if _, err := parse(fs, args, 0); err != nil {
+		return err
 	}
-	rest, err := parse(fs, args, nids)
+	p, err := openOps(&pf)
 	if err != nil {
 		return err
 	}
-	ids := make([]uint64, len(rest))
-	for i, a := range rest {
-		if ids[i], err = parseID(a); err != nil {
-			return err
-		}
+	defer p.Close()
+	n, err := p.Trim()
+	if err != nil {
+		return err
+	}
+	st, err := p.Status()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "trimmed %d unused data blocks (%s)\n", n, humanSize(n*st.BlockSize))
+	return nil
+}
+
+// volumeCommand parses a command that takes nids volume ids (at least
+// one when nids is negative), reaches the pool (see openOps) and runs fn
+// on it.
+func volumeCommand(name string, args []string, stderr io.Writer, nids int, extra func(*pflag.FlagSet),
+	fn func(p poolOps, ids []uint64) error) error {
+	var pf poolFlags
+	ids, err := parseVolumeCommand(name, args, stderr, nids, &pf, extra)
+	if err != nil {
+		return err
+	}
+	p, err := openOps(&pf)
+	if err != nil {
+		return err
+	}
+	err = fn(p, ids)
+	if cerr := p.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// localVolumeCommand is volumeCommand for a command that reads the
+// metadata itself, so needs the pool not to be served.
+func localVolumeCommand(name string, args []string, stderr io.Writer, nids int,
+	fn func(p *openedPool, ids []uint64) error) error {
+	var pf poolFlags
+	ids, err := parseVolumeCommand(name, args, stderr, nids, &pf, nil)
+	if err != nil {
+		return err
 	}
 	p, err := openPool(&pf)
 	if err != nil {
@@ -178,43 +247,152 @@ func volumeCommand(name string, args []string, stderr io.Writer, nids int, extra
 	return err
 }
 
+func parseVolumeCommand(name string, args []string, stderr io.Writer, nids int, pf *poolFlags, extra func(*pflag.FlagSet)) ([]uint64, error) {
+	fs := flagSet(name, stderr)
+	pf.register(fs)
+	if extra != nil {
+		extra(fs)
+	}
+	var rest []string
+	var err error
+	if nids < 0 {
+		if rest, err = parseAtLeastOne(fs, args); err != nil {
+			return nil, err
+		}
+	} else if rest, err = parse(fs, args, nids); err != nil {
+		return nil, err
+	}
+	ids := make([]uint64, len(rest))
+	for i, a := range rest {
+		if ids[i], err = parseID(a); err != nil {
+			return nil, err
+		}
+	}
+	return ids, nil
+}
+
+// parseAtLeastOne parses flags and one or more arguments.
+func parseAtLeastOne(fs *pflag.FlagSet, args []string) ([]string, error) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return nil, exitError(0)
+		}
+		return nil, fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() == 0 {
+		return nil, fmt.Errorf("%w: want at least one volume id", errUsage)
+	}
+	return fs.Args(), nil
+}
+
+// attrFlags are a new volume's attributes.
+type attrFlags struct{ a thinblock.Attrs }
+
+func (f *attrFlags) register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.a.Name, "name", "", "a name for the volume, shown by ls (no spaces)")
+	fs.BoolVar(&f.a.ReadOnly, "read-only", false, "serve the volume read-only (an image layer); the default is writable, as in dm-thin")
+}
+
 func cmdCreate(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	var size *string
+	var af attrFlags
 	return volumeCommand("create", args, stderr, 1, func(fs *pflag.FlagSet) {
 		size = fs.String("size", "", "virtual size")
-	}, func(p *openedPool, ids []uint64) error {
+		af.register(fs)
+	}, func(p poolOps, ids []uint64) error {
 		n, err := parseSize(*size)
 		if err != nil {
 			return err
 		}
-		return p.CreateVolume(ids[0], n)
+		if err := thinblock.CheckNewVolumeID(ids[0]); err != nil {
+			return err
+		}
+		if err := thinblock.CheckName(af.a.Name); err != nil {
+			return err
+		}
+		return p.CreateVolumeWith(ids[0], n, af.a)
 	})
 }
 
 func cmdSnapshot(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	return volumeCommand("snapshot", args, stderr, 2, nil, func(p *openedPool, ids []uint64) error {
-		return p.Snapshot(ids[0], ids[1])
+	var af attrFlags
+	return volumeCommand("snapshot", args, stderr, 2, af.register, func(p poolOps, ids []uint64) error {
+		if err := thinblock.CheckNewVolumeID(ids[0]); err != nil {
+			return err
+		}
+		if err := thinblock.CheckName(af.a.Name); err != nil {
+			return err
+		}
+		return p.SnapshotWith(ids[0], ids[1], af.a)
+	})
+}
+
+func cmdSet(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	var name *string
+	var ro, rw *bool
+	return volumeCommand("set", args, stderr, 1, func(fs *pflag.FlagSet) {
+		name = fs.String("name", "", "rename the volume")
+		ro = fs.Bool("read-only", false, "serve it read-only from now on (e.g. an image layer once written)")
+		rw = fs.Bool("writable", false, "serve it writable from now on")
+	}, func(p poolOps, ids []uint64) error {
+		var c thinblock.AttrChange
+		switch {
+		case *ro && *rw:
+			return fmt.Errorf("%w: --read-only or --writable, not both", errUsage)
+		case *ro || *rw:
+			c.ReadOnly = ro
+		}
+		if *name != "" {
+			c.Name = name
+		}
+		if c.Name == nil && c.ReadOnly == nil {
+			return fmt.Errorf("%w: set what? --name, --read-only or --writable", errUsage)
+		}
+		return p.SetAttrs(ids[0], c)
 	})
 }
 
 func cmdDelete(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	return volumeCommand("delete", args, stderr, 1, nil, func(p *openedPool, ids []uint64) error {
-		return p.DeleteVolume(ids[0])
+	return volumeCommand("delete", args, stderr, -1, nil, func(p poolOps, ids []uint64) error {
+		return p.DeleteVolumes(ids)
 	})
 }
 
 func cmdLs(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	return volumeCommand("ls", args, stderr, 0, nil, func(p *openedPool, _ []uint64) error {
+	var asJSON *bool
+	return volumeCommand("ls", args, stderr, 0, func(fs *pflag.FlagSet) {
+		asJSON = fs.Bool("json", false, "print a JSON array, one object per volume")
+	}, func(p poolOps, _ []uint64) error {
 		vols, err := p.Volumes()
 		if err != nil {
 			return err
 		}
-		bs := p.BlockSize()
+		if *asJSON {
+			out := make([]control.Volume, len(vols))
+			for i, v := range vols {
+				out[i] = control.FromVolumeInfo(v)
+			}
+			return printJSON(stdout, out)
+		}
+		st, err := p.Status()
+		if err != nil {
+			return err
+		}
+		bs := st.BlockSize
 		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "DEV\tSIZE\tMAPPED\tEXCLUSIVE\tSHARED\t")
+		fmt.Fprintln(tw, "DEV\tSIZE\tMAPPED\tEXCLUSIVE\tSHARED\tRO\tORIGIN\t NAME")
 		for _, v := range vols {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t\n", v.ID, humanSize(v.Size), humanSize(v.Mapped*bs),
-				humanSize(v.Exclusive*bs), humanSize(v.Shared*bs))
+			ro, origin := "-", "-"
+			if v.ExportReadOnly(false) {
+				ro = "ro"
+			}
+			if v.HasOrigin {
+				origin = strconv.FormatUint(v.Origin, 10)
+			} else if v.Snapshot {
+				origin = "?" // a snapshot made before origins were kept
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t %s\n", v.ID, humanSize(v.Size), humanSize(v.Mapped*bs),
+				humanSize(v.Exclusive*bs), humanSize(v.Shared*bs), ro, origin, v.Name)
 		}
 		return tw.Flush()
 	})
@@ -341,7 +519,7 @@ func printReport(w io.Writer, r *check.Report) {
 }
 
 func cmdDelta(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	return volumeCommand("delta", args, stderr, 2, nil, func(p *openedPool, ids []uint64) error {
+	return localVolumeCommand("delta", args, stderr, 2, func(p *openedPool, ids []uint64) error {
 		ranges, err := p.Delta(ids[0], ids[1])
 		if err != nil {
 			return err

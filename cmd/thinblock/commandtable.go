@@ -29,20 +29,22 @@ var groups = []struct{ name, title string }{
 func commands() []command {
 	return []command{
 		{"pool", "pool create", "--pool DIR --size SIZE [--block-size 64K] [--low-water BLOCKS]", "make a pool: metadata and a sparse data file", cmdPoolCreate},
-		{"pool", "pool status", "--pool DIR", "free space, low-water mark, transaction", cmdPoolStatus},
+		{"pool", "pool status", "--pool DIR [--json]", "free space, low-water mark, transaction; exits 1 when out of data space", cmdPoolStatus},
 		{"pool", "pool resize", "--pool DIR --size SIZE", "grow the pool's data", cmdPoolResize},
-		{"volumes", "create", "--pool DIR ID --size SIZE", "make thin volume ID: no space is used until it is written", cmdCreate},
-		{"volumes", "snapshot", "--pool DIR ID ORIGIN", "make volume ID a copy-on-write snapshot of ORIGIN, in O(1)", cmdSnapshot},
-		{"volumes", "delete", "--pool DIR ID", "remove volume ID; blocks no other volume shares are freed", cmdDelete},
-		{"volumes", "ls", "--pool DIR", "volumes with size, mapped, exclusive and shared blocks, as thin_ls", cmdLs},
+		{"pool", "pool trim", "--pool DIR", "punch every unused data block out of a file-backed data device (freed blocks are punched at each commit anyway)", cmdPoolTrim},
+		{"volumes", "create", "--pool DIR ID --size SIZE [--name NAME] [--read-only]", "make thin volume ID: no space is used until it is written", cmdCreate},
+		{"volumes", "snapshot", "--pool DIR ID ORIGIN [--name NAME] [--read-only]", "make volume ID a copy-on-write snapshot of ORIGIN, in O(1); writable unless --read-only", cmdSnapshot},
+		{"volumes", "delete", "--pool DIR ID...", "remove the volumes (all or none); blocks no other volume shares are freed", cmdDelete},
+		{"volumes", "set", "--pool DIR ID [--name NAME] [--read-only|--writable]", "change a volume's attributes", cmdSet},
+		{"volumes", "ls", "--pool DIR [--json]", "volumes with size, mapped, exclusive and shared blocks (as thin_ls), read-only, origin and name", cmdLs},
 		{"metadata", "check", "--pool DIR | --meta FILE [--repair]", "verify the metadata; --repair rebuilds the space map", cmdCheck},
 		{"metadata", "delta", "--pool DIR A B", "ranges where volumes A and B differ, as thin_delta", cmdDelta},
 		{"metadata", "dump", "--pool DIR | --meta FILE [-o FILE]", "the metadata as thin_dump's XML", cmdDump},
 		{"metadata", "restore", "--pool DIR [-i FILE] [--data-size SIZE]", "make a pool's metadata from thin_dump's XML (default: standard input)", cmdRestore},
-		{"serve", "serve nbd", "--pool DIR [--listen unix://PATH|tcp://HOST:PORT] [--tls-creds DIR] [flags]", "serve every volume over NBD until SIGTERM", func(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+		{"serve", "serve nbd", "--pool DIR [--listen unix://PATH|tcp://HOST:PORT] [--tls-creds DIR] [--daemon] [--low-water-command CMD] [--no-space error|queue[:TIMEOUT]] [flags]", "serve every volume over NBD until SIGTERM, with the control socket DIR/control.sock", func(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			return serveNBD(args, stderr)
 		}},
-		{"serve", "serve fuse", "--pool DIR MOUNTDIR [flags]", "serve every volume as a file in MOUNTDIR (for losetup) until SIGTERM", func(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+		{"serve", "serve fuse", "--pool DIR MOUNTDIR [--daemon] [--low-water-command CMD] [--no-space error|queue[:TIMEOUT]] [flags]", "serve every volume as a file in MOUNTDIR (for losetup) until SIGTERM, with the control socket DIR/control.sock", func(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 			return serveFUSE(args, stderr)
 		}},
 	}
@@ -73,6 +75,9 @@ func usage(group string) string {
 				fmt.Fprintf(&b, "  %-12s %s\n  %-12s   %s\n", c.name, c.synopsis, "", c.doc)
 			}
 		}
+	}
+	if group == "" || group == "volumes" {
+		b.WriteString("\nWhile a pool is served, create, snapshot, delete, ls, pool status and pool\nresize reach the server through its control socket (DIR/control.sock).\n")
 	}
 	b.WriteString("\nSIZE takes K, M, G, T suffixes (powers of 1024). Run \"thinblock COMMAND --help\" for a command's flags.\n")
 	return b.String()

@@ -25,20 +25,39 @@ func serveFUSE(args []string, stderr io.Writer) error {
 	pf.register(fs)
 	var o fuseexport.Options
 	fs.BoolVar(&o.ReadOnly, "read-only", false, "export every volume read-only")
-	fs.BoolVar(&o.WritableSnapshots, "writable-snapshots", false, "export snapshots writable too")
+	fs.BoolVar(&o.WritableSnapshots, "writable-snapshots", false, writableSnapshotsDoc)
 	fs.BoolVarP(&o.Debug, "debug", "d", false, "trace FUSE operations")
 	stopTimeout := fs.Duration("stop-timeout", 30*time.Second, "after SIGTERM, how long to wait for loop devices (or processes) to let go of the volume files before detaching what can be detached and exiting")
 	skipCheck := fs.Bool("skip-check", false, "do not check the metadata before serving (for pools too large to check at every start)")
 	acceptRollback := fs.Bool("accept-rollback", false, "serve even if the newest superblock is damaged and its committed transaction would be lost (see thinblock check)")
+	var sf serviceFlags
+	sf.register(fs)
+	var wf watchFlags
+	wf.register(fs)
 	rest, err := parse(fs, args, 1)
 	if err != nil {
+		return err
+	}
+	meta, _, err := pf.paths()
+	if err != nil {
+		return err
+	}
+	noSpaceWait, err := wf.noSpaceWait()
+	if err != nil {
+		return err
+	}
+	svc, done, err := startService(sf, meta, stderr)
+	if done {
 		return err
 	}
 	if st, err := os.Stat(rest[0]); err != nil || !st.IsDir() {
 		return fmt.Errorf("%w: mount point %s is not a directory", errUsage, rest[0])
 	}
+	if o.WritableSnapshots {
+		fmt.Fprintln(stderr, writableSnapshotsNote)
+	}
 	o.Logger = log.New(stderr, "thinblock serve: ", log.LstdFlags)
-	p, err := openServedPool(&pf, thinblock.Options{AcceptRollback: *acceptRollback}, *skipCheck, o.Logger.Printf)
+	p, err := openServedPool(&pf, thinblock.Options{AcceptRollback: *acceptRollback, Logf: o.Logger.Printf, NoSpaceWait: noSpaceWait}, *skipCheck, o.Logger.Printf)
 	if err != nil {
 		return err
 	}
@@ -51,15 +70,56 @@ func serveFUSE(args []string, stderr io.Writer) error {
 		p.Close()
 		return err
 	}
+	stopControl, err := startControl(&pf, p.Pool, fuseHolders(srv, rest[0]), func() {
+		if err := srv.Refresh(); err != nil {
+			o.Logger.Printf("refresh the volume files: %v", err)
+		}
+	}, o.Logger)
+	if err != nil {
+		srv.Unmount()
+		p.Close()
+		return err
+	}
+	defer stopControl()
 	fmt.Fprintf(stderr, "thinblock: serving volumes as files in %s\n", rest[0])
+	stopWatch := watchPool(p.Pool, filepath.Dir(meta), wf.lowWaterCommand, 200*time.Millisecond, o.Logger.Printf)
+	defer stopWatch()
+	defer svc.ready(o.Logger.Printf)()
 	served := make(chan struct{})
 	go func() { srv.Wait(); close(served) }()
+	// The control socket goes first: no request reaches a closing pool.
 	select {
 	case <-served: // unmounted from outside
+		stopControl()
+		stopWatch()
 		return p.Close()
 	case sig := <-signals:
+		stopControl()
+		stopWatch()
 		return stopFUSE(fuseStop{srv: srv, mnt: rest[0], pool: p, signals: signals, served: served,
 			timeout: *stopTimeout, logf: o.Logger.Printf}, sig)
+	}
+}
+
+// fuseHolders names who has volume id's file open: the loop devices
+// over it, or else the count of opens.
+func fuseHolders(e *fuseexport.Export, mnt string) func(id uint64) []string {
+	return func(id uint64) []string {
+		n := e.Opens(id)
+		if n == 0 {
+			return nil
+		}
+		file := filepath.Join(mnt, fmt.Sprint(id))
+		var out []string
+		for _, h := range loopHolders(mnt) {
+			if h.file == file {
+				out = append(out, h.dev+" (a loop device) over "+file)
+			}
+		}
+		if len(out) == 0 {
+			out = append(out, fmt.Sprintf("open %d times through the FUSE export as %s (fuser %s shows who)", n, file, file))
+		}
+		return out
 	}
 }
 

@@ -66,8 +66,8 @@ func samplePool(t *testing.T) string {
 func TestCommandsOnASamplePool(t *testing.T) {
 	dir := samplePool(t)
 	ls := mustRun(t, "ls", "--pool", dir)
-	assert.Regexp(t, `(?m)^\s+1\s+8\.0 MiB\s+320\.0 KiB\s+64\.0 KiB\s+256\.0 KiB\s*$`, ls)
-	assert.Regexp(t, `(?m)^\s+3\s+8\.0 MiB\s+320\.0 KiB\s+64\.0 KiB\s+256\.0 KiB\s*$`, ls)
+	assert.Regexp(t, `(?m)^\s+1\s+8\.0 MiB\s+320\.0 KiB\s+64\.0 KiB\s+256\.0 KiB\s+-\s+-\s*$`, ls)
+	assert.Regexp(t, `(?m)^\s+3\s+8\.0 MiB\s+320\.0 KiB\s+64\.0 KiB\s+256\.0 KiB\s+-\s+1\s*$`, ls)
 	assert.Contains(t, mustRun(t, "check", "--pool", dir), "metadata is consistent")
 	delta := mustRun(t, "delta", "--pool", dir, "1", "3")
 	assert.Contains(t, delta, `<different begin="0" length="1"/>`)

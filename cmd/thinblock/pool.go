@@ -69,7 +69,7 @@ func lock(f *blockdev.File, exclusive bool) error {
 	}
 	if err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB); err != nil {
 		if err == unix.EWOULDBLOCK {
-			return fmt.Errorf("pool metadata %s is in use by another process", f.Name())
+			return &lockedError{path: f.Name(), holder: lockHolder(int(f.Fd()))}
 		}
 		return err
 	}

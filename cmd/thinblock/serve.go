@@ -29,11 +29,11 @@ type volumeBackend struct {
 
 func (b *volumeBackend) Size() uint64                             { return b.size }
 func (b *volumeBackend) ReadAt(p []byte, off int64) (int, error)  { return b.v.ReadAt(p, off) }
-func (b *volumeBackend) WriteAt(p []byte, off int64) (int, error) { return b.v.WriteAt(p, off) }
+func (b *volumeBackend) WriteAt(p []byte, off int64) (int, error) { return b.v.Write(p, off) }
 func (b *volumeBackend) Flush() error                             { return b.p.Commit() }
 func (b *volumeBackend) Trim(off, n int64) error                  { return b.v.Discard(off, n) }
 func (b *volumeBackend) WriteZeroes(off, n int64, unmap bool) error {
-	return b.v.WriteZeroes(off, n, unmap)
+	return b.v.ZeroRange(off, n, unmap)
 }
 
 func (b *volumeBackend) Extents(off, n int64) ([]nbd.Extent, error) {
@@ -76,7 +76,7 @@ func exports(p *thinblock.Pool, o exportOptions, logger *log.Logger) func() []nb
 			out = append(out, nbd.Export{
 				Name: strconv.FormatUint(vi.ID, 10), Description: desc,
 				Backend:  &volumeBackend{p: p, v: v, size: vi.Size},
-				ReadOnly: o.readOnly || (vi.Snapshot && !o.writableSnapshots),
+				ReadOnly: o.readOnly || vi.ExportReadOnly(o.writableSnapshots),
 			})
 		}
 		return out
@@ -119,26 +119,41 @@ func serveNBD(args []string, stderr io.Writer) error {
 	addr := fs.String("listen", "", "unix://PATH (default: nbd.sock beside the metadata) or tcp://HOST:PORT (off loopback only with TLS required, or --insecure)")
 	var eo exportOptions
 	fs.BoolVar(&eo.readOnly, "read-only", false, "export every volume read-only")
-	fs.BoolVar(&eo.writableSnapshots, "writable-snapshots", false, "export snapshots writable too")
+	fs.BoolVar(&eo.writableSnapshots, "writable-snapshots", false, writableSnapshotsDoc)
 	maxInFlight := fs.String("max-inflight", "256M", "bytes of requests in flight for the whole server (reads and writes not yet answered)")
 	maxPerConn := fs.String("max-inflight-per-conn", "64M", "bytes of requests in flight per connection; over it the connection is not read until its replies drain")
 	skipCheck := fs.Bool("skip-check", false, "do not check the metadata before serving (for pools too large to check at every start)")
 	acceptRollback := fs.Bool("accept-rollback", false, "serve even if the newest superblock is damaged and its committed transaction would be lost (see thinblock check)")
 	handshake := fs.Duration("handshake-timeout", nbd.DefaultHandshakeTimeout, "disconnect a client that has not chosen an export by then")
+	var sf serviceFlags
+	sf.register(fs)
+	var wf watchFlags
+	wf.register(fs)
 	var tf tlsFlags
 	tf.register(fs)
 	if _, err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	meta, _, err := pf.paths()
+	if err != nil {
+		return err
+	}
+	noSpaceWait, err := wf.noSpaceWait()
+	if err != nil {
+		return err
+	}
+	svc, done, err := startService(sf, meta, stderr)
+	if done {
 		return err
 	}
 	limits, err := parseLimits(*maxInFlight, *maxPerConn, *handshake)
 	if err != nil {
 		return err
 	}
+	if eo.writableSnapshots {
+		fmt.Fprintln(stderr, writableSnapshotsNote)
+	}
 	if *addr == "" {
-		meta, _, err := pf.paths()
-		if err != nil {
-			return err
-		}
 		*addr = "unix://" + filepath.Join(filepath.Dir(meta), "nbd.sock")
 	}
 	la, err := parseListen(*addr)
@@ -153,7 +168,7 @@ func serveNBD(args []string, stderr io.Writer) error {
 		return err
 	}
 	logger := log.New(stderr, "thinblock serve: ", log.LstdFlags)
-	p, err := openServedPool(&pf, thinblock.Options{AcceptRollback: *acceptRollback}, *skipCheck, logger.Printf)
+	p, err := openServedPool(&pf, thinblock.Options{AcceptRollback: *acceptRollback, Logf: logger.Printf, NoSpaceWait: noSpaceWait}, *skipCheck, logger.Printf)
 	if err != nil {
 		return err
 	}
@@ -172,6 +187,12 @@ func serveNBD(args []string, stderr io.Writer) error {
 	srv := &nbd.Server{Exports: exports(p.Pool, eo, logger), Logger: logger,
 		MaxInFlight: limits.total, MaxInFlightPerConn: limits.perConn, HandshakeTimeout: limits.handshake,
 		TLS: tlsSet.config, RequireTLS: tlsSet.require}
+	stopControl, err := startControl(&pf, p.Pool, nbdHolders(srv), nil, logger)
+	if err != nil {
+		l.Close()
+		p.Close()
+		return err
+	}
 	limitMemory(limits.total)
 	stopReleaser := releaseWhenIdle(srv)
 	defer stopReleaser()
@@ -185,6 +206,9 @@ func serveNBD(args []string, stderr io.Writer) error {
 		where = "tcp://" + l.Addr().String() // the port chosen, for :0
 	}
 	fmt.Fprintf(stderr, "thinblock: serving %d volumes over NBD on %s (%s)\n", len(srv.Exports()), where, tlsSet.describe())
+	stopWatch := watchPool(p.Pool, filepath.Dir(meta), wf.lowWaterCommand, 200*time.Millisecond, logger.Printf)
+	defer stopWatch()
+	defer svc.ready(logger.Printf)()
 	select {
 	case sig := <-signals:
 		logger.Printf("%v: finishing in-flight requests", sig)
@@ -196,6 +220,8 @@ func serveNBD(args []string, stderr io.Writer) error {
 	if err := srv.Shutdown(ctx); err != nil {
 		logger.Printf("shutdown: %v", err)
 	}
+	stopControl()
+	stopWatch()
 	if la.unix != "" {
 		os.Remove(la.unix)
 	}
@@ -287,3 +313,10 @@ func releaseWhenIdle(srv *nbd.Server) func() {
 	}()
 	return func() { close(stop); <-done }
 }
+
+// The deprecated --writable-snapshots: read-only is now a volume's own
+// attribute, chosen at create and snapshot time.
+const (
+	writableSnapshotsDoc  = "deprecated: snapshots are writable unless made with --read-only; this only makes snapshots made before volume attributes writable"
+	writableSnapshotsNote = "thinblock serve: --writable-snapshots is deprecated: a snapshot is writable unless made with `thinblock snapshot --read-only`; the flag now only affects snapshots made before volumes had attributes"
+)

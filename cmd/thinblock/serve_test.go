@@ -138,15 +138,23 @@ func TestNBDInfoListsExportsAndCapabilities(t *testing.T) {
 	assert.Equal(t, uint64(10<<20), info.Exports[1].Size)
 	s.stop(t)
 
-	// A snapshot is exported read-only unless asked otherwise.
-	mustRun(t, "snapshot", "--pool", dir, "2", "1")
+	// Read-only is each volume's own attribute, chosen when it is made;
+	// a snapshot is writable by default, as in dm-thin.
+	mustRun(t, "snapshot", "--pool", dir, "2", "1", "--read-only")
+	mustRun(t, "snapshot", "--pool", dir, "3", "1")
 	s = serve(t, thinblockBinary(t, ""), dir)
 	assert.Contains(t, runTool(t, "nbdinfo", s.uri("2")), "is_read_only: true")
+	assert.Contains(t, runTool(t, "nbdinfo", s.uri("3")), "is_read_only: false")
 	assert.Contains(t, runTool(t, "nbdinfo", s.uri("1")), "is_read_only: false")
+	// Made while served, through the control socket: the same.
+	mustRun(t, "create", "--pool", dir, "4", "--size", "1M", "--read-only", "--name", "layer")
+	assert.Contains(t, runTool(t, "nbdinfo", s.uri("4")), "is_read_only: true")
 	s.stop(t)
+	// The deprecated flag still starts the server, with a note; it no
+	// longer overrides a volume made read-only.
 	s = serve(t, thinblockBinary(t, ""), dir, "--writable-snapshots")
-	assert.Contains(t, runTool(t, "nbdinfo", s.uri("2")), "is_read_only: false")
-	s.stop(t)
+	assert.Contains(t, runTool(t, "nbdinfo", s.uri("2")), "is_read_only: true")
+	assert.Contains(t, s.stop(t), "--writable-snapshots is deprecated")
 }
 
 func TestQemuIOPatternsAndTheAllocationMap(t *testing.T) {

@@ -96,9 +96,22 @@ func Run(dev blockdev.Device, progress func(done, total uint64)) (*Report, error
 		r.errorf("superblock: data block size %d is not allowed", sb.DataBlockSize)
 	}
 	var leafDepth = -1
+	volumes := map[uint64]bool{}
 	c.tree("device tree", sb.DevicesRoot, thinblock.DetailsValueSize, 0, ^uint64(0), 0, &leafDepth, func(id uint64, v []byte) {
+		volumes[id] = true
 		c.volume(id, v)
 	}, nil)
+	if sb.AttrsRoot != 0 {
+		attrsDepth := -1
+		c.tree("attribute tree", sb.AttrsRoot, thinblock.AttrsValueSize, 0, ^uint64(0), 0, &attrsDepth, func(id uint64, v []byte) {
+			if err := thinblock.DecodeAttrs(v); err != nil {
+				c.r.errorf("volume %d: %v", id, err)
+			}
+			if !volumes[id] {
+				c.r.errorf("attribute tree: attributes of volume %d, which does not exist", id)
+			}
+		}, nil)
+	}
 	c.spaceMap(sb.DataSMRoot)
 	r.MetadataUsed = uint64(len(c.kind))
 	return r, nil

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"log"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -25,8 +27,9 @@ import (
 type Options struct {
 	// ReadOnly exports every volume read-only.
 	ReadOnly bool
-	// WritableSnapshots exports snapshots writable (by default they are
-	// read-only, so a snapshot mounts with the old content).
+	// WritableSnapshots exports writable the snapshots made before
+	// volumes had attributes (read-only by default then); a volume made
+	// since is read-only when it was made so.
 	WritableSnapshots bool
 	Debug             bool
 	Logger            *log.Logger
@@ -36,34 +39,91 @@ type root struct {
 	fs.Inode
 	p    *thinblock.Pool
 	opts Options
+
+	mu    sync.Mutex // guards files, gen; held across a refresh
+	files map[uint64]*volumeFile
+	gen   uint64 // inode generation: a recreated id is a new file
 }
 
 var _ fs.NodeOnAdder = (*root)(nil)
 
 // OnAdd adds one file per volume.
 func (r *root) OnAdd(ctx context.Context) {
+	if err := r.refresh(ctx); err != nil && r.opts.Logger != nil {
+		r.opts.Logger.Printf("list volumes: %v", err)
+	}
+}
+
+// refresh makes the directory list the pool's volumes: a file for each
+// new one, and none for a deleted one (the kernel is told to forget its
+// name; a file still open reads and writes with errors from then on).
+func (r *root) refresh(ctx context.Context) error {
 	vols, err := r.p.Volumes()
 	if err != nil {
-		if r.opts.Logger != nil {
-			r.opts.Logger.Printf("list volumes: %v", err)
-		}
-		return
+		return err
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.files == nil {
+		r.files = map[uint64]*volumeFile{}
+	}
+	present := map[uint64]bool{}
 	for _, vi := range vols {
-		v, err := r.p.Volume(vi.ID)
-		if err != nil {
+		present[vi.ID] = true
+		if f, ok := r.files[vi.ID]; ok {
+			// An attribute may have changed (thinblock set --read-only).
+			f.readOnly.Store(r.opts.ReadOnly || vi.ExportReadOnly(r.opts.WritableSnapshots))
 			continue
 		}
-		n := &volumeFile{p: r.p, v: v, size: vi.Size, mtime: uint64(time.Now().Unix()),
-			readOnly: r.opts.ReadOnly || (vi.Snapshot && !r.opts.WritableSnapshots)}
-		child := r.NewPersistentInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: vi.ID + 2})
+		v, err := r.p.Volume(vi.ID)
+		if err != nil {
+			continue // deleted meanwhile
+		}
+		n := &volumeFile{p: r.p, v: v, size: vi.Size, mtime: uint64(time.Now().Unix())}
+		n.readOnly.Store(r.opts.ReadOnly || vi.ExportReadOnly(r.opts.WritableSnapshots))
+		r.gen++
+		child := r.NewPersistentInode(ctx, n, fs.StableAttr{Mode: syscall.S_IFREG, Ino: vi.ID + 2, Gen: r.gen})
 		r.AddChild(strconv.FormatUint(vi.ID, 10), child, false)
+		r.files[vi.ID] = n
 	}
+	for id := range r.files {
+		if present[id] {
+			continue
+		}
+		name := strconv.FormatUint(id, 10)
+		delete(r.files, id)
+		r.RmChild(name)
+		// Not while mounting: the kernel has no entry then.
+		r.NotifyEntry(name)
+	}
+	return nil
+}
+
+// Export is a mounted export.
+type Export struct {
+	*fuse.Server
+	root *root
+}
+
+// Refresh brings the files in line with the pool's volumes, after
+// volumes were created or deleted while serving.
+func (e *Export) Refresh() error { return e.root.refresh(context.Background()) }
+
+// Opens reports how many times volume id's file is open (a loop device
+// over it holds it open too).
+func (e *Export) Opens(id uint64) int {
+	e.root.mu.Lock()
+	f := e.root.files[id]
+	e.root.mu.Unlock()
+	if f == nil {
+		return 0
+	}
+	return int(f.opens.Load())
 }
 
 // Mount serves pool's volumes in dir until the returned server is
 // unmounted.
-func Mount(dir string, p *thinblock.Pool, opts Options) (*fuse.Server, error) {
+func Mount(dir string, p *thinblock.Pool, opts Options) (*Export, error) {
 	timeout := time.Second
 	fsopts := &fs.Options{
 		MountOptions: fuse.MountOptions{
@@ -73,11 +133,12 @@ func Mount(dir string, p *thinblock.Pool, opts Options) (*fuse.Server, error) {
 		},
 		EntryTimeout: &timeout, AttrTimeout: &timeout,
 	}
-	srv, err := fs.Mount(dir, &root{p: p, opts: opts}, fsopts)
+	r := &root{p: p, opts: opts}
+	srv, err := fs.Mount(dir, r, fsopts)
 	if err != nil {
 		return nil, fmt.Errorf("mount %s: %w", dir, err)
 	}
-	return srv, nil
+	return &Export{Server: srv, root: r}, nil
 }
 
 // volumeFile is one volume as a file.
@@ -86,8 +147,20 @@ type volumeFile struct {
 	p        *thinblock.Pool
 	v        *thinblock.Volume
 	size     uint64
-	readOnly bool
+	readOnly atomic.Bool
 	mtime    uint64 // when the export started
+	opens    atomic.Int32
+}
+
+// handle is an open of a volume file; it counts opens, so a delete can
+// be refused while the file is open.
+type handle struct{ f *volumeFile }
+
+var _ fs.FileReleaser = (*handle)(nil)
+
+func (h *handle) Release(ctx context.Context) syscall.Errno {
+	h.f.opens.Add(-1)
+	return 0
 }
 
 var (
@@ -107,7 +180,7 @@ func errno(err error) syscall.Errno { return sysx.Errno(err) }
 
 func (f *volumeFile) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
 	out.Mode = syscall.S_IFREG | 0o644
-	if f.readOnly {
+	if f.readOnly.Load() {
 		out.Mode = syscall.S_IFREG | 0o444
 	}
 	out.Size = f.size
@@ -131,10 +204,11 @@ func (f *volumeFile) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.Set
 }
 
 func (f *volumeFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
-	if f.readOnly && flags&syscall.O_ACCMODE != syscall.O_RDONLY {
+	if f.readOnly.Load() && flags&syscall.O_ACCMODE != syscall.O_RDONLY {
 		return nil, 0, syscall.EROFS
 	}
-	return nil, 0, 0
+	f.opens.Add(1)
+	return &handle{f}, 0, 0
 }
 
 func (f *volumeFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -149,13 +223,13 @@ func (f *volumeFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, of
 }
 
 func (f *volumeFile) Write(ctx context.Context, fh fs.FileHandle, data []byte, off int64) (uint32, syscall.Errno) {
-	if f.readOnly {
+	if f.readOnly.Load() {
 		return 0, syscall.EROFS
 	}
 	if off < 0 || uint64(off)+uint64(len(data)) > f.size {
 		return 0, syscall.EFBIG
 	}
-	if _, err := f.v.WriteAt(data, off); err != nil {
+	if _, err := f.v.Write(data, off); err != nil {
 		return 0, errno(err)
 	}
 	return uint32(len(data)), 0
@@ -171,7 +245,7 @@ func (f *volumeFile) Flush(ctx context.Context, fh fs.FileHandle) syscall.Errno 
 // Allocate handles PUNCH_HOLE (discard) and ZERO_RANGE; reserving space
 // in a thin volume is not possible, so plain allocation is refused.
 func (f *volumeFile) Allocate(ctx context.Context, fh fs.FileHandle, off, size uint64, mode uint32) syscall.Errno {
-	if f.readOnly {
+	if f.readOnly.Load() {
 		return syscall.EROFS
 	}
 	if off+size > f.size {
@@ -181,7 +255,7 @@ func (f *volumeFile) Allocate(ctx context.Context, fh fs.FileHandle, off, size u
 	case mode&unix.FALLOC_FL_PUNCH_HOLE != 0:
 		return errno(f.v.Discard(int64(off), int64(size)))
 	case mode&unix.FALLOC_FL_ZERO_RANGE != 0:
-		return errno(f.v.WriteZeroes(int64(off), int64(size), false))
+		return errno(f.v.ZeroRange(int64(off), int64(size), false))
 	}
 	return syscall.EOPNOTSUPP
 }

@@ -160,7 +160,9 @@ func (c *conn) run() error {
 		return nil
 	default:
 	}
+	c.s.mu.Lock() // Clients reads it
 	c.export = e
+	c.s.mu.Unlock()
 	// What the client sent after choosing the export is kept.
 	var r io.Reader = c.nc
 	if n := c.br.Buffered(); n > 0 {

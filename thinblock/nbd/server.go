@@ -214,6 +214,20 @@ func (s *Server) lookup(name string) (Export, bool) {
 	return Export{}, false
 }
 
+// Clients lists the connections that chose export name and are in
+// transmission, so a caller can say who holds an export open.
+func (s *Server) Clients(name string) []net.Conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []net.Conn
+	for c := range s.conns {
+		if c.export.Backend != nil && c.export.Name == name {
+			out = append(out, c.nc)
+		}
+	}
+	return out
+}
+
 // ErrTLSConfig is returned by Serve when TLS is required but not
 // configured.
 var ErrTLSConfig = errors.New("nbd: RequireTLS without a TLS configuration")

@@ -44,6 +44,9 @@ type Map struct {
 	// released; their count is still 0.
 	reserved map[uint64]bool
 	cursor   uint64
+	// freed are the blocks whose count reached zero in this transaction
+	// (some may be in use again by its end), for TakeFreed.
+	freed map[uint64]bool
 }
 
 // Create makes an empty space map for blocks data blocks.
@@ -282,6 +285,10 @@ func (m *Map) Dec(d uint64) error {
 		return c - 1, nil
 	})
 	if err == nil && nc == 0 {
+		if m.freed == nil {
+			m.freed = map[uint64]bool{}
+		}
+		m.freed[d] = true
 		if m.fresh[d] {
 			delete(m.fresh, d)
 		} else {

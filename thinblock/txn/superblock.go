@@ -44,9 +44,14 @@ import (
 // written by this one (the flags are ignored, equal transaction ids
 // pick slot 0).
 const (
-	superMagic   = 0x7468696e // "thin"
-	superVersion = 1
-	superSalt    = 0x5b10c4
+	superMagic = 0x7468696e // "thin"
+	// superVersion is written by a pool with a volume attribute tree
+	// (AttrsRoot); one without writes superVersionNoAttrs, so that older
+	// programs, which would not see the tree and could overwrite its
+	// blocks, refuse only the pools that have one. Both are read.
+	superVersion        = 2
+	superVersionNoAttrs = 1
+	superSalt           = 0x5b10c4
 	// FirstFreeBlock is the first block after the two superblock slots.
 	FirstFreeBlock = 2
 )
@@ -69,7 +74,20 @@ type Superblock struct {
 	// DataFree is the number of free data blocks at the commit, valid
 	// when Flags has FlagDataFree (so opening needs no space map scan).
 	DataFree uint64
+	// AttrsRoot is the root of the volume attribute tree (names,
+	// read-only, origin), 0 when the pool has none yet.
+	AttrsRoot uint64
 }
+
+// version is the format version s is written with.
+func (s *Superblock) version() uint32 {
+	if s.AttrsRoot == 0 {
+		return superVersionNoAttrs
+	}
+	return superVersion
+}
+
+func knownVersion(v uint32) bool { return v == superVersion || v == superVersionNoAttrs }
 
 // Superblock flags.
 const (
@@ -124,7 +142,7 @@ func (s *Superblock) encode(buf []byte) {
 	clear(buf[:blockdev.BlockSize])
 	le := binary.LittleEndian
 	le.PutUint32(buf[4:], superMagic)
-	le.PutUint32(buf[8:], superVersion)
+	le.PutUint32(buf[8:], s.version())
 	le.PutUint32(buf[12:], s.Flags)
 	le.PutUint64(buf[16:], s.TxnID)
 	le.PutUint64(buf[24:], s.DataBlockSize)
@@ -135,6 +153,7 @@ func (s *Superblock) encode(buf []byte) {
 	le.PutUint64(buf[64:], s.LowWater)
 	copy(buf[72:88], s.UUID[:])
 	le.PutUint64(buf[88:], s.DataFree)
+	le.PutUint64(buf[96:], s.AttrsRoot)
 	blockdev.Seal(buf, superSalt)
 }
 
@@ -151,7 +170,7 @@ func DecodeSuperblock(buf []byte) (Superblock, error) {
 	if !blockdev.Verify(buf, superSalt) {
 		return s, fmt.Errorf("superblock: checksum mismatch")
 	}
-	if v := le.Uint32(buf[8:]); v != superVersion {
+	if v := le.Uint32(buf[8:]); !knownVersion(v) {
 		return s, fmt.Errorf("superblock: unsupported version %d", v)
 	}
 	s.Flags = le.Uint32(buf[12:])
@@ -164,6 +183,9 @@ func DecodeSuperblock(buf []byte) (Superblock, error) {
 	s.LowWater = le.Uint64(buf[64:])
 	copy(s.UUID[:], buf[72:88])
 	s.DataFree = le.Uint64(buf[88:])
+	if le.Uint32(buf[8:]) == superVersion {
+		s.AttrsRoot = le.Uint64(buf[96:])
+	}
 	return s, nil
 }
 
@@ -186,7 +208,7 @@ func ReadSuperblocks(dev blockdev.Device) (Superblock, int, Recovery, error) {
 // still names, if its magic and version are intact.
 func rawTxnID(buf []byte) (uint64, bool) {
 	le := binary.LittleEndian
-	if le.Uint32(buf[4:]) != superMagic || le.Uint32(buf[8:]) != superVersion {
+	if le.Uint32(buf[4:]) != superMagic || !knownVersion(le.Uint32(buf[8:])) {
 		return 0, false
 	}
 	return le.Uint64(buf[16:]), true
