@@ -179,6 +179,11 @@ func serveNBD(args []string, stderr io.Writer) error {
 			defer func() { pprof.StopCPUProfile(); f.Close() }()
 		}
 	}
+	// Signals are caught from before the socket shows: a SIGTERM that
+	// comes the moment a client sees it still stops the server cleanly.
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(signals)
 	l, err := listen(la)
 	if err != nil {
 		p.Close()
@@ -196,9 +201,6 @@ func serveNBD(args []string, stderr io.Writer) error {
 	limitMemory(limits.total)
 	stopReleaser := releaseWhenIdle(srv)
 	defer stopReleaser()
-	signals := make(chan os.Signal, 1)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
-	defer signal.Stop(signals)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 	where := *addr
