@@ -48,8 +48,14 @@ type FS struct {
 	lowers []*layer // topmost first
 	// work is the fd of <workdir>/work, where copy-ups and new objects
 	// are prepared before they are renamed into place.
-	work    int
-	markers whiteout.Markers
+	work int
+	// branched is set for an aufs union with writable branches below
+	// read-only ones or several writable ones: upper is nil and changes
+	// go to a branch chosen per object (see branches.go).
+	branched bool
+	// createRR is the next branch of the rr create policy.
+	createRR atomic.Uint64
+	markers  whiteout.Markers
 	// wformat is the format new whiteouts are written in; with wauto a
 	// refused device node switches it to Xattr. Guarded by ns: only
 	// changes of names (ns held for writing) write whiteouts.
@@ -121,16 +127,27 @@ func New(opts Options, logger *log.Logger) (*FS, error) {
 		u.upper = l
 		index++
 	}
-	for _, p := range opts.Lowers {
-		l, err := openLayer(index, p, false)
+	for i, p := range opts.Lowers {
+		writable := len(opts.Branches) > i && opts.Branches[i].Writable() && !opts.ReadOnly
+		l, err := openLayer(index, p, writable)
 		if err != nil {
 			u.Close()
 			return nil, err
 		}
 		u.lowers = append(u.lowers, l)
 		index++
+		if writable {
+			u.branched = true
+			if err := u.prepareBranchWork(l); err != nil {
+				u.Close()
+				return nil, err
+			}
+		}
 	}
 	u.assignInoBits()
+	if u.branched {
+		u.setUpBranched()
+	}
 	if u.upper != nil && !opts.ReadOnly {
 		if err := u.prepareWork(); err != nil {
 			u.Close()
@@ -162,7 +179,7 @@ func (u *FS) Close() {
 
 // writable reports whether the union accepts changes.
 func (u *FS) writable() bool {
-	return u.upper != nil && !u.opts.ReadOnly
+	return (u.upper != nil || u.branched) && !u.opts.ReadOnly
 }
 
 // prepareWork creates <work>/work, empty, owned by the mounter with mode
@@ -189,12 +206,17 @@ func (u *FS) prepareWork() error {
 // trustedXattrsWork probes whether trusted.* xattrs can be set in the
 // work dir (they cannot without CAP_SYS_ADMIN in the initial namespace).
 func (u *FS) trustedXattrsWork() bool {
+	return trustedXattrsIn(u.work)
+}
+
+// trustedXattrsIn is trustedXattrsWork for the scratch dir work.
+func trustedXattrsIn(work int) bool {
 	name := tempName()
-	if err := unix.Mkdirat(u.work, name, 0o700); err != nil {
+	if err := unix.Mkdirat(work, name, 0o700); err != nil {
 		return false
 	}
-	defer unix.Unlinkat(u.work, name, unix.AT_REMOVEDIR)
-	p := fmt.Sprintf("/proc/self/fd/%d/%s", u.work, name)
+	defer unix.Unlinkat(work, name, unix.AT_REMOVEDIR)
+	p := fmt.Sprintf("/proc/self/fd/%d/%s", work, name)
 	return unix.Setxattr(p, "trusted.unionmount.probe", []byte("y"), 0) == nil
 }
 

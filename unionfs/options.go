@@ -83,6 +83,13 @@ type Options struct {
 	// CacheTimeout is how long the kernel may cache names and
 	// attributes (timeout=SECONDS).
 	CacheTimeout time.Duration
+	// Branches, set only for an aufs br= mount that does not fit the
+	// upper-over-lowers shape (a writable branch below a read-only one,
+	// or several writable ones), is the whole stack, leftmost on top;
+	// Lowers then names the same directories (see branches.go).
+	Branches []Branch
+	// Create is the aufs create policy of such a mount (create=).
+	Create CreatePolicy
 	// Crash is the fault-injection seam of crash tests: called with the
 	// name of each crash point (CrashPoints) a copy-up passes; nil
 	// otherwise.
@@ -134,10 +141,11 @@ func ParseOptions(optionLists []string) (Options, error) {
 		if len(lowers) > 0 || o.Upper != "" {
 			return o, badOption("br= names every branch: it cannot be mixed with lowerdir= or upperdir=")
 		}
-		var err error
-		if o.Upper, lowers, err = parseBranches(p.branches); err != nil {
+		branches, err := parseBranches(p.branches)
+		if err != nil {
 			return o, err
 		}
+		o.Upper, lowers, o.Branches = branchLayers(branches)
 		if o.Whiteout == "" {
 			o.Whiteout = "aufs" // what aufs tools expect to find in the branches
 		}
@@ -153,49 +161,6 @@ func ParseOptions(optionLists []string) (Options, error) {
 	}
 	o.Lowers = lowers
 	return o, nil
-}
-
-// parseBranches reads aufs's branch list, DIR[=PERM]:DIR[=PERM]...,
-// leftmost on top. PERM is rw (writable; the default for the leftmost
-// branch), ro or rr (read-only; the default for the rest), optionally
-// with aufs's +wh or +nolwh attributes. One writable branch, on top,
-// becomes the upper layer; aufs's several writable branches with create
-// policies are refused.
-func parseBranches(list string) (upper string, lowers []string, err error) {
-	for i, br := range splitEscaped(list, ':') {
-		dir, perm := br, ""
-		if at := strings.LastIndexByte(br, '='); at >= 0 {
-			dir, perm = br[:at], br[at+1:]
-		}
-		if dir == "" {
-			return "", nil, badOption("br=: branch %d has no directory", i+1)
-		}
-		base, _, _ := strings.Cut(perm, "+")
-		switch base {
-		case "":
-			if i == 0 {
-				upper = dir
-				continue
-			}
-		case "rw":
-			if upper != "" {
-				return "", nil, badOption("br=: %s and %s are both writable; several writable branches (aufs create policies) are not supported, mark all but the top one =ro", upper, dir)
-			}
-			if i != 0 {
-				return "", nil, badOption("br=: the writable branch %s must be the leftmost (top) one", dir)
-			}
-			upper = dir
-			continue
-		case "ro", "rr":
-		default:
-			return "", nil, badOption("br=: branch %s has permission %q: want rw, ro or rr (with +wh or +nolwh)", dir, perm)
-		}
-		lowers = append(lowers, dir)
-	}
-	if len(lowers) == 0 {
-		return "", nil, badOption("br=: a union needs at least one read-only branch below %s", upper)
-	}
-	return upper, lowers, nil
 }
 
 // splitEscaped splits s at sep, honouring backslash escapes of sep and
@@ -261,6 +226,9 @@ func (o *Options) Validate(mountpoint string) error {
 		if o.Lowers[i], err = checkDir("lower", l); err != nil {
 			return err
 		}
+	}
+	for i := range o.Branches {
+		o.Branches[i].Path = o.Lowers[i]
 	}
 	if o.Upper != "" {
 		if o.Upper, err = checkDir("upper", o.Upper); err != nil {

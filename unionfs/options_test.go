@@ -60,6 +60,14 @@ func TestParseOptions(t *testing.T) {
 			assert.Equal(t, "", o.Upper)
 			assert.Equal(t, []string{"/a", "/b"}, o.Lowers)
 		}},
+		{"aufs writable branch below a read-only one: a branched union", []string{"br=/a=ro:/b=rw"}, func(t *testing.T, o Options) {
+			assert.Equal(t, "", o.Upper)
+			assert.Equal(t, []string{"/a", "/b"}, o.Lowers)
+			assert.Equal(t, []Branch{{Path: "/a", Mode: "ro"}, {Path: "/b", Mode: "rw"}}, o.Branches)
+		}},
+		{"aufs several writable branches: a branched union", []string{"br=/a=rw:/b=rw+nolwh:/c"}, func(t *testing.T, o Options) {
+			assert.Equal(t, []Branch{{Path: "/a", Mode: "rw"}, {Path: "/b", Mode: "rw", Attrs: "nolwh"}, {Path: "/c", Mode: "ro"}}, o.Branches)
+		}},
 		{"id mappings", []string{"lower=/a,uidmapping=0:1000:1:1:100000:65536,gidmapping=0:1000:1,xattr_permissions=2"}, func(t *testing.T, o Options) {
 			assert.Equal(t, uint32(100004), o.UIDMap.Shown(5))
 			assert.Equal(t, uint32(1000), o.GIDMap.Shown(0))
@@ -75,9 +83,8 @@ func TestParseOptions(t *testing.T) {
 	}
 	for bad, says := range map[string]string{
 		"lower": "needs a value", "frob=1": "unknown option", "redirect_dir=maybe": "redirect_dir", "fsync=2": "fsync", "rw=1": "takes no value",
-		"br=/a=rw:/b=rw":        "several writable branches",
-		"br=/a=ro:/b=rw":        "must be the leftmost",
-		"br=/a=rw":              "at least one read-only branch",
+		"br=/a=rw:=ro":          "no directory",
+		"br=/a=rw+frob:/b":      `attribute "frob"`,
 		"br=/a=rw:/b=maybe":     `permission "maybe"`,
 		"br=/a:/b,lowerdir=/c":  "cannot be mixed",
 		"uidmapping=0:1000":     "uidmapping",

@@ -49,7 +49,7 @@ var optionTable = []optionSpec{
 		set: func(p *optionParse, _, v string) error { p.o.Upper = unescape(v); return nil }},
 	{names: []string{"workdir", "work"}, value: "DIR", doc: "scratch dir on the upper's filesystem (default: a hidden sibling of the upper)",
 		set: func(p *optionParse, _, v string) error { p.o.Work = unescape(v); return nil }},
-	{names: []string{"br", "dirs"}, value: "DIR=rw:DIR=ro...", doc: "aufs branches, leftmost on top; one writable branch, on top; aufs whiteouts unless whiteout= says otherwise",
+	{names: []string{"br", "dirs"}, value: "DIR=rw:DIR=ro...", doc: "aufs branches, leftmost on top, each rw, ro or rr (+wh, +nolwh), writable ones anywhere (a single one on top is an upper dir); aufs whiteouts unless whiteout= says otherwise",
 		set: func(p *optionParse, key, v string) error {
 			if v == "" {
 				return badOption("%s needs a value: DIR[=rw|ro][:DIR[=ro]...]", key)

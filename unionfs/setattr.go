@@ -40,7 +40,8 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 		return u.errno(err)
 	}
 	path := rel(n.path())
-	fd := u.upper.fd
+	wl := u.writeLayer(n)
+	fd := wl.fd
 	if mode, ok := in.GetMode(); ok {
 		if err := unix.Fchmodat(fd, path, mode&0o7777, 0); err != nil {
 			return u.errno(err)
@@ -68,7 +69,7 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 		}
 	}
 	if hasSize {
-		wfd, err := u.upper.open(path, unix.O_WRONLY|unix.O_NOFOLLOW, 0)
+		wfd, err := wl.open(path, unix.O_WRONLY|unix.O_NOFOLLOW, 0)
 		if err != nil {
 			return u.errno(err)
 		}
@@ -91,13 +92,13 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 		}
 	}
 	var s unix.Stat_t
-	if err := u.upper.lstat(path, &s); err != nil {
+	if err := wl.lstat(path, &s); err != nil {
 		return u.errno(err)
 	}
 	if st := n.state(); st.metacopy {
 		u.showLowerBlocks(st, &s)
 	}
-	u.applyOverride(layerRef{u.upper, n.path()}, &s)
+	u.applyOverride(layerRef{wl, n.path()}, &s)
 	u.fillAttr(&out.Attr, &s)
 	out.Ino = n.StableAttr().Ino // the union's number, not the upper file's
 	// go-fuse leaves a SETATTR reply's timeout at 0 (it sets one for

@@ -25,6 +25,9 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	if !u.writable() {
 		return nil, nil, 0, syscall.EROFS
 	}
+	if u.branched {
+		return nil, nil, 0, syscall.EOPNOTSUPP // the kernel falls back to a named file
+	}
 	if err := u.copyUp(n, true); err != nil {
 		return nil, nil, 0, u.errno(err)
 	}
@@ -87,5 +90,5 @@ func (n *node) linkSource() (dirfd int, path string, flags int) {
 	if anon > 0 {
 		return unix.AT_FDCWD, sysx.FdPath(anon), unix.AT_SYMLINK_FOLLOW
 	}
-	return n.ufs.upper.fd, n.path(), 0
+	return n.ufs.writeLayer(n).fd, n.path(), 0
 }

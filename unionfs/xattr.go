@@ -74,14 +74,14 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 // Setxattr copies the object up and sets the attribute there.
 func (n *node) Setxattr(ctx context.Context, attr string, data []byte, flags uint32) syscall.Errno {
 	return n.changeXattr(attr, false, func(path string) error {
-		return sysx.Setxattr(n.ufs.upper.fd, path, attr, data, int(flags))
+		return sysx.Setxattr(n.ufs.writeLayer(n).fd, path, attr, data, int(flags))
 	})
 }
 
 // Removexattr copies the object up and removes the attribute there.
 func (n *node) Removexattr(ctx context.Context, attr string) syscall.Errno {
 	return n.changeXattr(attr, true, func(path string) error {
-		return sysx.Removexattr(n.ufs.upper.fd, path, attr)
+		return sysx.Removexattr(n.ufs.writeLayer(n).fd, path, attr)
 	})
 }
 

@@ -77,7 +77,7 @@ func TestBadInputExitsTwoWithOneLineAndWritesNothing(t *testing.T) {
 		{"a bad redirect_dir value", []string{"-o", "lower=" + lower + ",redirect_dir=maybe", mnt}, "redirect_dir"},
 		{"an unknown flag", []string{"--frobnicate", mnt}, "unknown flag"},
 		{"no mount point", []string{"-o", "lower=" + lower}, "MOUNTPOINT"},
-		{"two writable aufs branches", []string{"-o", "br=" + upper + "=rw:" + lower + "=rw", mnt}, "several writable branches"},
+		{"an aufs branch of an unknown permission", []string{"-o", "br=" + upper + "=rw:" + lower + "=maybe", mnt}, `permission "maybe"`},
 		{"aufs branches mixed with lowerdir", []string{"-o", "br=" + upper + "=rw:" + lower + "=ro,lowerdir=" + lower, mnt}, "cannot be mixed"},
 		{"a bad uidmapping", []string{"-o", "lower=" + lower + ",uidmapping=0:1000", mnt}, "uidmapping"},
 		{"convert without --to", []string{"convert", lower}, "--to"},
