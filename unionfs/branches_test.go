@@ -259,3 +259,20 @@ func TestAufsBranchesRacingCopyUpsAndCreates(t *testing.T) {
 	assert.Equal(t, "abcdefgh", got[:writers], "every write is in the one copy")
 	assert.Equal(t, []string{"new", "shared"}, listNames(t, filepath.Join(mnt, "dir")))
 }
+
+// Docker's aufs driver's mount data, as it writes it: the container's
+// writable layer on top, image layers below with aufs whiteouts.
+func TestAufsDockerMountData(t *testing.T) {
+	d, mnt := branchDirs(t, "rw", "ro1", "ro2", "ro3")
+	write(t, filepath.Join(d["ro3"], "etc/os-release"), "base")
+	write(t, filepath.Join(d["ro3"], "etc/gone"), "gone")
+	write(t, filepath.Join(d["ro2"], "etc/.wh.gone"), "")
+	write(t, filepath.Join(d["ro1"], "etc/os-release"), "updated")
+	data := "br:" + d["rw"] + "=rw:" + d["ro1"] + "=ro+wh:" + d["ro2"] + "=ro+wh:" + d["ro3"] + "=ro+wh,dio,xino=/dev/shm/aufs.xino,dirperm1"
+	uniontest.MountAt(t, mnt, data)
+	assert.Equal(t, []string{"os-release"}, listNames(t, filepath.Join(mnt, "etc")))
+	assert.Equal(t, "updated", read(t, filepath.Join(mnt, "etc/os-release")))
+	require.NoError(t, os.Remove(filepath.Join(mnt, "etc/os-release")))
+	assert.FileExists(t, filepath.Join(d["rw"], "etc/.wh.os-release"), "an aufs whiteout in the container's layer")
+	assert.Empty(t, listNames(t, filepath.Join(mnt, "etc")))
+}

@@ -459,3 +459,24 @@ func (u *FS) moveBranched(src, dst *renameSide) error {
 	}
 	return nil
 }
+
+// refreshChild gives the node the kernel already knows under name, when
+// it is the object just found as f, f's state: go-fuse keeps the known
+// node and drops a new one, and a branch may have changed underneath
+// (aufs's udba=reval). A state whose top lies lower than the known one's
+// is kept out: it may come from a lookup that raced a copy-up.
+func (n *node) refreshChild(name string, f *found) {
+	c := n.GetChild(name)
+	if c == nil || c.StableAttr() != f.id || len(f.state.lowers) == 0 {
+		return
+	}
+	cn, ok := c.Operations().(*node)
+	if !ok {
+		return
+	}
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	if len(cn.st.lowers) == 0 || f.state.lowers[0].l.index <= cn.st.lowers[0].l.index {
+		cn.st = f.state
+	}
+}

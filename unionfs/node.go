@@ -168,7 +168,10 @@ func (u *FS) identityFrom(ref layerRef, st *unix.Stat_t, v []byte, err error) fs
 		}
 	}
 	id.Ino = u.inoFor(ref.l, st.Ino)
-	if !ref.l.upper && st.Mode&unix.S_IFMT != unix.S_IFDIR && st.Nlink > 1 {
+	if (!ref.l.upper && st.Mode&unix.S_IFMT != unix.S_IFDIR && st.Nlink > 1) || u.branched {
+		// In a branched union the branches may change underneath
+		// (aufs's udba=reval): an object that moved there is a new
+		// node, not the old one with a stale layer path.
 		id.Gen = pathGen(ref.path)
 	}
 	return id

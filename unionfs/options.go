@@ -118,6 +118,9 @@ func ParseOptions(optionLists []string) (Options, error) {
 			if opt == "" {
 				continue
 			}
+			if strings.HasPrefix(opt, "br:") {
+				opt = "br=" + opt[len("br:"):] // Docker's aufs driver writes br:DIR=rw:...
+			}
 			key, value, hasValue := strings.Cut(opt, "=")
 			spec, ok := lookupOption(key)
 			switch {
@@ -148,6 +151,9 @@ func ParseOptions(optionLists []string) (Options, error) {
 		o.Upper, lowers, o.Branches = branchLayers(branches)
 		if o.Whiteout == "" {
 			o.Whiteout = "aufs" // what aufs tools expect to find in the branches
+		}
+		if p.udba != "none" && !p.timeoutSet {
+			o.CacheTimeout = 0 // udba=reval: see changes made underneath
 		}
 	}
 	// squash_to_uid and squash_to_gid take precedence over squash_to_root.
