@@ -78,6 +78,12 @@ func TestParseOptions(t *testing.T) {
 			assert.Equal(t, DefaultCacheTimeout, o.CacheTimeout)
 			assert.Equal(t, CreateTDP, o.Create)
 		}},
+		{"aufs create=mfs with aufs's seconds", []string{"br=/a:/b=rw,create=mfs:30"}, func(t *testing.T, o Options) {
+			assert.Equal(t, CreateMFS, o.Create)
+		}},
+		{"aufs create=rr", []string{"br=/a:/b=rw,create=rr"}, func(t *testing.T, o Options) {
+			assert.Equal(t, CreateRR, o.Create)
+		}},
 		{"aufs timeout= wins over udba", []string{"br=/a=ro:/b=rw,timeout=5"}, func(t *testing.T, o Options) {
 			assert.Equal(t, 5*time.Second, o.CacheTimeout)
 		}},
