@@ -275,4 +275,17 @@ func TestAufsDockerMountData(t *testing.T) {
 	require.NoError(t, os.Remove(filepath.Join(mnt, "etc/os-release")))
 	assert.FileExists(t, filepath.Join(d["rw"], "etc/.wh.os-release"), "an aufs whiteout in the container's layer")
 	assert.Empty(t, listNames(t, filepath.Join(mnt, "etc")))
+
+	// aufs keeps its housekeeping inside the writable branch: nothing
+	// is left beside it, and nothing of it shows through the mount.
+	assert.Equal(t, []string{"aufs", "ro1", "ro2", "ro3", "rw"}, listNames(t, filepath.Dir(d["rw"])))
+	assert.DirExists(t, filepath.Join(d["rw"], ".wh..wh.unionmount/work"))
+	assert.Equal(t, []string{"etc"}, listNames(t, mnt))
+	_, err := os.Lstat(filepath.Join(mnt, ".wh..wh.unionmount"))
+	assert.ErrorIs(t, err, os.ErrNotExist)
+	// Renames and copy-ups stage there (the kernel-overlay code path).
+	require.NoError(t, os.Rename(filepath.Join(mnt, "etc"), filepath.Join(mnt, "etc2")))
+	write(t, filepath.Join(mnt, "etc2/new"), "n")
+	assert.Equal(t, []string{"new"}, listNames(t, filepath.Join(mnt, "etc2")))
+	assert.Equal(t, []string{"etc2"}, listNames(t, mnt))
 }

@@ -83,6 +83,10 @@ type Options struct {
 	// CacheTimeout is how long the kernel may cache names and
 	// attributes (timeout=SECONDS).
 	CacheTimeout time.Duration
+	// WorkInUpper puts the default work dir inside the upper, under a
+	// .wh. name the union never shows, as aufs keeps its housekeeping
+	// (br= mounts without workdir=; see branches.go).
+	WorkInUpper bool
 	// Branches, set only for an aufs br= mount that does not fit the
 	// upper-over-lowers shape (a writable branch below a read-only one,
 	// or several writable ones), is the whole stack, leftmost on top;
@@ -152,6 +156,7 @@ func ParseOptions(optionLists []string) (Options, error) {
 		if o.Whiteout == "" {
 			o.Whiteout = "aufs" // what aufs tools expect to find in the branches
 		}
+		o.WorkInUpper = o.Upper != "" && o.Work == ""
 		if p.udba != "none" && !p.timeoutSet {
 			o.CacheTimeout = 0 // udba=reval: see changes made underneath
 		}
@@ -240,7 +245,9 @@ func (o *Options) Validate(mountpoint string) error {
 		if o.Upper, err = checkDir("upper", o.Upper); err != nil {
 			return err
 		}
-		if o.Work == "" {
+		if o.Work == "" && o.WorkInUpper {
+			o.Work = filepath.Join(o.Upper, workDirName)
+		} else if o.Work == "" {
 			o.Work = filepath.Join(filepath.Dir(o.Upper), "."+filepath.Base(o.Upper)+".unionmount-work")
 			if _, err := os.Lstat(o.Work); err == nil {
 				if o.Work, err = checkDir("work", o.Work); err != nil {
@@ -264,7 +271,7 @@ func (o *Options) Validate(mountpoint string) error {
 		}
 	}
 	if o.Upper != "" {
-		if overlaps(o.Upper, o.Work) {
+		if overlaps(o.Upper, o.Work) && !o.WorkInUpper {
 			return badOption("upper dir %s and work dir %s overlap: one is inside the other", o.Upper, o.Work)
 		}
 		if err := sameFilesystem(o.Upper, o.Work); err != nil {

@@ -51,7 +51,7 @@ var optionTable = []optionSpec{
 		}},
 	{names: []string{"upperdir", "upper"}, value: "DIR", doc: "the writable layer; without one the union is read-only",
 		set: func(p *optionParse, _, v string) error { p.o.Upper = unescape(v); return nil }},
-	{names: []string{"workdir", "work"}, value: "DIR", doc: "scratch dir on the upper's filesystem (default: a hidden sibling of the upper)",
+	{names: []string{"workdir", "work"}, value: "DIR", doc: "scratch dir on the upper's filesystem (default: a hidden sibling of the upper; for br= mounts .wh..wh.unionmount inside the writable branch, never shown, as aufs keeps its housekeeping)",
 		set: func(p *optionParse, _, v string) error { p.o.Work = unescape(v); return nil }},
 	{names: []string{"br", "dirs"}, value: "DIR=rw:DIR=ro...", doc: "aufs branches (also br:DIR=rw:..., Docker's form), leftmost on top, each rw, ro or rr (+wh, +nolwh), writable ones anywhere (a single one on top is an upper dir); aufs whiteouts unless whiteout= says otherwise",
 		set: func(p *optionParse, key, v string) error {

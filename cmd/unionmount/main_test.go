@@ -281,6 +281,14 @@ func TestAufsBranchesMountWithAufsWhiteouts(t *testing.T) {
 	out, err = exec.Command("fusermount3", "-u", mnt).CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	waitUnmounted(t, mnt)
+	ents, err := os.ReadDir(root)
+	require.NoError(t, err)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	assert.Equal(t, []string{"bottom", "mid", "mnt", "top"}, names, "no work dir left beside the branch")
+	assert.DirExists(t, top+"/.wh..wh.unionmount", "aufs-style housekeeping inside the writable branch")
 }
 
 // apply and convert from the command line: a layer tarball with a
