@@ -20,6 +20,12 @@
 // say so in a Preconditions line, and their counterparts without the
 // suffix take it themselves.
 //
+// Live branch changes (livebranch.go) hold ns for writing while they
+// change the stack and the nodes' merged layers (node.mu under it, a
+// parent's before its child's), and send the kernel's cache
+// invalidations (NotifyEntry, NotifyContent) with no lock held: the
+// kernel may wait on a request that waits on ns.
+//
 // node.mu guards the node's layer state, open-handle counts and
 // serializes its copy-up. file.mu guards a handle's fd and whether it is
 // still on the lower file. FS.refusedMu and the identity caches' locks
@@ -80,6 +86,10 @@ type FS struct {
 	// daemonReads counts reads served by the daemon rather than by
 	// passthrough.
 	daemonReads atomic.Uint64
+
+	// root is the root node, set by Mount (live branch changes start
+	// from it).
+	root *node
 
 	// mounted is closed once Mount has returned (see crashPoint).
 	mounted chan struct{}

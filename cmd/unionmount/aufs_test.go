@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,4 +55,96 @@ func TestAufsTutorialThroughMountHelper(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join(root, "test1/file2"))
 	require.NoError(t, err)
 	assert.Equal(t, "file1\n", string(b))
+}
+
+// Docker's aufs driver mounts the first layers with its mount data and
+// appends the rest with remount,append:DIR=ro+wh; here `unionmount
+// branch add` does the appending, through the daemon's control socket.
+func TestAufsDockerLayersAddedLive(t *testing.T) {
+	fstest.RequireFUSE(t)
+	bin := binary(t)
+	root := t.TempDir()
+	const layers = 8 // more than the first batch of 3
+	var dirs []string
+	for i := 0; i < layers; i++ {
+		dir := filepath.Join(root, "diff", fmt.Sprintf("layer%d", i))
+		fstest.WriteTree(t, dir, fstest.Spec{fmt.Sprintf("usr/l%d", i): fmt.Sprintf("layer %d", i), "shared": fmt.Sprintf("from %d", i)})
+		dirs = append(dirs, dir)
+	}
+	rw, mnt := filepath.Join(root, "diff", "rw"), filepath.Join(root, "mnt", "c")
+	for _, d := range []string{rw, mnt} {
+		require.NoError(t, os.MkdirAll(d, 0o755))
+	}
+	data := "br:" + rw + "=rw:" + dirs[0] + "=ro+wh:" + dirs[1] + "=ro+wh:" + dirs[2] + "=ro+wh,dio,xino=/dev/shm/aufs.xino,dirperm1"
+	out, err := exec.Command(bin, "-o", data, mnt).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	t.Cleanup(func() { exec.Command("fusermount3", "-u", mnt).Run() })
+
+	names := func() []string {
+		ents, err := os.ReadDir(filepath.Join(mnt, "usr"))
+		require.NoError(t, err)
+		var out []string
+		for _, e := range ents {
+			out = append(out, e.Name())
+		}
+		return out
+	}
+	assert.Equal(t, []string{"l0", "l1", "l2"}, names())
+	for _, d := range dirs[3:] {
+		out, err := exec.Command(bin, "branch", "add", mnt, d+"=ro+wh").CombinedOutput()
+		require.NoError(t, err, "%s", out)
+	}
+	assert.Equal(t, []string{"l0", "l1", "l2", "l3", "l4", "l5", "l6", "l7"}, names())
+	b, err := os.ReadFile(filepath.Join(mnt, "usr/l7"))
+	require.NoError(t, err)
+	assert.Equal(t, "layer 7", string(b))
+	b, err = os.ReadFile(filepath.Join(mnt, "shared"))
+	require.NoError(t, err)
+	assert.Equal(t, "from 0", string(b), "the leftmost branch wins")
+
+	out, err = exec.Command(bin, "branch", "list", mnt).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), dirs[7]+"=ro")
+
+	// In use: refused with "busy", and nothing changes.
+	f, err := os.Open(filepath.Join(mnt, "usr/l5"))
+	require.NoError(t, err)
+	out, err = exec.Command(bin, "branch", "del", mnt, dirs[5]).CombinedOutput()
+	assert.Error(t, err)
+	assert.Contains(t, string(out), "busy")
+	require.NoError(t, f.Close())
+	out, err = exec.Command(bin, "branch", "del", mnt, dirs[5]).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Equal(t, []string{"l0", "l1", "l2", "l3", "l4", "l6", "l7"}, names())
+
+	// Bad requests: a clear message, non-zero exit, nothing changed.
+	for _, c := range []struct {
+		args []string
+		code int
+		says string
+	}{
+		{[]string{"branch", "add", mnt, dirs[5] + "=rw"}, 1, "read-only"},
+		{[]string{"branch", "add", mnt, dirs[5] + "=maybe"}, 2, `permission "maybe"`},
+		{[]string{"branch", "del", mnt, root}, 1, "not a branch"},
+		{[]string{"branch", "frob", mnt}, 2, "unknown operation"},
+		{[]string{"branch", "add", root, dirs[5]}, 1, "no union is mounted"},
+	} {
+		out, err := exec.Command(bin, c.args...).CombinedOutput()
+		var ee *exec.ExitError
+		require.ErrorAs(t, err, &ee, "%v: %s", c.args, out)
+		assert.Equal(t, c.code, ee.ExitCode(), "%v: %s", c.args, out)
+		assert.Contains(t, string(out), c.says, "%v", c.args)
+	}
+	assert.Equal(t, []string{"l0", "l1", "l2", "l3", "l4", "l6", "l7"}, names())
+
+	// The status record names the control socket, mode 0600.
+	out, err = exec.Command(bin, "status", "--json").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), `"control"`)
+	control, err := controlOf(mnt)
+	require.NoError(t, err)
+	st, err := os.Stat(control)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+	assert.NotEqual(t, 0, st.Mode()&os.ModeSocket)
 }
