@@ -128,6 +128,18 @@ func TestAufsBranchesWhiteoutOnTheBranchThatHides(t *testing.T) {
 	assert.ErrorIs(t, os.Remove(filepath.Join(mnt, "only-top")), syscall.EROFS)
 	assert.Equal(t, []string{"only-top"}, listNames(t, mnt))
 
+	// A directory merged from both: emptied, then removed, leaving a
+	// whiteout on the writable branch.
+	write(t, filepath.Join(d["rw"], "dir/mine"), "m")
+	write(t, filepath.Join(d["ro"], "dir/theirs"), "t")
+	require.NoError(t, os.Remove(filepath.Join(mnt, "dir/mine")))
+	require.NoError(t, os.Remove(filepath.Join(mnt, "dir/theirs")))
+	assert.FileExists(t, filepath.Join(d["rw"], "dir/.wh.theirs"))
+	require.NoError(t, os.Remove(filepath.Join(mnt, "dir")))
+	assert.NoDirExists(t, filepath.Join(d["rw"], "dir"))
+	assert.FileExists(t, filepath.Join(d["rw"], ".wh.dir"))
+	assert.DirExists(t, filepath.Join(d["ro"], "dir"))
+
 	// A name made again over its whiteout shows the new object.
 	write(t, filepath.Join(mnt, "both"), "again")
 	assert.Equal(t, "again", read(t, filepath.Join(d["rw"], "both")))

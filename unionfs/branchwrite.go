@@ -120,6 +120,9 @@ func (u *FS) copyUpBranched(n *node, withData bool) error {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if len(n.st.lowers) == 0 {
+		return fmt.Errorf("copy-up %s: %w", n.path(), unix.ENOENT)
+	}
 	if n.st.lowers[0].l.writable {
 		return nil // a racing writer copied it
 	}

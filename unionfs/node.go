@@ -248,6 +248,9 @@ func (n *node) getattr(out *fuse.AttrOut) syscall.Errno {
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	l := n.ufs.upper
 	if l == nil {
+		// The lowers change under ns (live branch changes).
+		n.ufs.ns.RLock()
+		defer n.ufs.ns.RUnlock()
 		l = n.ufs.lowers[0]
 	}
 	var s unix.Statfs_t
