@@ -13,8 +13,9 @@ import (
 // reaches the daemon, so `unionmount branch` asks it over its control
 // socket).
 //
-// A branch is added at the bottom of the stack, read-only: Docker's aufs
-// driver appends image layers that way. Under ns held for writing, the
+// A branch is added read-only, at the bottom of the stack (Docker's aufs
+// driver appends image layers that way) or, in a union with no upper, on
+// top (the layers are renumbered under ns). Under ns held for writing, the
 // stack gets the layer and every directory node the kernel knows is
 // looked up again so it merges the new branch; then, without ns, the
 // kernel's cached listings of those directories and its cached negative
@@ -27,8 +28,9 @@ import (
 // is refused if such nodes remain (an open file, a current directory,
 // an entry the kernel would not drop).
 
-// AddBranch appends a read-only branch at the bottom of the union.
-func (u *FS) AddBranch(b Branch) error {
+// AddBranch adds a read-only branch at the bottom of the union, or with
+// prepend on top (only where no writable upper holds the top).
+func (u *FS) AddBranch(b Branch, prepend bool) error {
 	if b.Writable() {
 		return badOption("branch %s: a branch added to a live mount is read-only here (ro, rr or ro+wh)", b.Path)
 	}
@@ -43,20 +45,39 @@ func (u *FS) AddBranch(b Branch) error {
 			return badOption("branch %s overlaps branch %s", dir, l.path)
 		}
 	}
-	last := u.lowers[len(u.lowers)-1]
-	l, err := openLayer(last.index+1, dir, false)
+	if prepend && u.upper != nil {
+		u.ns.Unlock()
+		return badOption("branch %s: the writable branch %s stays on top: add below it", dir, u.upper.path)
+	}
+	index := u.lowers[len(u.lowers)-1].index + 1
+	if prepend {
+		index = u.lowers[0].index
+	}
+	l, err := openLayer(index, dir, false)
 	if err != nil {
 		u.ns.Unlock()
 		return err
 	}
 	l.inoBits = u.inoBitsFor(l.dev)
-	u.lowers = append(append([]*layer{}, u.lowers...), l)
-	if u.branched {
-		u.opts.Branches = append(append([]Branch{}, u.opts.Branches...), Branch{Path: dir, Mode: b.Mode, Attrs: b.Attrs})
-	}
+	nb := Branch{Path: dir, Mode: b.Mode, Attrs: b.Attrs}
 	root := u.rootNode()
 	root.mu.Lock()
-	root.st.lowers = append(append([]layerRef{}, root.st.lowers...), layerRef{l, ""})
+	if prepend {
+		for _, x := range u.lowers {
+			x.index++
+		}
+		u.lowers = append([]*layer{l}, u.lowers...)
+		if u.branched {
+			u.opts.Branches = append([]Branch{nb}, u.opts.Branches...)
+		}
+		root.st.lowers = append([]layerRef{{l, ""}}, root.st.lowers...)
+	} else {
+		u.lowers = append(append([]*layer{}, u.lowers...), l)
+		if u.branched {
+			u.opts.Branches = append(append([]Branch{}, u.opts.Branches...), nb)
+		}
+		root.st.lowers = append(append([]layerRef{}, root.st.lowers...), layerRef{l, ""})
+	}
 	root.mu.Unlock()
 	dirs := u.relookDirs(root)
 	u.ns.Unlock()

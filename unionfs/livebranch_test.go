@@ -38,14 +38,14 @@ func TestLiveBranchAddAndDel(t *testing.T) {
 			_, err = os.Stat(filepath.Join(mnt, "three"))
 			require.ErrorIs(t, err, os.ErrNotExist)
 
-			require.NoError(t, m.FS.AddBranch(unionfs.Branch{Path: d["ro2"], Mode: "ro", Attrs: "wh"}))
-			require.NoError(t, m.FS.AddBranch(unionfs.Branch{Path: d["ro3"], Mode: "ro", Attrs: "wh"}))
+			require.NoError(t, m.FS.AddBranch(unionfs.Branch{Path: d["ro2"], Mode: "ro", Attrs: "wh"}, false))
+			require.NoError(t, m.FS.AddBranch(unionfs.Branch{Path: d["ro3"], Mode: "ro", Attrs: "wh"}, false))
 			assert.Equal(t, "2", read(t, filepath.Join(mnt, "etc/two")))
 			assert.Equal(t, "1", read(t, filepath.Join(mnt, "etc/one")), "the branch above still wins")
 			assert.Equal(t, []string{"one", "two"}, listNames(t, filepath.Join(mnt, "etc")))
 			assert.Equal(t, "3", read(t, filepath.Join(mnt, "three")))
 
-			err = m.FS.AddBranch(unionfs.Branch{Path: d["ro0"], Mode: "rw"})
+			err = m.FS.AddBranch(unionfs.Branch{Path: d["ro0"], Mode: "rw"}, false)
 			assert.ErrorIs(t, err, unionfs.ErrBadOption, "writable branches are not added live")
 
 			f, err := os.Open(filepath.Join(mnt, "etc/two"))
@@ -62,6 +62,37 @@ func TestLiveBranchAddAndDel(t *testing.T) {
 			assert.Error(t, m.FS.DelBranch(d["rw"]), "the writable branch stays")
 		})
 	}
+}
+
+// A branch prepended to a union with no upper goes on top: its files
+// win over the ones the kernel has cached; with a writable upper on top
+// it is refused.
+func TestLiveBranchPrepend(t *testing.T) {
+	d, mnt := branchDirs(t, "new", "ro1", "rw")
+	write(t, filepath.Join(d["ro1"], "etc/one"), "1")
+	write(t, filepath.Join(d["new"], "etc/one"), "new")
+	write(t, filepath.Join(d["new"], "top"), "top")
+	m := uniontest.MountAt(t, mnt, "br="+d["ro1"]+"=ro:"+d["rw"]+"=rw,udba=none")
+	assert.Equal(t, "1", read(t, filepath.Join(mnt, "etc/one")))
+	_, err := os.Stat(filepath.Join(mnt, "top"))
+	require.ErrorIs(t, err, os.ErrNotExist)
+	require.NoError(t, m.FS.AddBranch(unionfs.Branch{Path: d["new"], Mode: "ro"}, true))
+	assert.Equal(t, "new", read(t, filepath.Join(mnt, "etc/one")))
+	assert.Equal(t, "top", read(t, filepath.Join(mnt, "top")))
+	assert.Equal(t, []string{"etc", "top"}, listNames(t, mnt))
+	// etc lies on read-only branches only, none writable above it: EROFS,
+	// as aufs's tdp answers.
+	assert.ErrorIs(t, os.WriteFile(filepath.Join(mnt, "etc/made"), nil, 0o644), unix.EROFS)
+	// Writes still go to the writable branch; the new top is read-only.
+	write(t, filepath.Join(mnt, "made"), "m")
+	assert.FileExists(t, filepath.Join(d["rw"], "made"))
+	assert.ErrorIs(t, os.WriteFile(filepath.Join(mnt, "top"), nil, 0o644), unix.EROFS)
+
+	d2, mnt2 := branchDirs(t, "rw", "ro", "new")
+	m2 := uniontest.MountAt(t, mnt2, "br="+d2["rw"]+"=rw:"+d2["ro"]+"=ro")
+	err = m2.FS.AddBranch(unionfs.Branch{Path: d2["new"], Mode: "ro"}, true)
+	assert.ErrorIs(t, err, unionfs.ErrBadOption)
+	assert.Contains(t, fmt.Sprint(err), "stays on top")
 }
 
 // Readers racing on the same names while a branch comes and goes see
@@ -98,7 +129,7 @@ func TestLiveBranchChangesRaceReaders(t *testing.T) {
 	present, removed := false, 0
 	for i := 0; i < 5; i++ {
 		if !present {
-			require.NoError(t, m.FS.AddBranch(unionfs.Branch{Path: d["ro2"], Mode: "ro"}))
+			require.NoError(t, m.FS.AddBranch(unionfs.Branch{Path: d["ro2"], Mode: "ro"}, false))
 			present = true
 		}
 		time.Sleep(5 * time.Millisecond)

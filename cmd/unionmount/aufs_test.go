@@ -129,6 +129,8 @@ func TestAufsDockerLayersAddedLive(t *testing.T) {
 		{[]string{"branch", "add", mnt, dirs[5] + "=maybe"}, 2, `permission "maybe"`},
 		{[]string{"branch", "del", mnt, root}, 1, "not a branch"},
 		{[]string{"branch", "frob", mnt}, 2, "unknown operation"},
+		{[]string{"branch", "add", "--prepend", mnt, dirs[5]}, 1, "stays on top"},
+		{[]string{"branch", "del", "--prepend", mnt, dirs[5]}, 2, "--prepend goes with add"},
 		{[]string{"branch", "add", root, dirs[5]}, 1, "no union is mounted"},
 	} {
 		out, err := exec.Command(bin, c.args...).CombinedOutput()

@@ -19,14 +19,15 @@ import (
 	"github.com/unionmount/unionmount/unionfs"
 )
 
-const branchUsage = `usage: unionmount branch add MOUNTPOINT DIR[=ro|rr][+wh]
+const branchUsage = `usage: unionmount branch add [--prepend] MOUNTPOINT DIR[=ro|rr][+wh]
        unionmount branch del MOUNTPOINT DIR
        unionmount branch list MOUNTPOINT
 
 Changes the branches of a mounted union, as aufs's
 "mount -o remount,append:DIR=ro+wh" and "remount,del:DIR" do (a FUSE
 remount never reaches the daemon). add appends a read-only branch at the
-bottom; del removes a read-only branch, and fails with "busy" while
+bottom (with --prepend: on top, where no writable branch holds the top,
+as remount,prepend:DIR does); del removes a read-only branch, and fails with "busy" while
 anything on the mount uses it (an open file, a current directory). The
 daemon is reached through the control socket its status record names.
 Each prints the union's branches afterwards, topmost first.
@@ -39,6 +40,8 @@ Flags:
 type branchRequest struct {
 	Op     string `json:"op"` // add, del or list
 	Branch string `json:"branch,omitempty"`
+	// Prepend adds on top rather than at the bottom.
+	Prepend bool `json:"prepend,omitempty"`
 }
 
 type branchReply struct {
@@ -51,6 +54,7 @@ type branchReply struct {
 func runBranch(args []string, stdout, stderr io.Writer) int {
 	flags := pflag.NewFlagSet("unionmount branch", pflag.ContinueOnError)
 	flags.SetOutput(stderr)
+	prepend := flags.Bool("prepend", false, "add on top rather than at the bottom")
 	help := flags.BoolP("help", "h", false, "show this help")
 	flags.Usage = func() {
 		fmt.Fprint(stderr, branchUsage)
@@ -66,10 +70,14 @@ func runBranch(args []string, stdout, stderr io.Writer) int {
 	}
 	rest := flags.Args()
 	req, mnt, err := branchArgs(rest)
+	if err == nil && *prepend && req.Op != "add" {
+		err = errors.New("--prepend goes with add")
+	}
 	if err != nil {
 		fmt.Fprintf(stderr, "unionmount branch: %v (see --help)\n", err)
 		return 2
 	}
+	req.Prepend = *prepend
 	control, err := controlOf(mnt)
 	if err != nil {
 		fmt.Fprintf(stderr, "unionmount branch: %v\n", err)
@@ -222,7 +230,7 @@ func serveBranchConn(conn net.Conn, ufs *unionfs.FS, record func() error, logger
 	if reply.Error == "" {
 		switch req.Op {
 		case "add":
-			err = ufs.AddBranch(b)
+			err = ufs.AddBranch(b, req.Prepend)
 		case "del":
 			err = ufs.DelBranch(req.Branch)
 		}
