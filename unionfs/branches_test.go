@@ -301,3 +301,20 @@ func TestAufsDockerMountData(t *testing.T) {
 	assert.Equal(t, []string{"new"}, listNames(t, filepath.Join(mnt, "etc2")))
 	assert.Equal(t, []string{"etc2"}, listNames(t, mnt))
 }
+
+// A copy-up keeps the file's inode number, across a fresh lookup too
+// (udba=reval looks names up on every access).
+func TestAufsBranchesCopyUpKeepsInodeNumber(t *testing.T) {
+	d, mnt := branchDirs(t, "rw", "ro", "rw2")
+	write(t, filepath.Join(d["ro"], "f"), "f")
+	uniontest.MountAt(t, mnt, "br="+d["rw"]+"=rw:"+d["ro"]+"=ro:"+d["rw2"]+"=rw")
+	ino := func() uint64 {
+		st, err := os.Stat(filepath.Join(mnt, "f"))
+		require.NoError(t, err)
+		return st.Sys().(*syscall.Stat_t).Ino
+	}
+	before := ino()
+	write(t, filepath.Join(mnt, "f"), "changed")
+	assert.FileExists(t, filepath.Join(d["rw"], "f"))
+	assert.Equal(t, before, ino())
+}

@@ -159,9 +159,11 @@ func (u *FS) identityFrom(ref layerRef, st *unix.Stat_t, v []byte, err error) fs
 	if err == nil {
 		if ino, gen, ok := parseID(string(v)); ok {
 			id.Ino, id.Gen = ino, gen
-			if gen != 0 && ref.l.upper {
+			if gen != 0 && ref.l.upper && !u.branched {
 				// A copied-up name of a lower hard link: a file of
-				// its own, shown with the upper file's number.
+				// its own, shown with the upper file's number. (In
+				// a branched union every object's generation is its
+				// path's, and a copy keeps its number.)
 				u.relabels.set(id, u.inoFor(ref.l, st.Ino))
 			}
 			return id
