@@ -420,7 +420,9 @@ func (u *FS) moveBranched(src, dst *renameSide) error {
 	if !t.writable {
 		return unix.EXDEV
 	}
-	if d := dst.found; d != nil && (d.isDir() || d.state.lowers[0].l.index < t.index) {
+	if d := dst.found; d != nil && (d.isDir() || d.state.lowers[0].l != t) {
+		// Replacing an object of another branch would leave it there,
+		// hidden but still linked (or showing, from a branch above).
 		return unix.EXDEV
 	}
 	dstState := dst.dir.state()
