@@ -25,8 +25,8 @@ import (
 //     writable branch above it;
 //   - a rename moves a non-directory within its writable branch; any
 //     other rename (a directory, an object on a read-only branch, a
-//     target a higher branch would hide) is EXDEV, and mv copies and
-//     removes instead.
+//     target another branch holds or a higher branch would hide) is
+//     EXDEV, and mv copies and removes instead.
 //
 // Each writable branch keeps its scratch dir inside itself, under a
 // .wh. name that never shows through the union (workDirName).
