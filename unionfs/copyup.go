@@ -40,6 +40,9 @@ func (u *FS) copyUpAs(n *node, how copyHow) error {
 	if !u.writable() {
 		return unix.EROFS
 	}
+	if u.branched {
+		return u.copyUpBranched(n, how != copyEmpty)
+	}
 	metaOnly := how == copyMetaOnly
 	if st := n.state(); st.dataUpper() || (st.upper && metaOnly) {
 		return nil
@@ -176,7 +179,12 @@ func (u *FS) copyUpObject(src layerRef, path string, id fs.StableAttr, how copyH
 
 // copyFile creates tmp in the work dir with src's data, holes kept.
 func (u *FS) copyFile(src layerRef, tmp string, st *unix.Stat_t, withData bool) error {
-	dst, err := unix.Openat(u.work, tmp, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_CLOEXEC, 0o600)
+	return u.copyFileIn(u.work, src, tmp, st, withData)
+}
+
+// copyFileIn is copyFile into the scratch dir work.
+func (u *FS) copyFileIn(work int, src layerRef, tmp string, st *unix.Stat_t, withData bool) error {
+	dst, err := unix.Openat(work, tmp, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return err
 	}
@@ -205,7 +213,12 @@ func (u *FS) copyFile(src layerRef, tmp string, st *unix.Stat_t, withData bool) 
 // order: chown clears set-id bits and security.capability, so those come
 // after it.
 func (u *FS) copyMetadata(src layerRef, tmp string, st *unix.Stat_t, id fs.StableAttr) error {
-	if err := u.chown(u.work, tmp, int(st.Uid), int(st.Gid)); err != nil {
+	return u.copyMetadataIn(u.work, src, tmp, st, id)
+}
+
+// copyMetadataIn is copyMetadata for tmp in the scratch dir work.
+func (u *FS) copyMetadataIn(work int, src layerRef, tmp string, st *unix.Stat_t, id fs.StableAttr) error {
+	if err := u.chown(work, tmp, int(st.Uid), int(st.Gid)); err != nil {
 		return fmt.Errorf("chown: %w", err)
 	}
 	isLink := st.Mode&unix.S_IFMT == unix.S_IFLNK
@@ -221,7 +234,7 @@ func (u *FS) copyMetadata(src layerRef, tmp string, st *unix.Stat_t, id fs.Stabl
 		if err != nil {
 			return fmt.Errorf("read xattr %s: %w", name, err)
 		}
-		if err := sysx.Setxattr(u.work, tmp, name, v, 0); err != nil {
+		if err := sysx.Setxattr(work, tmp, name, v, 0); err != nil {
 			if isLink || err == unix.EOPNOTSUPP {
 				continue // the upper cannot hold it; kernel overlay skips too
 			}
@@ -232,16 +245,16 @@ func (u *FS) copyMetadata(src layerRef, tmp string, st *unix.Stat_t, id fs.Stabl
 			return fmt.Errorf("copy xattr %s: %w", name, err)
 		}
 	}
-	if err := sysx.Setxattr(u.work, tmp, u.idXattr, []byte(formatID(id)), 0); err != nil && !isLink {
+	if err := sysx.Setxattr(work, tmp, u.idXattr, []byte(formatID(id)), 0); err != nil && !isLink {
 		return fmt.Errorf("record identity: %w", err)
 	}
 	if !isLink {
-		if err := unix.Fchmodat(u.work, tmp, st.Mode&0o7777, 0); err != nil {
+		if err := unix.Fchmodat(work, tmp, st.Mode&0o7777, 0); err != nil {
 			return fmt.Errorf("chmod: %w", err)
 		}
 	}
 	times := []unix.Timespec{st.Atim, st.Mtim}
-	if err := unix.UtimesNanoAt(u.work, tmp, times, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	if err := unix.UtimesNanoAt(work, tmp, times, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("set times: %w", err)
 	}
 	return nil

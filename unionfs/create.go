@@ -25,8 +25,10 @@ var (
 // newObject describes an object to create in a directory.
 type newObject struct {
 	name string
-	// make creates the object as tmp in the work dir.
-	make  func(tmp string) error
+	// make creates the object as tmp in the scratch dir work.
+	make func(work int, tmp string) error
+	// on is the branch a hard link must go on, in a branched union.
+	on    *layer
 	isDir bool
 	// own gives the object the caller's ids; false for hard links.
 	own bool
@@ -43,6 +45,9 @@ func (n *node) create(ctx context.Context, obj newObject) (*found, error) {
 	}
 	if whiteout.IsAufsName(obj.name) {
 		return nil, unix.EPERM // reserved for whiteouts
+	}
+	if u.branched {
+		return n.createBranched(ctx, obj)
 	}
 	parentPath := n.path()
 	path := join(parentPath, obj.name)
@@ -69,7 +74,7 @@ func (n *node) create(ctx context.Context, obj newObject) (*found, error) {
 		return nil, err
 	}
 	tmp := tempName()
-	if err := obj.make(tmp); err != nil {
+	if err := obj.make(u.work, tmp); err != nil {
 		return nil, err
 	}
 	removeTmp := func() {
@@ -139,21 +144,27 @@ func (u *FS) installOver(tmp, path string, isDir, overWhiteout bool) error {
 // chownToCaller gives tmp the calling process's ids, with the group of a
 // set-group-ID parent directory, as the kernel does for new files.
 func (u *FS) chownToCaller(ctx context.Context, parent *node, tmp string, isDir bool) error {
+	return u.chownToCallerOn(ctx, u.upper, u.work, parent.path(), tmp, isDir)
+}
+
+// chownToCallerOn is chownToCaller for tmp in the scratch dir work of
+// layer l, to go in directory parentPath there.
+func (u *FS) chownToCallerOn(ctx context.Context, l *layer, work int, parentPath, tmp string, isDir bool) error {
 	uid, gid, ok := u.callerIDs(ctx)
 	if !ok {
 		return nil
 	}
 	var pst unix.Stat_t
-	if err := u.upper.lstat(parent.path(), &pst); err == nil && pst.Mode&unix.S_ISGID != 0 {
+	if err := l.lstat(parentPath, &pst); err == nil && pst.Mode&unix.S_ISGID != 0 {
 		gid = int(pst.Gid)
 		if isDir {
 			var st unix.Stat_t
-			if err := unix.Fstatat(u.work, tmp, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
-				defer unix.Fchmodat(u.work, tmp, (st.Mode&0o7777)|unix.S_ISGID, 0)
+			if err := unix.Fstatat(work, tmp, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
+				defer unix.Fchmodat(work, tmp, (st.Mode&0o7777)|unix.S_ISGID, 0)
 			}
 		}
 	}
-	if err := u.setOwner(u.work, tmp, uid, gid); err != nil {
+	if err := u.setOwner(work, tmp, uid, gid); err != nil {
 		return fmt.Errorf("chown new object: %w", err)
 	}
 	return nil
@@ -194,9 +205,9 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	defer u.ns.Unlock()
 	openFlags := u.flagsBelow(flags, unix.O_TRUNC)
 	fd := -1
-	f, err := n.create(ctx, newObject{name: name, own: true, make: func(tmp string) error {
+	f, err := n.create(ctx, newObject{name: name, own: true, make: func(work int, tmp string) error {
 		var err error
-		fd, err = unix.Openat(u.work, tmp, openFlags|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, mode&0o7777)
+		fd, err = unix.Openat(work, tmp, openFlags|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, mode&0o7777)
 		return err
 	}})
 	if err != nil {
@@ -218,8 +229,8 @@ func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.En
 	u := n.ufs
 	u.ns.Lock()
 	defer u.ns.Unlock()
-	f, err := n.create(ctx, newObject{name: name, own: true, isDir: true, make: func(tmp string) error {
-		return unix.Mkdirat(u.work, tmp, mode&0o7777)
+	f, err := n.create(ctx, newObject{name: name, own: true, isDir: true, make: func(work int, tmp string) error {
+		return unix.Mkdirat(work, tmp, mode&0o7777)
 	}})
 	if err != nil {
 		return nil, u.errno(err)
@@ -236,8 +247,8 @@ func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, 
 		// A 0/0 character device would read as a whiteout.
 		return nil, syscall.EPERM
 	}
-	f, err := n.create(ctx, newObject{name: name, own: true, make: func(tmp string) error {
-		return unix.Mknodat(u.work, tmp, mode, int(dev))
+	f, err := n.create(ctx, newObject{name: name, own: true, make: func(work int, tmp string) error {
+		return unix.Mknodat(work, tmp, mode, int(dev))
 	}})
 	if err != nil {
 		return nil, u.errno(err)
@@ -250,8 +261,8 @@ func (n *node) Symlink(ctx context.Context, target, name string, out *fuse.Entry
 	u := n.ufs
 	u.ns.Lock()
 	defer u.ns.Unlock()
-	f, err := n.create(ctx, newObject{name: name, own: true, make: func(tmp string) error {
-		return unix.Symlinkat(target, u.work, tmp)
+	f, err := n.create(ctx, newObject{name: name, own: true, make: func(work int, tmp string) error {
+		return unix.Symlinkat(target, work, tmp)
 	}})
 	if err != nil {
 		return nil, u.errno(err)
@@ -281,8 +292,8 @@ func (n *node) Link(ctx context.Context, target fs.InodeEmbedder, name string, o
 		return nil, u.errno(err)
 	}
 	srcDir, srcPath, linkFlags := src.linkSource()
-	f, err := n.create(ctx, newObject{name: name, make: func(tmp string) error {
-		return unix.Linkat(srcDir, srcPath, u.work, tmp, linkFlags)
+	f, err := n.create(ctx, newObject{name: name, on: u.writeLayer(src), make: func(work int, tmp string) error {
+		return unix.Linkat(srcDir, srcPath, work, tmp, linkFlags)
 	}})
 	if err != nil {
 		return nil, u.errno(err)

@@ -24,6 +24,12 @@
 // say so in a Preconditions line, and their counterparts without the
 // suffix take it themselves.
 //
+// Live branch changes (livebranch.go) hold ns for writing while they
+// change the stack and the nodes' merged layers (node.mu under it, a
+// parent's before its child's), and send the kernel's cache
+// invalidations (NotifyEntry, NotifyContent) with no lock held: the
+// kernel may wait on a request that waits on ns.
+//
 // node.mu guards the node's layer state, open-handle counts and
 // serializes its copy-up. file.mu guards a handle's fd and whether it is
 // still on the lower file. FS.refusedMu and the identity caches' locks
@@ -54,8 +60,14 @@ type FS struct {
 	lowers []*layer // topmost first
 	// work is the fd of <workdir>/work, where copy-ups and new objects
 	// are prepared before they are renamed into place.
-	work    int
-	markers whiteout.Markers
+	work int
+	// branched is set for an aufs union with writable branches below
+	// read-only ones or several writable ones: upper is nil and changes
+	// go to a branch chosen per object (see branches.go).
+	branched bool
+	// createRR is the next branch of the rr create policy.
+	createRR atomic.Uint64
+	markers  whiteout.Markers
 	// wformat is the format new whiteouts are written in; with wauto a
 	// refused device node switches it to Xattr. Guarded by ns: only
 	// changes of names (ns held for writing) write whiteouts.
@@ -83,6 +95,10 @@ type FS struct {
 	// daemonReads counts reads served by the daemon rather than by
 	// passthrough.
 	daemonReads atomic.Uint64
+
+	// root is the root node, set by Mount (live branch changes start
+	// from it).
+	root *node
 
 	// mounted is closed once Mount has returned (see crashPoint).
 	mounted chan struct{}
@@ -130,16 +146,27 @@ func New(opts Options, logger *log.Logger) (*FS, error) {
 		u.upper = l
 		index++
 	}
-	for _, p := range opts.Lowers {
-		l, err := openLayer(index, p, false)
+	for i, p := range opts.Lowers {
+		writable := len(opts.Branches) > i && opts.Branches[i].Writable() && !opts.ReadOnly
+		l, err := openLayer(index, p, writable)
 		if err != nil {
 			u.Close()
 			return nil, err
 		}
 		u.lowers = append(u.lowers, l)
 		index++
+		if writable {
+			u.branched = true
+			if err := u.prepareBranchWork(l); err != nil {
+				u.Close()
+				return nil, err
+			}
+		}
 	}
 	u.assignInoBits()
+	if u.branched {
+		u.setUpBranched()
+	}
 	if u.upper != nil && !opts.ReadOnly {
 		if err := u.prepareWork(); err != nil {
 			u.Close()
@@ -180,7 +207,7 @@ func (u *FS) Close() {
 
 // writable reports whether the union accepts changes.
 func (u *FS) writable() bool {
-	return u.upper != nil && !u.opts.ReadOnly
+	return (u.upper != nil || u.branched) && !u.opts.ReadOnly
 }
 
 // prepareWork creates <work>/work, empty, owned by the mounter with mode
@@ -207,12 +234,17 @@ func (u *FS) prepareWork() error {
 // trustedXattrsWork probes whether trusted.* xattrs can be set in the
 // work dir (they cannot without CAP_SYS_ADMIN in the initial namespace).
 func (u *FS) trustedXattrsWork() bool {
+	return trustedXattrsIn(u.work)
+}
+
+// trustedXattrsIn is trustedXattrsWork for the scratch dir work.
+func trustedXattrsIn(work int) bool {
 	name := tempName()
-	if err := unix.Mkdirat(u.work, name, 0o700); err != nil {
+	if err := unix.Mkdirat(work, name, 0o700); err != nil {
 		return false
 	}
-	defer unix.Unlinkat(u.work, name, unix.AT_REMOVEDIR)
-	p := fmt.Sprintf("/proc/self/fd/%d/%s", u.work, name)
+	defer unix.Unlinkat(work, name, unix.AT_REMOVEDIR)
+	p := fmt.Sprintf("/proc/self/fd/%d/%s", work, name)
 	return unix.Setxattr(p, "trusted.unionmount.probe", []byte("y"), 0) == nil
 }
 

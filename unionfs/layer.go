@@ -22,6 +22,11 @@ type layer struct {
 	// filesystems' numbers cannot collide; zero for the upper's.
 	inoBits uint64
 	upper   bool
+	// writable is set on the upper and on a branched union's writable
+	// branches, where work is the fd of the branch's scratch dir
+	// (-1 otherwise; see branches.go).
+	writable bool
+	work     int
 }
 
 func openLayer(index int, path string, upper bool) (*layer, error) {
@@ -34,13 +39,17 @@ func openLayer(index int, path string, upper bool) (*layer, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("stat layer %s: %w", path, err)
 	}
-	return &layer{index: index, path: path, fd: fd, dev: st.Dev, upper: upper}, nil
+	return &layer{index: index, path: path, fd: fd, dev: st.Dev, upper: upper, writable: upper, work: -1}, nil
 }
 
 func (l *layer) close() {
 	if l.fd >= 0 {
 		unix.Close(l.fd)
 		l.fd = -1
+	}
+	if l.work >= 0 {
+		unix.Close(l.work)
+		l.work = -1
 	}
 }
 

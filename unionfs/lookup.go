@@ -48,6 +48,9 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 		return nil, n.ufs.errno(err)
 	}
 	n.ufs.showAttr(f, &out.Attr)
+	if n.ufs.branched {
+		n.refreshChild(name, f)
+	}
 	return n.newChild(ctx, f.state, f.id), 0
 }
 

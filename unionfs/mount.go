@@ -24,6 +24,7 @@ func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuse.Server, *
 		return nil, nil, err
 	}
 	root := &node{ufs: u, st: nodeState{upper: u.upper != nil}}
+	u.root = root
 	for _, l := range u.lowers {
 		root.st.lowers = append(root.st.lowers, layerRef{l, ""})
 	}

@@ -173,16 +173,21 @@ func (u *FS) identityFrom(ref layerRef, st *unix.Stat_t, v []byte, err error) fs
 				// apart, each a node of its own.
 				id.Gen = pathGen(ref.path)
 			}
-			if gen != 0 && ref.l.upper {
+			if gen != 0 && ref.l.upper && !u.branched {
 				// A copied-up name of a lower hard link: a file of
-				// its own, shown with the upper file's number.
+				// its own, shown with the upper file's number. (In
+				// a branched union every object's generation is its
+				// path's, and a copy keeps its number.)
 				u.relabels.set(id, u.inoFor(ref.l, st.Ino))
 			}
 			return id
 		}
 	}
 	id.Ino = u.inoFor(ref.l, st.Ino)
-	if u.brokenApart(ref, st) {
+	if u.brokenApart(ref, st) || u.branched {
+		// In a branched union the branches may change underneath
+		// (aufs's udba=reval): an object that moved there is a new
+		// node, not the old one with a stale layer path.
 		id.Gen = pathGen(ref.path)
 	}
 	if u.index != nil {
@@ -270,6 +275,9 @@ func (n *node) getattr(out *fuse.AttrOut) syscall.Errno {
 func (n *node) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
 	l := n.ufs.upper
 	if l == nil {
+		// The lowers change under ns (live branch changes).
+		n.ufs.ns.RLock()
+		defer n.ufs.ns.RUnlock()
 		l = n.ufs.lowers[0]
 	}
 	var s unix.Statfs_t

@@ -55,7 +55,7 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 			return nil, 0, u.errno(err)
 		}
 	}
-	f, fuseFlags := n.newHandle(fd, openFlags, !st.dataUpper())
+	f, fuseFlags := n.newHandle(fd, openFlags, !st.dataUpper() && !(u.branched && ref.l.writable))
 	return f, fuseFlags, 0
 }
 

@@ -86,6 +86,17 @@ type Options struct {
 	// CacheTimeout is how long the kernel may cache names and
 	// attributes (timeout=SECONDS).
 	CacheTimeout time.Duration
+	// WorkInUpper puts the default work dir inside the upper, under a
+	// .wh. name the union never shows, as aufs keeps its housekeeping
+	// (br= mounts without workdir=; see branches.go).
+	WorkInUpper bool
+	// Branches, set only for an aufs br= mount that does not fit the
+	// upper-over-lowers shape (a writable branch below a read-only one,
+	// or several writable ones), is the whole stack, leftmost on top;
+	// Lowers then names the same directories (see branches.go).
+	Branches []Branch
+	// Create is the aufs create policy of such a mount (create=).
+	Create CreatePolicy
 	// Crash is the fault-injection seam of crash tests: called with the
 	// name of each crash point (CrashPoints) a copy-up passes; nil
 	// otherwise.
@@ -114,6 +125,9 @@ func ParseOptions(optionLists []string) (Options, error) {
 			if opt == "" {
 				continue
 			}
+			if strings.HasPrefix(opt, "br:") {
+				opt = "br=" + opt[len("br:"):] // Docker's aufs driver writes br:DIR=rw:...
+			}
 			key, value, hasValue := strings.Cut(opt, "=")
 			spec, ok := lookupOption(key)
 			switch {
@@ -137,12 +151,17 @@ func ParseOptions(optionLists []string) (Options, error) {
 		if len(lowers) > 0 || o.Upper != "" {
 			return o, badOption("br= names every branch: it cannot be mixed with lowerdir= or upperdir=")
 		}
-		var err error
-		if o.Upper, lowers, err = parseBranches(p.branches); err != nil {
+		branches, err := parseBranches(p.branches)
+		if err != nil {
 			return o, err
 		}
+		o.Upper, lowers, o.Branches = branchLayers(branches)
 		if o.Whiteout == "" {
 			o.Whiteout = "aufs" // what aufs tools expect to find in the branches
+		}
+		o.WorkInUpper = o.Upper != "" && o.Work == ""
+		if p.udba != "none" && !p.timeoutSet {
+			o.CacheTimeout = 0 // udba=reval: see changes made underneath
 		}
 	}
 	// squash_to_uid and squash_to_gid take precedence over squash_to_root.
@@ -156,49 +175,6 @@ func ParseOptions(optionLists []string) (Options, error) {
 	}
 	o.Lowers = lowers
 	return o, nil
-}
-
-// parseBranches reads aufs's branch list, DIR[=PERM]:DIR[=PERM]...,
-// leftmost on top. PERM is rw (writable; the default for the leftmost
-// branch), ro or rr (read-only; the default for the rest), optionally
-// with aufs's +wh or +nolwh attributes. One writable branch, on top,
-// becomes the upper layer; aufs's several writable branches with create
-// policies are refused.
-func parseBranches(list string) (upper string, lowers []string, err error) {
-	for i, br := range splitEscaped(list, ':') {
-		dir, perm := br, ""
-		if at := strings.LastIndexByte(br, '='); at >= 0 {
-			dir, perm = br[:at], br[at+1:]
-		}
-		if dir == "" {
-			return "", nil, badOption("br=: branch %d has no directory", i+1)
-		}
-		base, _, _ := strings.Cut(perm, "+")
-		switch base {
-		case "":
-			if i == 0 {
-				upper = dir
-				continue
-			}
-		case "rw":
-			if upper != "" {
-				return "", nil, badOption("br=: %s and %s are both writable; several writable branches (aufs create policies) are not supported, mark all but the top one =ro", upper, dir)
-			}
-			if i != 0 {
-				return "", nil, badOption("br=: the writable branch %s must be the leftmost (top) one", dir)
-			}
-			upper = dir
-			continue
-		case "ro", "rr":
-		default:
-			return "", nil, badOption("br=: branch %s has permission %q: want rw, ro or rr (with +wh or +nolwh)", dir, perm)
-		}
-		lowers = append(lowers, dir)
-	}
-	if len(lowers) == 0 {
-		return "", nil, badOption("br=: a union needs at least one read-only branch below %s", upper)
-	}
-	return upper, lowers, nil
 }
 
 // splitEscaped splits s at sep, honouring backslash escapes of sep and
@@ -271,11 +247,16 @@ func (o *Options) Validate(mountpoint string) error {
 			return err
 		}
 	}
+	for i := range o.Branches {
+		o.Branches[i].Path = o.Lowers[i]
+	}
 	if o.Upper != "" {
 		if o.Upper, err = checkDir("upper", o.Upper); err != nil {
 			return err
 		}
-		if o.Work == "" {
+		if o.Work == "" && o.WorkInUpper {
+			o.Work = filepath.Join(o.Upper, workDirName)
+		} else if o.Work == "" {
 			o.Work = filepath.Join(filepath.Dir(o.Upper), "."+filepath.Base(o.Upper)+".unionmount-work")
 			if _, err := os.Lstat(o.Work); err == nil {
 				if o.Work, err = checkDir("work", o.Work); err != nil {
@@ -299,7 +280,7 @@ func (o *Options) Validate(mountpoint string) error {
 		}
 	}
 	if o.Upper != "" {
-		if overlaps(o.Upper, o.Work) {
+		if overlaps(o.Upper, o.Work) && !o.WorkInUpper {
 			return badOption("upper dir %s and work dir %s overlap: one is inside the other", o.Upper, o.Work)
 		}
 		if err := sameFilesystem(o.Upper, o.Work); err != nil {

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -60,6 +61,32 @@ func TestParseOptions(t *testing.T) {
 			assert.Equal(t, "", o.Upper)
 			assert.Equal(t, []string{"/a", "/b"}, o.Lowers)
 		}},
+		{"aufs writable branch below a read-only one: a branched union", []string{"br=/a=ro:/b=rw"}, func(t *testing.T, o Options) {
+			assert.Equal(t, "", o.Upper)
+			assert.Equal(t, []string{"/a", "/b"}, o.Lowers)
+			assert.Equal(t, []Branch{{Path: "/a", Mode: "ro"}, {Path: "/b", Mode: "rw"}}, o.Branches)
+		}},
+		{"aufs several writable branches: a branched union", []string{"br=/a=rw:/b=rw+nolwh:/c"}, func(t *testing.T, o Options) {
+			assert.Equal(t, []Branch{{Path: "/a", Mode: "rw"}, {Path: "/b", Mode: "rw", Attrs: "nolwh"}, {Path: "/c", Mode: "ro"}}, o.Branches)
+		}},
+		{"Docker's aufs mount data", []string{"br:/rw=rw:/ro1=ro+wh:/ro2=ro+wh,dio,xino=/dev/shm/aufs.xino,dirperm1"}, func(t *testing.T, o Options) {
+			assert.Equal(t, "/rw", o.Upper, "one writable branch on top: kernel overlay's shape")
+			assert.Equal(t, []string{"/ro1", "/ro2"}, o.Lowers)
+			assert.Equal(t, time.Duration(0), o.CacheTimeout, "udba=reval by default: changes underneath show")
+		}},
+		{"aufs udba=none caches as lowerdir mounts do", []string{"br=/a=ro:/b=rw,udba=none,create=tdp,noplink"}, func(t *testing.T, o Options) {
+			assert.Equal(t, DefaultCacheTimeout, o.CacheTimeout)
+			assert.Equal(t, CreateTDP, o.Create)
+		}},
+		{"aufs create=mfs with aufs's seconds", []string{"br=/a:/b=rw,create=mfs:30"}, func(t *testing.T, o Options) {
+			assert.Equal(t, CreateMFS, o.Create)
+		}},
+		{"aufs create=rr", []string{"br=/a:/b=rw,create=rr"}, func(t *testing.T, o Options) {
+			assert.Equal(t, CreateRR, o.Create)
+		}},
+		{"aufs timeout= wins over udba", []string{"br=/a=ro:/b=rw,timeout=5"}, func(t *testing.T, o Options) {
+			assert.Equal(t, 5*time.Second, o.CacheTimeout)
+		}},
 		{"id mappings", []string{"lower=/a,uidmapping=0:1000:1:1:100000:65536,gidmapping=0:1000:1,xattr_permissions=2"}, func(t *testing.T, o Options) {
 			assert.Equal(t, uint32(100004), o.UIDMap.Shown(5))
 			assert.Equal(t, uint32(1000), o.GIDMap.Shown(0))
@@ -75,9 +102,10 @@ func TestParseOptions(t *testing.T) {
 	}
 	for bad, says := range map[string]string{
 		"lower": "needs a value", "frob=1": "unknown option", "redirect_dir=maybe": "redirect_dir", "fsync=2": "fsync", "rw=1": "takes no value",
-		"br=/a=rw:/b=rw":        "several writable branches",
-		"br=/a=ro:/b=rw":        "must be the leftmost",
-		"br=/a=rw":              "at least one read-only branch",
+		"br=/a=rw:=ro":          "no directory",
+		"br=/a:/b,udba=often":   "udba",
+		"br=/a:/b,create=pmfs":  "create",
+		"br=/a=rw+frob:/b":      `attribute "frob"`,
 		"br=/a=rw:/b=maybe":     `permission "maybe"`,
 		"br=/a:/b,lowerdir=/c":  "cannot be mixed",
 		"uidmapping=0:1000":     "uidmapping",

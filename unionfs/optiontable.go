@@ -33,6 +33,10 @@ type optionParse struct {
 	lowers     []string
 	branches   string
 	squashRoot bool
+	// timeoutSet and udba decide a br= mount's cache timeout (see
+	// ParseOptions).
+	timeoutSet bool
+	udba       string
 }
 
 // optionTable lists every option, in the order --help shows them.
@@ -47,9 +51,9 @@ var optionTable = []optionSpec{
 		}},
 	{names: []string{"upperdir", "upper"}, value: "DIR", doc: "the writable layer; without one the union is read-only",
 		set: func(p *optionParse, _, v string) error { p.o.Upper = unescape(v); return nil }},
-	{names: []string{"workdir", "work"}, value: "DIR", doc: "scratch dir on the upper's filesystem (default: a hidden sibling of the upper)",
+	{names: []string{"workdir", "work"}, value: "DIR", doc: "scratch dir on the upper's filesystem (default: a hidden sibling of the upper; for br= mounts .wh..wh.unionmount inside the writable branch, never shown, as aufs keeps its housekeeping)",
 		set: func(p *optionParse, _, v string) error { p.o.Work = unescape(v); return nil }},
-	{names: []string{"br", "dirs"}, value: "DIR=rw:DIR=ro...", doc: "aufs branches, leftmost on top; one writable branch, on top; aufs whiteouts unless whiteout= says otherwise",
+	{names: []string{"br", "dirs"}, value: "DIR=rw:DIR=ro...", doc: "aufs branches (also br:DIR=rw:..., Docker's form), leftmost on top, each rw, ro or rr (+wh, +nolwh), writable ones anywhere (a single one on top is an upper dir); aufs whiteouts unless whiteout= says otherwise",
 		set: func(p *optionParse, key, v string) error {
 			if v == "" {
 				return badOption("%s needs a value: DIR[=rw|ro][:DIR[=ro]...]", key)
@@ -57,6 +61,25 @@ var optionTable = []optionSpec{
 			p.branches = v
 			return nil
 		}},
+	{names: []string{"create"}, value: "tdp|rr|mfs", doc: "aufs: which writable branch a new name goes on: tdp (default) the topmost holding the parent dir, rr round robin, mfs the most free space",
+		set: func(p *optionParse, _, v string) error {
+			c, err := ParseCreatePolicy(v)
+			p.o.Create = c
+			return err
+		}},
+	{names: []string{"udba"}, value: "reval|none|notify", doc: "aufs: reval (default for br=) sees changes made in the branches underneath: names and attributes are cached for 0 s unless timeout= says otherwise; none caches as lowerdir= mounts do; notify is taken as reval",
+		set: func(p *optionParse, key, v string) error {
+			switch v {
+			case "reval", "none", "notify":
+				p.udba = v
+				return nil
+			}
+			return badOption("%s=%q: want reval, none or notify", key, v)
+		}},
+	{names: []string{"dio", "dirperm1", "noplink", "plink", "nodirperm1", "nodio", "shwh", "noshwh", "sum", "nosum", "warn_perm", "nowarn_perm", "verbose", "noverbose", "trunc_xino", "notrunc_xino", "noxino", "acl", "noatime_branch"},
+		ignored: true, doc: "aufs switches Docker and aufs tools pass, with no effect here: dio (O_DIRECT is passed on as it is), dirperm1 (permissions are checked on the topmost copy, as dirperm1 asks), plink/noplink (hard links of a branch are real links, nothing to keep)"},
+	{names: []string{"xino", "trunc_xino_path", "wbr_copyup", "cpup", "wbr_create", "rdblk", "rdhash", "dirwh", "plink_maint"}, value: "...", ignored: true,
+		doc: "aufs settings with a value, no effect here: xino= (inode numbers are kept without a file), cpup= (copy-up goes to the topmost writable branch above)"},
 	{names: []string{"redirect_dir"}, value: "on|follow|off|nofollow", doc: "on (default): renaming a lower directory works (a redirect xattr, as kernel overlay); otherwise EXDEV, and nofollow ignores existing redirects",
 		set: func(p *optionParse, _, v string) error {
 			switch v {
@@ -114,6 +137,7 @@ var optionTable = []optionSpec{
 				return badOption("timeout=%q: want seconds the kernel may cache names and attributes", v)
 			}
 			p.o.CacheTimeout = time.Duration(secs * float64(time.Second))
+			p.timeoutSet = true
 			return nil
 		}},
 	{names: []string{"uidmapping"}, value: "S:M:N[:S:M:N...]", doc: "ids S..S+N-1 in the layers show as M..M+N-1; ids no range covers show as 65534",
@@ -148,7 +172,7 @@ var optionTable = []optionSpec{
 
 	// Accepted so that option strings written for kernel overlay, for
 	// mount(8) and fstab, or for other FUSE filesystems work unchanged.
-	{names: []string{"nfs_export", "uuid", "xino", "verity", "subtype"}, value: "...", valueOptional: true, ignored: true,
+	{names: []string{"nfs_export", "uuid", "verity", "subtype"}, value: "...", valueOptional: true, ignored: true,
 		doc: "kernel overlay features this union does not implement: off is what they mean here"},
 	{names: []string{"rw", "dev", "nodev", "suid", "nosuid", "exec", "noexec", "atime", "noatime",
 		"relatime", "norelatime", "strictatime", "nodiratime", "diratime", "lazytime", "nolazytime", "sync", "async",

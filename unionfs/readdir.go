@@ -309,7 +309,7 @@ func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 func (d *dirHandle) Fsyncdir(ctx context.Context, flags uint32) syscall.Errno {
 	u := d.n.ufs
 	if u.upper == nil {
-		return 0
+		return 0 // a branched union's writes are synced as each branch's filesystem does
 	}
 	u.ns.RLock()
 	defer u.ns.RUnlock()

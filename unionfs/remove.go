@@ -70,6 +70,9 @@ func (n *node) Rmdir(ctx context.Context, name string) syscall.Errno {
 // ns for writing.
 func (n *node) removeName(name string, f *found) error {
 	u := n.ufs
+	if u.branched {
+		return n.removeBranched(name, f)
+	}
 	parentPath := n.path()
 	path := join(parentPath, name)
 	needWhiteout, err := u.lowerHas(parentPath, n.state(), name)

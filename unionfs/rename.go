@@ -79,6 +79,9 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 		if dst.found == nil {
 			return syscall.ENOENT
 		}
+		if u.branched {
+			return syscall.EXDEV // see branches.go
+		}
 		return u.errno(u.exchange(src, dst))
 	}
 	if dst.found != nil {
@@ -89,7 +92,11 @@ func (n *node) Rename(ctx context.Context, name string, newParent fs.InodeEmbedd
 			return 0 // two names of one file: POSIX says do nothing
 		}
 	}
-	if err := u.move(src, dst); err != nil {
+	move := u.move
+	if u.branched {
+		move = u.moveBranched
+	}
+	if err := move(src, dst); err != nil {
 		return u.errno(err)
 	}
 	if dst.found != nil {

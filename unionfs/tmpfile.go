@@ -25,6 +25,9 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	if !u.writable() {
 		return nil, nil, 0, syscall.EROFS
 	}
+	if u.branched {
+		return nil, nil, 0, syscall.EOPNOTSUPP // the kernel falls back to a named file
+	}
 	if err := u.copyUp(n, true); err != nil {
 		return nil, nil, 0, u.errno(err)
 	}
@@ -88,7 +91,9 @@ func (n *node) linkSource() (dirfd int, path string, flags int) {
 		return unix.AT_FDCWD, sysx.FdPath(anon), unix.AT_SYMLINK_FOLLOW
 	}
 	if ref, _ := n.ufs.top(n.state(), n.path()); ref.l != nil && ref.l != n.ufs.upper {
-		return ref.l.fd, ref.path, 0 // an indexed hard link: its entry
+		// An indexed hard link (its entry), or an object on a
+		// writable branch of a branched union.
+		return ref.l.fd, ref.path, 0
 	}
 	return n.ufs.upper.fd, n.path(), 0
 }

@@ -45,6 +45,8 @@ func run(args []string, stderr io.Writer) int {
 			return runApply(args[1:], os.Stdout, stderr)
 		case "status":
 			return runStatus(args[1:], os.Stdout, stderr)
+		case "branch":
+			return runBranch(args[1:], os.Stdout, stderr)
 		}
 	}
 	flags := pflag.NewFlagSet("unionmount", pflag.ContinueOnError)

@@ -77,7 +77,7 @@ func TestBadInputExitsTwoWithOneLineAndWritesNothing(t *testing.T) {
 		{"a bad redirect_dir value", []string{"-o", "lower=" + lower + ",redirect_dir=maybe", mnt}, "redirect_dir"},
 		{"an unknown flag", []string{"--frobnicate", mnt}, "unknown flag"},
 		{"no mount point", []string{"-o", "lower=" + lower}, "MOUNTPOINT"},
-		{"two writable aufs branches", []string{"-o", "br=" + upper + "=rw:" + lower + "=rw", mnt}, "several writable branches"},
+		{"an aufs branch of an unknown permission", []string{"-o", "br=" + upper + "=rw:" + lower + "=maybe", mnt}, `permission "maybe"`},
 		{"aufs branches mixed with lowerdir", []string{"-o", "br=" + upper + "=rw:" + lower + "=ro,lowerdir=" + lower, mnt}, "cannot be mixed"},
 		{"a bad uidmapping", []string{"-o", "lower=" + lower + ",uidmapping=0:1000", mnt}, "uidmapping"},
 		{"convert without --to", []string{"convert", lower}, "--to"},
@@ -272,6 +272,14 @@ func TestAufsBranchesMountWithAufsWhiteouts(t *testing.T) {
 	out, err = exec.Command("fusermount3", "-u", mnt).CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	waitUnmounted(t, mnt)
+	ents, err := os.ReadDir(root)
+	require.NoError(t, err)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	assert.Equal(t, []string{"bottom", "mid", "mnt", "top"}, names, "no work dir left beside the branch")
+	assert.DirExists(t, top+"/.wh..wh.unionmount", "aufs-style housekeeping inside the writable branch")
 }
 
 // apply and convert from the command line: a layer tarball with a

@@ -106,10 +106,24 @@ func serve(mountpoint string, given []string, opts unionfs.Options, stderr io.Wr
 	dev, err := mountstate.DeviceOf(abs)
 	if err != nil {
 		logger.Printf("%s: %v", mountpoint, err)
-	} else if remove, err := writeRecord(abs, dev, given, opts, ufs, logPath); err != nil {
-		logger.Printf("%s: no status record: %v", mountpoint, err)
 	} else {
-		defer remove()
+		control := mountstate.ControlPath(mountstate.Dir(), dev)
+		record := func() error {
+			_, err := writeRecord(abs, dev, given, opts, ufs, logPath, control)
+			return err
+		}
+		stop, err := serveControl(control, ufs, record, logger)
+		if err != nil {
+			logger.Printf("%s: no control socket (branch changes refused): %v", mountpoint, err)
+			control = ""
+		} else {
+			defer stop()
+		}
+		if remove, err := writeRecord(abs, dev, given, opts, ufs, logPath, control); err != nil {
+			logger.Printf("%s: no status record: %v", mountpoint, err)
+		} else {
+			defer remove()
+		}
 	}
 	if ready != nil {
 		fmt.Fprintln(ready, "ok")

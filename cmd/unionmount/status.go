@@ -125,11 +125,18 @@ func describeMode(m unionfs.Mode) string {
 }
 
 // writeRecord leaves the record status reads, once the mount is ready.
-func writeRecord(mountpoint, dev string, given []string, opts unionfs.Options, ufs *unionfs.FS, logPath string) (func(), error) {
+func writeRecord(mountpoint, dev string, given []string, opts unionfs.Options, ufs *unionfs.FS, logPath, control string) (func(), error) {
+	var lowers []string
+	for _, b := range ufs.Branches() {
+		if b.Path != opts.Upper {
+			lowers = append(lowers, b.Path)
+		}
+	}
 	return mountstate.Write(mountstate.Dir(), mountstate.Record{
 		Mountpoint: mountpoint,
 		PID:        os.Getpid(),
-		Lowers:     opts.Lowers,
+		Control:    control,
+		Lowers:     lowers,
 		Upper:      opts.Upper,
 		Work:       opts.Work,
 		Options:    given,

@@ -37,6 +37,16 @@ type Record struct {
 	// Device is the mount's device number as the mount table gives it
 	// ("0:53"): the key that joins a record to its mount.
 	Device string `json:"device"`
+	// Control is the daemon's control socket (a unix socket, mode 0600,
+	// beside the record), where `unionmount branch` asks for branch
+	// changes; empty for a daemon without one.
+	Control string `json:"control,omitempty"`
+}
+
+// ControlPath is where the daemon of the mount with device dev keeps its
+// control socket in dir.
+func ControlPath(dir, dev string) string {
+	return filepath.Join(dir, "mount-"+strings.ReplaceAll(dev, ":", "-")+".sock")
 }
 
 // Mount is one union in the mount table, with its daemon's record when

@@ -76,11 +76,34 @@ type Mounted struct {
 
 // Start mounts unionmount over l with extra -o options.
 func Start(l *fstest.Layers, extra ...string) (*Mounted, error) {
-	opts, err := unionfs.ParseOptions(append([]string{l.EscapedOptions()}, extra...))
+	return StartAt(l.Mount, append([]string{l.EscapedOptions()}, extra...)...)
+}
+
+// MountAt mounts unionmount at mountpoint with the given -o options
+// alone (an aufs br= mount names its branches itself), and unmounts it
+// at cleanup.
+func MountAt(t testing.TB, mountpoint string, options ...string) *Mounted {
+	t.Helper()
+	fstest.RequireFUSE(t)
+	m, err := StartAt(mountpoint, options...)
+	if err != nil {
+		t.Fatalf("mount: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := m.Unmount(); err != nil {
+			t.Error(err)
+		}
+	})
+	return m
+}
+
+// StartAt mounts unionmount at mountpoint with the given -o options.
+func StartAt(mountpoint string, options ...string) (*Mounted, error) {
+	opts, err := unionfs.ParseOptions(options)
 	if err != nil {
 		return nil, err
 	}
-	if err := opts.Validate(l.Mount); err != nil {
+	if err := opts.Validate(mountpoint); err != nil {
 		return nil, err
 	}
 	opts.Debug = os.Getenv("UNIONMOUNT_TRACE") != ""
@@ -89,11 +112,11 @@ func Start(l *fstest.Layers, extra ...string) (*Mounted, error) {
 	if opts.Debug {
 		logTo = io.MultiWriter(logs, os.Stderr) // the trace, as it happens
 	}
-	server, ufs, err := unionfs.Mount(l.Mount, opts, log.New(logTo, "", 0))
+	server, ufs, err := unionfs.Mount(mountpoint, opts, log.New(logTo, "", 0))
 	if err != nil {
 		return nil, err
 	}
-	return &Mounted{FS: ufs, dir: l.Mount, stop: server.Unmount, logs: logs, close: func() {
+	return &Mounted{FS: ufs, dir: mountpoint, stop: server.Unmount, logs: logs, close: func() {
 		server.Wait()
 		ufs.Close()
 	}}, nil
