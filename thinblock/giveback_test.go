@@ -113,7 +113,9 @@ func TestDeletedVolumesGiveTheirSpaceBackOnceCommitted(t *testing.T) {
 	require.NoError(t, p.DeleteVolume(1))
 	require.NoError(t, p.Commit())
 	after := allocated(t, dataPath)
-	assert.LessOrEqual(t, after, full-int64(256<<20), "the deleted volume's 256 MiB go back to the host (%d -> %d bytes)", full, after)
+	// The host filesystem may keep a block of its own extent tree more
+	// or less (4 KiB on ext4, seen once): one data block's slack.
+	assert.LessOrEqual(t, after, full-int64(256<<20)+64<<10, "the deleted volume's 256 MiB go back to the host (%d -> %d bytes)", full, after)
 	readsPattern(t, p, 2, 0, 0xb2)
 	st, err := p.Status()
 	require.NoError(t, err)

@@ -6,13 +6,14 @@
 // Locks, in the order they are taken (a lock is only ever taken while
 // holding the ones above it on its branch):
 //
-//	dirHandle.mu                 a directory listing is taken under it
-//	└── FS.ns                    the namespace lock
-//	    ├── node.mu              a parent's before its child's
-//	    │   ├── file.mu          (newHandle: a handle is made under node.mu)
-//	    │   └── inodeIndex.mu    (copy-up of a lower hard link, index.go)
-//	    ├── inodeIndex.mu        a name change of an indexed hard link
-//	    └── file.mu              switching a handle to the upper copy
+//	ioModeOrder.mu              around whole OPEN, CREATE and RELEASE requests
+//	dirHandle.mu                a directory listing is taken under it
+//	└── FS.ns                   the namespace lock, under either of the above
+//	    ├── node.mu             a parent's before its child's
+//	    │   ├── file.mu         (newHandle: a handle is made under node.mu)
+//	    │   └── inodeIndex.mu   (copy-up of a lower hard link, index.go)
+//	    ├── inodeIndex.mu       a name change of an indexed hard link
+//	    └── file.mu             switching a handle to the upper copy
 //
 // FS.ns: operations that change names (create, link, unlink, rmdir,
 // rename) hold it for writing, the rest for reading, so the union-relative

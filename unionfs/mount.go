@@ -86,7 +86,7 @@ func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuse.Server, *
 		Logger:          logger,
 		RootStableAttr:  &fs.StableAttr{Ino: 1},
 	}
-	server, err := fuse.NewServer(newImplicitDirs(&relabelReplies{&namespaceChanges{fs.NewNodeFS(root, fsopts), u}, u.relabels}), mountpoint, &fsopts.MountOptions)
+	server, err := fuse.NewServer(newImplicitDirs(&relabelReplies{&namespaceChanges{&ioModeOrder{RawFileSystem: fs.NewNodeFS(root, fsopts)}, u}, u.relabels}), mountpoint, &fsopts.MountOptions)
 	if err == nil {
 		go server.Serve()
 		err = server.WaitMount()
