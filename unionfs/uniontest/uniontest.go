@@ -50,17 +50,7 @@ func (b *syncBuffer) String() string {
 // FUSE operations. A test whose mount logged an internal fault fails.
 func Mount(t testing.TB, l *fstest.Layers, extra ...string) *Mounted {
 	t.Helper()
-	fstest.RequireFUSE(t)
-	m, err := Start(l, extra...)
-	if err != nil {
-		t.Fatalf("mount: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := m.Unmount(); err != nil {
-			t.Error(err)
-		}
-	})
-	return m
+	return MountAt(t, l.Mount, append([]string{l.EscapedOptions()}, extra...)...)
 }
 
 // Mounted is a union served by this process, for tests that manage the
