@@ -255,7 +255,7 @@ func (n *node) createBranched(ctx context.Context, obj newObject) (*found, error
 	ps := n.state()
 	if _, err := u.lookup(parentPath, ps, obj.name); err == nil {
 		return nil, unix.EEXIST
-	} else if !errors.Is(err, errNotFound) {
+	} else if !errors.Is(err, errNoSuchName) {
 		return nil, err
 	}
 	limit := u.hiddenAt(ps, obj.name)
@@ -278,7 +278,7 @@ func (n *node) createBranched(ctx context.Context, obj newObject) (*found, error
 			return nil, unix.EEXIST
 		}
 		overWhiteout = true
-	} else if !isNotFound(err) {
+	} else if !isMissingInLayer(err) {
 		return nil, err
 	}
 	aufsWhiteout := whiteout.HasAufsWhiteout(t.fd, parentPath, obj.name)
@@ -313,7 +313,7 @@ func (n *node) createBranched(ctx context.Context, obj newObject) (*found, error
 		unix.Unlinkat(t.work, tmp, 0) // the whiteout it replaced
 	}
 	if aufsWhiteout {
-		if err := unix.Unlinkat(t.fd, join(parentPath, whiteout.AufsWhiteoutOf(obj.name)), 0); err != nil && !isNotFound(err) {
+		if err := unix.Unlinkat(t.fd, join(parentPath, whiteout.AufsWhiteoutOf(obj.name)), 0); err != nil && !isMissingInLayer(err) {
 			return nil, fmt.Errorf("remove the whiteout of %s: %w", path, err)
 		}
 	}
@@ -402,7 +402,7 @@ func (u *FS) whiteoutOn(t *layer, path string) error {
 		return fmt.Errorf("install whiteout %s on %s: %w", path, t.path, err)
 	}
 	if u.wformat == whiteout.Aufs {
-		if err := unix.Unlinkat(t.fd, path, 0); err != nil && !isNotFound(err) {
+		if err := unix.Unlinkat(t.fd, path, 0); err != nil && !isMissingInLayer(err) {
 			return fmt.Errorf("remove %s behind its whiteout: %w", path, err)
 		}
 	}
@@ -456,7 +456,7 @@ func (u *FS) moveBranched(src, dst *renameSide) error {
 	}
 	// Its copy on t now lies at the new name.
 	srcNode.setState(nodeState{lowers: []layerRef{{t, dst.path}}})
-	if err := unix.Unlinkat(t.fd, join(dst.dir.path(), whiteout.AufsWhiteoutOf(dst.name)), 0); err != nil && !isNotFound(err) {
+	if err := unix.Unlinkat(t.fd, join(dst.dir.path(), whiteout.AufsWhiteoutOf(dst.name)), 0); err != nil && !isMissingInLayer(err) {
 		return fmt.Errorf("remove the whiteout of %s: %w", dst.path, err)
 	}
 	if needWhiteout {

@@ -61,12 +61,12 @@ func (n *node) create(ctx context.Context, obj newObject) (*found, error) {
 			return nil, unix.EEXIST
 		}
 		overWhiteout = true
-	} else if !isNotFound(err) {
+	} else if !isMissingInLayer(err) {
 		return nil, err
 	} else if aufsWhiteout = whiteout.HasAufsWhiteout(u.upper.fd, parentPath, obj.name); !aufsWhiteout {
 		if _, err := u.lookup(parentPath, nodeState{lowers: n.state().lowers}, obj.name); err == nil {
 			return nil, unix.EEXIST
-		} else if !errors.Is(err, errNotFound) {
+		} else if !errors.Is(err, errNoSuchName) {
 			return nil, err
 		}
 	}
@@ -333,7 +333,7 @@ func (u *FS) makeWhiteout(path string) error {
 		return fmt.Errorf("install whiteout %s: %w", path, err)
 	}
 	if u.wformat == whiteout.Aufs {
-		if err := unix.Unlinkat(u.upper.fd, path, 0); err != nil && !isNotFound(err) {
+		if err := unix.Unlinkat(u.upper.fd, path, 0); err != nil && !isMissingInLayer(err) {
 			return fmt.Errorf("remove %s behind its whiteout: %w", path, err)
 		}
 	}
@@ -344,7 +344,7 @@ func (u *FS) makeWhiteout(path string) error {
 // stands there.
 func (u *FS) dropAufsWhiteout(path string) error {
 	err := unix.Unlinkat(u.upper.fd, join(dirOf(path), whiteout.AufsWhiteoutOf(baseOf(path))), 0)
-	if err != nil && !isNotFound(err) {
+	if err != nil && !isMissingInLayer(err) {
 		return fmt.Errorf("remove the whiteout of %s: %w", path, err)
 	}
 	return nil

@@ -157,7 +157,7 @@ func (u *FS) entryOf(ref layerRef) (string, unix.Stat_t, error) {
 	}
 	name := hex.EncodeToString(fh)
 	if err := u.index.dir.lstat(name, &st); err != nil {
-		if isNotFound(err) {
+		if isMissingInLayer(err) {
 			return "", st, nil
 		}
 		return "", st, err
@@ -374,7 +374,7 @@ func (u *FS) copyUpIndexed(src layerRef, path string, id fs.StableAttr) (string,
 //
 // Preconditions: index.mu is held.
 func (u *FS) makeEntryLocked(src layerRef, st *unix.Stat_t, id fs.StableAttr, fh []byte, name, path string) (err error) {
-	if err := unix.Unlinkat(u.index.dir.fd, name, 0); err != nil && !isNotFound(err) {
+	if err := unix.Unlinkat(u.index.dir.fd, name, 0); err != nil && !isMissingInLayer(err) {
 		return fmt.Errorf("clear index whiteout %s: %w", name, err)
 	}
 	tmp := tempName()

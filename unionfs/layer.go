@@ -72,8 +72,10 @@ func (l *layer) open(path string, flags int, mode uint32) (int, error) {
 	return sysx.OpenInRoot(l.fd, rel(path), flags, mode)
 }
 
-// isNotFound reports errors that mean "nothing by that name here".
-func isNotFound(err error) bool {
+// isMissingInLayer reports a system call's errors that mean "nothing by
+// that name in this layer" (ENOENT, or ENOTDIR for a path through a
+// non-directory), unlike errNoSuchName, the union lookup's own answer.
+func isMissingInLayer(err error) bool {
 	return errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR)
 }
 

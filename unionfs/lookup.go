@@ -36,8 +36,8 @@ func (u *FS) showAttr(f *found, a *fuse.Attr) {
 
 func (f *found) isDir() bool { return f.stat.Mode&unix.S_IFMT == unix.S_IFDIR }
 
-// errNotFound is the lookup answer for a name no layer shows.
-var errNotFound = unix.ENOENT
+// errNoSuchName is the lookup answer for a name no layer shows.
+var errNoSuchName = unix.ENOENT
 
 // Lookup finds name in the merged directory.
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -55,7 +55,7 @@ func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs
 }
 
 // lookupNode is Lookup for callers that hold ns: it finds name under
-// parent and returns the child node, or errNotFound.
+// parent and returns the child node, or errNoSuchName.
 func (n *node) lookupNode(ctx context.Context, name string) (*node, *found, error) {
 	f, err := n.ufs.lookup(n.path(), n.state(), name)
 	if err != nil {
@@ -71,7 +71,7 @@ func (n *node) lookupNode(ctx context.Context, name string) (*node, *found, erro
 // non-directory ends the search; an opaque directory stops the merge.
 func (u *FS) lookup(parentPath string, ps nodeState, name string) (*found, error) {
 	if whiteout.IsAufsName(name) {
-		return nil, errNotFound // aufs markers never show
+		return nil, errNoSuchName // aufs markers never show
 	}
 	path := join(parentPath, name)
 	var f found
@@ -85,7 +85,7 @@ func (u *FS) lookup(parentPath string, ps nodeState, name string) (*found, error
 		switch {
 		case err == nil:
 			if u.markers.IsWhiteout(u.upper.fd, path, &f.stat) {
-				return nil, errNotFound
+				return nil, errNoSuchName
 			}
 			have = true
 			f.state.upper = true
@@ -104,10 +104,10 @@ func (u *FS) lookup(parentPath string, ps nodeState, name string) (*found, error
 			if r, ok := u.redirect(u.upper.fd, path); ok {
 				plan = u.redirectPlan(plan, r, -1)
 			}
-		case !isNotFound(err):
+		case !isMissingInLayer(err):
 			return nil, err
 		case whiteout.HasAufsWhiteout(u.upper.fd, parentPath, name):
-			return nil, errNotFound
+			return nil, errNoSuchName
 		}
 	}
 	for i := 0; i < len(plan); i++ {
@@ -131,7 +131,7 @@ func (u *FS) lookup(parentPath string, ps nodeState, name string) (*found, error
 		}
 		var st unix.Stat_t
 		err := ref.l.lstat(ref.path, &st)
-		if isNotFound(err) {
+		if isMissingInLayer(err) {
 			if stopHere || whiteout.HasAufsWhiteout(ref.l.fd, dirOf(ref.path), baseOf(ref.path)) {
 				break
 			}
@@ -174,7 +174,7 @@ func (u *FS) lookup(parentPath string, ps nodeState, name string) (*found, error
 		}
 	}
 	if !have {
-		return nil, errNotFound
+		return nil, errNoSuchName
 	}
 	return &f, nil
 }
@@ -262,7 +262,7 @@ func (u *FS) walkRedirect(ref layerRef) (walked, error) {
 		p := join(dir, name)
 		var st unix.Stat_t
 		err := ref.l.lstat(p, &st)
-		if isNotFound(err) {
+		if isMissingInLayer(err) {
 			w.absent = true
 			return w, nil
 		}
@@ -293,7 +293,7 @@ func (u *FS) walkRedirect(ref layerRef) (walked, error) {
 func (u *FS) lowerHas(parentPath string, ps nodeState, name string) (bool, error) {
 	lower := nodeState{lowers: ps.lowers}
 	_, err := u.lookup(parentPath, lower, name)
-	if errors.Is(err, errNotFound) {
+	if errors.Is(err, errNoSuchName) {
 		return false, nil
 	}
 	return err == nil, err

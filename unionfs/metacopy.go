@@ -33,7 +33,7 @@ func (u *FS) findMetacopyData(f *found, plan []planStep) (*found, error) {
 		ref := step.ref
 		var st unix.Stat_t
 		err := ref.l.lstat(ref.path, &st)
-		if isNotFound(err) {
+		if isMissingInLayer(err) {
 			continue
 		}
 		if err != nil {

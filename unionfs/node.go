@@ -255,7 +255,7 @@ func (n *node) getattr(out *fuse.AttrOut) syscall.Errno {
 		n.mu.Lock()
 		gone := n.goneAttr
 		n.mu.Unlock()
-		if gone != nil && isNotFound(err) {
+		if gone != nil && isMissingInLayer(err) {
 			out.Attr = *gone
 			return 0
 		}

@@ -79,7 +79,7 @@ func (u *FS) mergeLayer(out []mergedEntry, seen map[string]bool, dirfd int, ref 
 		}
 		var cst unix.Stat_t
 		if err := unix.Fstatat(dirfd, e.name, &cst, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-			if isNotFound(err) {
+			if isMissingInLayer(err) {
 				continue // removed while we listed
 			}
 			return nil, err
@@ -106,7 +106,7 @@ func (u *FS) mergeLayer(out []mergedEntry, seen map[string]bool, dirfd int, ref 
 func listDir(dirfd int, path string) (int, []mergedEntry, error) {
 	fd, err := sysx.OpenInRoot(dirfd, rel(path), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW, 0)
 	if err != nil {
-		if isNotFound(err) {
+		if isMissingInLayer(err) {
 			return -1, nil, nil
 		}
 		return -1, nil, err

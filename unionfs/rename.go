@@ -34,7 +34,7 @@ func (n *node) renameSide(name string) (*renameSide, error) {
 	f, err := u.lookup(n.path(), n.state(), name)
 	if err == nil {
 		s.found = f
-	} else if !errors.Is(err, errNotFound) {
+	} else if !errors.Is(err, errNoSuchName) {
 		return nil, err
 	}
 	if s.lowerHas, err = u.lowerHas(n.path(), n.state(), name); err != nil {
@@ -129,7 +129,7 @@ func (u *FS) move(src, dst *renameSide) error {
 	if err != nil {
 		return err
 	}
-	if err := u.prepareMovedDir(srcNode, src.found, dst); err != nil {
+	if err := u.refuseUnredirectableMove(srcNode, src.found, dst); err != nil {
 		return err
 	}
 	indexedAfter, err := u.indexedMove(src, dst)
@@ -213,9 +213,9 @@ func (s *renameSide) node() (*node, error) {
 	return cn, nil
 }
 
-// prepareMovedDir refuses the move of a directory with lower parts when
-// redirects are off.
-func (u *FS) prepareMovedDir(srcNode *node, f *found, dst *renameSide) error {
+// refuseUnredirectableMove refuses (EXDEV) the move of a directory with
+// lower parts when redirects are off: only a redirect could record it.
+func (u *FS) refuseUnredirectableMove(srcNode *node, f *found, dst *renameSide) error {
 	if f.isDir() && len(f.state.lowers) > 0 && u.opts.Redirect != RedirectOn {
 		return unix.EXDEV
 	}
