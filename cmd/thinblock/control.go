@@ -14,10 +14,17 @@ import (
 	"github.com/unionmount/unionmount/thinblock/nbd"
 )
 
-// startControl serves the control socket beside the pool's metadata
-// while the pool is served, so the volume commands work on it; it
-// returns the function that stops it (and removes the socket).
-func startControl(pf *poolFlags, p *thinblock.Pool, holders func(uint64) []string, changed func(), logger *log.Logger) (func(), error) {
+// controlListener is a control socket that exists but does not answer
+// yet: a command that connects waits in its backlog until serve.
+type controlListener struct {
+	net.Listener
+	path string
+}
+
+// listenControl makes the control socket. A server makes it before what
+// it serves shows (a mount, an NBD socket), so whoever sees that can run
+// the volume commands at once.
+func listenControl(pf *poolFlags) (*controlListener, error) {
 	meta, _, err := pf.paths()
 	if err != nil {
 		return nil, err
@@ -27,16 +34,22 @@ func startControl(pf *poolFlags, p *thinblock.Pool, holders func(uint64) []strin
 	if err != nil {
 		return nil, err
 	}
+	return &controlListener{Listener: l, path: path}, nil
+}
+
+// serve answers the socket until the returned function is called, which
+// also removes it.
+func (l *controlListener) serve(p *thinblock.Pool, holders func(uint64) []string, changed func(), logger *log.Logger) func() {
 	srv := &control.Server{Pool: p, Holders: holders, Changed: changed, Logger: logger}
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if err := srv.Serve(l); err != control.ErrClosed {
-			logger.Printf("control socket %s: %v", path, err)
+		if err := srv.Serve(l.Listener); err != control.ErrClosed {
+			logger.Printf("control socket %s: %v", l.path, err)
 		}
 	}()
 	var once sync.Once
-	return func() { once.Do(func() { srv.Close(); <-done }) }, nil
+	return func() { once.Do(func() { srv.Close(); <-done }) }
 }
 
 // nbdHolders names the NBD clients that have volume id open.

@@ -65,21 +65,24 @@ func serveFUSE(args []string, stderr io.Writer) error {
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(signals)
-	srv, err := fuseexport.Mount(rest[0], p.Pool, o)
+	// The control socket exists before the mount shows: whoever sees
+	// the volume files can run the volume commands at once.
+	ctl, err := listenControl(&pf)
 	if err != nil {
 		p.Close()
 		return err
 	}
-	stopControl, err := startControl(&pf, p.Pool, fuseHolders(srv, rest[0]), func() {
+	srv, err := fuseexport.Mount(rest[0], p.Pool, o)
+	if err != nil {
+		ctl.Close()
+		p.Close()
+		return err
+	}
+	stopControl := ctl.serve(p.Pool, fuseHolders(srv, rest[0]), func() {
 		if err := srv.Refresh(); err != nil {
 			o.Logger.Printf("refresh the volume files: %v", err)
 		}
 	}, o.Logger)
-	if err != nil {
-		srv.Unmount()
-		p.Close()
-		return err
-	}
 	defer stopControl()
 	fmt.Fprintf(stderr, "thinblock: serving volumes as files in %s\n", rest[0])
 	stopWatch := watchPool(p.Pool, filepath.Dir(meta), wf.lowWaterCommand, 200*time.Millisecond, o.Logger.Printf)

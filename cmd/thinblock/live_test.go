@@ -13,6 +13,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/unionmount/unionmount/internal/fstest"
 )
 
 // The volume commands reach a running `serve nbd` through its control
@@ -391,4 +394,46 @@ func TestOutOfSpacePolicies(t *testing.T) {
 	_, errOut, code := thinblockCmd("serve", "nbd", "--pool", dir, "--no-space", "queue:soon")
 	assert.Equal(t, 2, code)
 	assert.Contains(t, errOut, "the timeout must be a duration")
+}
+
+// Whoever sees a server (its NBD socket, its volume files) can run the
+// volume commands at once: the control socket is there first.
+func TestTheVolumeCommandsReachAServerTheMomentItShows(t *testing.T) {
+	bin := thinblockBinary(t, "")
+	cases := []struct {
+		name  string
+		args  func(dir, mnt string) []string
+		shows func(dir, mnt string) bool
+	}{
+		{"serve nbd", func(dir, _ string) []string { return []string{"serve", "nbd", "--pool", dir} },
+			func(dir, _ string) bool { _, err := os.Stat(filepath.Join(dir, "nbd.sock")); return err == nil }},
+		{"serve fuse", func(dir, mnt string) []string { return []string{"serve", "fuse", "--pool", dir, mnt} },
+			func(_, mnt string) bool { ents, _ := os.ReadDir(mnt); return len(ents) > 0 }},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if c.name == "serve fuse" {
+				requireRootFUSE(t)
+			}
+			for round := 0; round < 3; round++ {
+				dir := filepath.Join(t.TempDir(), "pool")
+				mnt := t.TempDir()
+				mustRun(t, "pool", "create", "--pool", dir, "--size", "1G")
+				mustRun(t, "create", "--pool", dir, "1", "--size", "16M")
+				cmd := exec.Command(bin, c.args(dir, mnt)...)
+				var stderr lockedBuffer
+				cmd.Stderr = &stderr
+				require.NoError(t, cmd.Start())
+				shown := fstest.WaitFor(time.Minute, func() bool { return c.shows(dir, mnt) })
+				_, statErr := os.Stat(filepath.Join(dir, "control.sock"))
+				_, errOut, code := thinblockCmd("create", "--pool", dir, "2", "--size", "8M")
+				syscall.Unmount(mnt, unix.MNT_DETACH)
+				cmd.Process.Signal(syscall.SIGTERM)
+				cmd.Wait()
+				require.True(t, shown, "the server did not show: %s", stderr.String())
+				require.NoError(t, statErr, "round %d: the control socket is missing when the server shows", round)
+				require.Equal(t, 0, code, "round %d: %s", round, errOut)
+			}
+		})
+	}
 }

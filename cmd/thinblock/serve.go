@@ -184,20 +184,23 @@ func serveNBD(args []string, stderr io.Writer) error {
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(signals)
+	// The control socket exists before the NBD socket shows: whoever
+	// sees that can run the volume commands at once.
+	ctl, err := listenControl(&pf)
+	if err != nil {
+		p.Close()
+		return err
+	}
 	l, err := listen(la)
 	if err != nil {
+		ctl.Close()
 		p.Close()
 		return err
 	}
 	srv := &nbd.Server{Exports: exports(p.Pool, eo, logger), Logger: logger,
 		MaxInFlight: limits.total, MaxInFlightPerConn: limits.perConn, HandshakeTimeout: limits.handshake,
 		TLS: tlsSet.config, RequireTLS: tlsSet.require}
-	stopControl, err := startControl(&pf, p.Pool, nbdHolders(srv), nil, logger)
-	if err != nil {
-		l.Close()
-		p.Close()
-		return err
-	}
+	stopControl := ctl.serve(p.Pool, nbdHolders(srv), nil, logger)
 	limitMemory(limits.total)
 	stopReleaser := releaseWhenIdle(srv)
 	defer stopReleaser()
