@@ -45,6 +45,13 @@ func (t *blockTarget) Setup(env *Env) (*Instance, error) {
 	return inst, nil
 }
 
+// daemonPatience bounds the waits on a daemon starting or a mount
+// becoming free. The quick run is part of `go test ./...`, where it shares
+// two cores with the other packages' FUSE daemons, podman and qemu: a
+// server that starts in 50 ms on a quiet machine may take seconds there,
+// and a bound of a few seconds failed our own targets.
+const daemonPatience = 60 * time.Second
+
 // daemon is a server process serving a unix socket.
 type daemon struct {
 	cmd  *exec.Cmd
@@ -59,7 +66,7 @@ func startDaemon(sock string, name string, args ...string) (*daemon, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	for i := 0; i < 200; i++ {
+	for deadline := time.Now().Add(daemonPatience); time.Now().Before(deadline); {
 		if st, err := os.Stat(sock); err == nil && st.Mode()&os.ModeSocket != 0 {
 			return &daemon{cmd: cmd, sock: sock}, nil
 		}

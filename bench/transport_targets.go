@@ -103,7 +103,7 @@ func startTCPDaemon(name string, args ...string) (*daemon, string, error) {
 		return nil, "", err
 	}
 	re := regexp.MustCompile(`on tcp://(\S+)`)
-	for i := 0; i < 200; i++ {
+	for deadline := time.Now().Add(daemonPatience); time.Now().Before(deadline); {
 		if m := re.FindStringSubmatch(stderr.String()); m != nil {
 			return &daemon{cmd: cmd}, m[1], nil
 		}

@@ -93,7 +93,7 @@ func (t *unionTarget) Setup(env *Env) (*Instance, error) {
 // unmount unmounts dir, retrying while busy.
 func unmount(dir string, fuse bool) error {
 	var err error
-	for i := 0; i < 50; i++ {
+	for deadline := time.Now().Add(daemonPatience); time.Now().Before(deadline); {
 		if fuse && !isRoot() {
 			_, err = runCmd("fusermount3", "-u", dir)
 		} else {

@@ -305,13 +305,14 @@ func TestSIGKILLKeepsFlushedWrites(t *testing.T) {
 		// every other round only once it has committed a snapshot, so
 		// that a loaded machine, where a child does less in its random
 		// lifetime, still kills children right after snapshots (up to
-		// 10 s for either).
+		// 60 s for either: a child that started, on a loaded machine,
+		// long after the parent asked is still waited for).
 		armOn := "opened"
 		if round%2 == 1 {
 			armOn = "snapshot"
 		}
 		armed := false
-		deadline := time.After(10 * time.Second)
+		deadline := time.After(60 * time.Second)
 	wait:
 		for {
 			select {

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -159,8 +158,8 @@ var execBehaviours = []behaviour{
 
 			// A lower program, running: opening it for writing (which
 			// would copy it up) is refused before the union is asked.
-			sleeper := startProgram(t, m+"/bin/sleep", "30")
-			require.True(t, fstest.WaitFor(5*time.Second, func() bool {
+			sleeper := startProgram(t, m+"/bin/sleep", "3600") // killed at cleanup
+			require.True(t, fstest.WaitFor(fstest.Patience, func() bool {
 				exe, _ := os.Readlink("/proc/" + strconv.Itoa(sleeper.Process.Pid) + "/exe")
 				return strings.HasSuffix(exe, "/bin/sleep") && strings.HasPrefix(exe, m)
 			}), "sleep did not start from the mount")

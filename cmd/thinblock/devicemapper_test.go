@@ -18,6 +18,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/unionmount/unionmount/internal/fstest"
 )
 
 var unionmountBin struct {
@@ -190,12 +192,9 @@ func TestDockerDevicemapperFlowOnALivePool(t *testing.T) {
 	allocatedBefore := allocatedBytes(t, filepath.Join(dir, "data"))
 	runTool(t, "umount", containers[1].fs)
 	detach(t, containers[1].dev)
-	mustRun(t, "delete", "--pool", dir, "11")
+	deleteOnceReleased(t, dir, "11")
 	assert.LessOrEqual(t, usedBlocks(t, dir)+32<<20/(64<<10), usedBefore, "the deleted container's blocks are free")
-	deadline := time.Now().Add(10 * time.Second)
-	for allocatedBytes(t, filepath.Join(dir, "data")) > allocatedBefore-(32<<20) && time.Now().Before(deadline) {
-		time.Sleep(50 * time.Millisecond)
-	}
+	fstest.WaitFor(patience, func() bool { return allocatedBytes(t, filepath.Join(dir, "data")) <= allocatedBefore-(32<<20) })
 	assert.LessOrEqual(t, allocatedBytes(t, filepath.Join(dir, "data")), allocatedBefore-(32<<20), "the host gets the space back")
 	assert.NoFileExists(t, vol(11))
 

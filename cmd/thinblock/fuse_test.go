@@ -20,7 +20,7 @@ import (
 type fuseServer struct {
 	cmd    *exec.Cmd
 	mnt    string
-	stderr bytes.Buffer
+	stderr lockedBuffer // read while the server writes it
 }
 
 func serveFuse(t *testing.T, bin, dir string, extra ...string) *fuseServer {
@@ -30,7 +30,6 @@ func serveFuse(t *testing.T, bin, dir string, extra ...string) *fuseServer {
 	s.cmd = exec.Command(bin, append([]string{"serve", "fuse", "--pool", dir, s.mnt}, extra...)...)
 	s.cmd.Stderr = &s.stderr
 	require.NoError(t, s.cmd.Start())
-	fstest.WaitFor(3*time.Second, func() bool { ents, _ := os.ReadDir(s.mnt); return len(ents) > 0 })
 	t.Cleanup(func() {
 		if s.cmd.ProcessState == nil {
 			syscall.Unmount(s.mnt, unix.MNT_DETACH)
@@ -38,6 +37,14 @@ func serveFuse(t *testing.T, bin, dir string, extra ...string) *fuseServer {
 			s.cmd.Wait()
 		}
 	})
+	// Every caller's pool has a volume: its file shows once the mount is
+	// up.
+	served := fstest.WaitFor(patience, func() bool {
+		ents, _ := os.ReadDir(s.mnt)
+		return len(ents) > 0 || exited(s.cmd.Process.Pid)
+	})
+	ents, _ := os.ReadDir(s.mnt)
+	require.True(t, served && len(ents) > 0, "the server did not mount its volumes: %s", s.stderr.String())
 	return s
 }
 
@@ -49,11 +56,11 @@ func (s *fuseServer) stop(t *testing.T) {
 	select {
 	case err := <-done:
 		require.NoError(t, err, "%s", s.stderr.String())
-	case <-time.After(30 * time.Second):
+	case <-time.After(patience):
 		syscall.Unmount(s.mnt, unix.MNT_DETACH)
 		s.cmd.Process.Kill()
 		<-done
-		t.Fatalf("the server did not stop within 30 s of SIGTERM:\n%s", s.stderr.String())
+		t.Fatalf("the server did not stop within %v of SIGTERM:\n%s", patience, s.stderr.String())
 	}
 }
 
@@ -75,11 +82,13 @@ func detach(t *testing.T, dev string) {
 	t.Helper()
 	out, err := exec.Command("losetup", "-d", dev).CombinedOutput()
 	require.NoError(t, err, "%s", out)
-	// The kernel lets go of the backing file a little after -d returns.
-	fstest.WaitFor(2*time.Second, func() bool {
+	// The kernel lets go of the backing file only at the device's last
+	// close, which may be a prober's (udev's blkid) a while after -d
+	// returns.
+	require.True(t, fstest.WaitFor(patience, func() bool {
 		_, err := os.Stat("/sys/block/" + filepath.Base(dev) + "/loop")
 		return err != nil
-	})
+	}), "%s did not let go of its file", dev)
 }
 
 func mountDev(t *testing.T, dev string, opts ...string) string {
@@ -196,11 +205,13 @@ func TestSIGTERMWhileALoopDeviceHoldsAVolume(t *testing.T) {
 		s := serveFuse(t, bin, dir)
 		dev := attach(t, s.mnt+"/1", false)
 		require.NoError(t, s.cmd.Process.Signal(syscall.SIGTERM))
-		time.Sleep(time.Second)
-		require.Nil(t, s.cmd.ProcessState, "still serving the loop device")
+		require.True(t, fstest.WaitFor(patience, func() bool {
+			return strings.Contains(s.stderr.String(), dev+" holds volume 1") || exited(s.cmd.Process.Pid)
+		}), "the server neither said who holds the volume nor exited:\n%s", s.stderr.String())
 		assert.Contains(t, s.stderr.String(), dev+" holds volume 1")
+		require.False(t, exited(s.cmd.Process.Pid), "still serving the loop device:\n%s", s.stderr.String())
 		detach(t, dev)
-		assert.Equal(t, 0, s.waitExit(t, 10*time.Second), s.stderr.String())
+		assert.Equal(t, 0, s.waitExit(t, patience), s.stderr.String())
 		mustRun(t, "ls", "--pool", dir) // the pool is unlocked
 	})
 	t.Run("after the timeout it detaches an idle loop device", func(t *testing.T) {
@@ -208,7 +219,7 @@ func TestSIGTERMWhileALoopDeviceHoldsAVolume(t *testing.T) {
 		dev := attach(t, s.mnt+"/2", false)
 		start := time.Now()
 		require.NoError(t, s.cmd.Process.Signal(syscall.SIGTERM))
-		assert.Equal(t, 0, s.waitExit(t, 15*time.Second), s.stderr.String())
+		assert.Equal(t, 0, s.waitExit(t, patience), s.stderr.String())
 		t.Logf("exited %v after SIGTERM:\n%s", time.Since(start), s.stderr.String())
 		assert.Contains(t, s.stderr.String(), "detached "+dev+" (volume 2)")
 		_, err := os.Stat("/sys/block/" + filepath.Base(dev) + "/loop")
@@ -221,7 +232,7 @@ func TestSIGTERMWhileALoopDeviceHoldsAVolume(t *testing.T) {
 		runTool(t, "mkfs.ext4", "-q", "-E", "nodiscard", dev)
 		fsdir := mountDev(t, dev)
 		require.NoError(t, s.cmd.Process.Signal(syscall.SIGTERM))
-		assert.Equal(t, 1, s.waitExit(t, 20*time.Second), s.stderr.String())
+		assert.Equal(t, 1, s.waitExit(t, patience), s.stderr.String())
 		assert.Contains(t, s.stderr.String(), dev+" (volume 1) is still open")
 		assert.Contains(t, s.stderr.String(), "left attached")
 		t.Log(s.stderr.String())

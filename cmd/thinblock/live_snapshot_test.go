@@ -32,7 +32,7 @@ func nbdWrite(conn net.Conn, cookie, off uint64, data []byte) error {
 		return err
 	}
 	reply := make([]byte, 16)
-	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	conn.SetReadDeadline(time.Now().Add(patience))
 	if _, err := io.ReadFull(conn, reply); err != nil {
 		return err
 	}

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -153,10 +152,10 @@ func corruptSpaceMapBlock(t *testing.T, dir string) {
 }
 
 // runBounded runs the binary and fails if it is still running after
-// the timeout (a server that started instead of refusing).
-func runBounded(t *testing.T, timeout time.Duration, args ...string) (string, int) {
+// patience (a server that started instead of refusing).
+func runBounded(t *testing.T, args ...string) (string, int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, thinblockBinary(t, ""), args...)
 	out, _ := cmd.CombinedOutput()
@@ -173,13 +172,13 @@ func TestAPoolTheCheckerRejectsIsNotServed(t *testing.T) {
 		corruptSpaceMapBlock(t, dir)
 		_, _, code := thinblockCmd("check", "--pool", dir)
 		require.Equal(t, 1, code, "the checker rejects it")
-		out, code := runBounded(t, 10*time.Second, "serve", "nbd", "--pool", dir)
+		out, code := runBounded(t, "serve", "nbd", "--pool", dir)
 		assert.Equal(t, 1, code, out)
 		assert.Contains(t, out, "fails the check, so it is not served")
 		assert.Contains(t, out, "checksum")
 		assert.Contains(t, out, "thinblock check --pool "+dir)
 		mnt := t.TempDir()
-		out, code = runBounded(t, 10*time.Second, "serve", "fuse", "--pool", dir, mnt)
+		out, code = runBounded(t, "serve", "fuse", "--pool", dir, mnt)
 		assert.Equal(t, 1, code, out)
 		assert.Contains(t, out, "not served")
 	})
@@ -193,7 +192,7 @@ func TestAPoolTheCheckerRejectsIsNotServed(t *testing.T) {
 		require.NoError(t, p.Close())
 		meta.Close()
 		data.Close()
-		out, code := runBounded(t, 10*time.Second, "serve", "nbd", "--pool", dir)
+		out, code := runBounded(t, "serve", "nbd", "--pool", dir)
 		assert.Equal(t, 1, code, out)
 		assert.Contains(t, out, "data block 0 has count 7")
 		assert.Contains(t, out, "--repair` rebuilds the space map")
@@ -263,7 +262,7 @@ func TestCheckRepairDoesNotVouchForAChangedMapping(t *testing.T) {
 	after, err := os.ReadFile(dir + "/metadata")
 	require.NoError(t, err)
 	assert.True(t, bytes.Equal(before, after), "nothing changed")
-	out, code = runBounded(t, 10*time.Second, "serve", "nbd", "--pool", dir)
+	out, code = runBounded(t, "serve", "nbd", "--pool", dir)
 	assert.Equal(t, 1, code, "not served: %s", out)
 
 	out, errOut, code = thinblockCmd("check", "--pool", dir, "--repair", "--trust-mappings")

@@ -60,11 +60,11 @@ func serveTCP(t *testing.T, bin, dir string, extra ...string) *server {
 		}
 	})
 	re := regexp.MustCompile(`on tcp://(127\.0\.0\.1:\d+)`)
-	fstest.WaitFor(5*time.Second, func() bool {
+	fstest.WaitFor(patience, func() bool {
 		if m := re.FindStringSubmatch(s.stderr.String()); m != nil {
 			s.addr = m[1]
 		}
-		return s.addr != ""
+		return s.addr != "" || exited(s.cmd.Process.Pid)
 	})
 	require.NotEmpty(t, s.addr, "server did not start: %s", s.stderr)
 	return s
@@ -237,7 +237,7 @@ func rawTLS(t *testing.T, creds string) *tls.Config {
 func optionReply(t *testing.T, conn net.Conn) (opt, typ uint32, data []byte) {
 	t.Helper()
 	hdr := make([]byte, 20)
-	conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	conn.SetReadDeadline(time.Now().Add(patience))
 	_, err := io.ReadFull(conn, hdr)
 	require.NoError(t, err)
 	be := binary.BigEndian
@@ -342,7 +342,7 @@ func TestTLSRequiredAnswersEveryOptionButSTARTTLSAndABORTWithTLSReqd(t *testing.
 	conn = dialTCP(t, s.addr)
 	greet(t, conn)
 	sendOption(t, conn, 1, []byte("1"))
-	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	conn.SetReadDeadline(time.Now().Add(patience))
 	n, err := io.Copy(io.Discard, conn)
 	assert.NoError(t, err, "closed by the server, not our deadline")
 	assert.Zero(t, n, "nothing sent before the close")
@@ -354,7 +354,7 @@ func TestTLSRequiredAnswersEveryOptionButSTARTTLSAndABORTWithTLSReqd(t *testing.
 	_, typ, _ = optionReply(t, conn)
 	require.Equal(t, uint32(repAck), typ)
 	conn.Write([]byte("not a TLS client hello, not at all................"))
-	conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	conn.SetReadDeadline(time.Now().Add(patience))
 	io.Copy(io.Discard, conn)
 
 	log := s.stop(t)
@@ -456,7 +456,7 @@ func TestPlainTextWhereOtherHostsConnectNeedsInsecure(t *testing.T) {
 		t.Run("refused: "+tc.name, func(t *testing.T) {
 			// The binary, with a deadline: a server that wrongly starts
 			// fails the test rather than hanging it.
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), patience)
 			defer cancel()
 			var stderr bytes.Buffer
 			cmd := exec.CommandContext(ctx, bin, append([]string{"serve", "nbd", "--pool", pool}, tc.args...)...)
@@ -494,9 +494,9 @@ func TestPlainTextWhereOtherHostsConnectNeedsInsecure(t *testing.T) {
 			cmd.Stderr = &stderr
 			require.NoError(t, cmd.Start())
 			s := &server{cmd: cmd, stderr: &stderr}
-			for i := 0; i < 500 && !strings.Contains(stderr.String(), "serving"); i++ {
-				time.Sleep(10 * time.Millisecond)
-			}
+			fstest.WaitFor(patience, func() bool {
+				return strings.Contains(stderr.String(), "serving") || exited(cmd.Process.Pid)
+			})
 			assert.Contains(t, s.stop(t), "serving 1 volumes over NBD")
 		})
 	}

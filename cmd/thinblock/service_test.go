@@ -14,6 +14,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/unionmount/unionmount/internal/fstest"
 )
 
 // --daemon returns once the sockets are there, with a pid file; SIGTERM
@@ -33,7 +35,7 @@ func TestServeAsADaemon(t *testing.T) {
 	select {
 	case err := <-done:
 		require.NoError(t, err, "%s", stderr.String())
-	case <-time.After(30 * time.Second):
+	case <-time.After(patience):
 		cmd.Process.Kill()
 		t.Fatalf("--daemon did not return: %s", stderr.String())
 	}
@@ -50,10 +52,7 @@ func TestServeAsADaemon(t *testing.T) {
 	assert.Contains(t, mustRun(t, "ls", "--pool", dir), "8.0 MiB")
 
 	require.NoError(t, syscall.Kill(pid, syscall.SIGTERM))
-	for i := 0; i < 300 && syscall.Kill(pid, 0) == nil; i++ {
-		time.Sleep(20 * time.Millisecond)
-	}
-	require.Error(t, syscall.Kill(pid, 0), "the server did not stop on SIGTERM")
+	require.True(t, fstest.WaitFor(patience, func() bool { return syscall.Kill(pid, 0) != nil }), "the server did not stop on SIGTERM")
 	assert.NoFileExists(t, pidFile)
 	assert.NoFileExists(t, filepath.Join(dir, "control.sock"))
 	log, err := os.ReadFile(filepath.Join(dir, "serve.log"))
@@ -87,7 +86,7 @@ func TestServeNotifiesSystemdWhenReady(t *testing.T) {
 	cmd.Stderr = &stderr
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	conn.SetReadDeadline(time.Now().Add(patience))
 	buf := make([]byte, 256)
 	n, err := conn.Read(buf)
 	require.NoError(t, err, "no notification: %s", stderr.String())
@@ -149,10 +148,7 @@ func TestServeFUSEAsADaemon(t *testing.T) {
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	require.NoError(t, err)
 	require.NoError(t, syscall.Kill(pid, syscall.SIGTERM))
-	for i := 0; i < 300 && syscall.Kill(pid, 0) == nil; i++ {
-		time.Sleep(20 * time.Millisecond)
-	}
-	require.Error(t, syscall.Kill(pid, 0), "the server did not stop on SIGTERM")
+	require.True(t, fstest.WaitFor(patience, func() bool { return syscall.Kill(pid, 0) != nil }), "the server did not stop on SIGTERM")
 	_, err = os.Stat(filepath.Join(mnt, "7"))
 	assert.True(t, os.IsNotExist(err), "unmounted: %v", err)
 	assert.NoFileExists(t, pidFile)

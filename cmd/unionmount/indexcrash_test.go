@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -38,11 +37,8 @@ func TestCrashDuringIndexedCopyUpLeavesTheGroupWhole(t *testing.T) {
 			cmd := exec.Command(bin, "-f", "-o", opts, l.Mount)
 			cmd.Env = append(os.Environ(), "UNIONMOUNT_CRASH_AT="+point)
 			require.NoError(t, cmd.Start())
-			for i := 0; i < 200 && !mounted(l.Mount); i++ {
-				time.Sleep(10 * time.Millisecond)
-			}
-			require.True(t, mounted(l.Mount))
-			stop, aborted := fstest.AbortAfter(l.Mount, 20*time.Second)
+			require.True(t, fstest.WaitFor(fstest.Patience, func() bool { return mounted(l.Mount) }), "mounted")
+			stop, aborted := fstest.AbortAfter(l.Mount, fstest.Patience)
 			if f, err := os.OpenFile(l.Mount+"/f", os.O_WRONLY|os.O_APPEND, 0); err == nil {
 				f.WriteString(" appended")
 				f.Close()

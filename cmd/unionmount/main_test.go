@@ -9,7 +9,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/pkg/xattr"
 	"github.com/stretchr/testify/assert"
@@ -114,7 +113,7 @@ func layers(t *testing.T) *fstest.Layers {
 
 func waitUnmounted(t *testing.T, dir string) {
 	t.Helper()
-	assert.True(t, fstest.WaitFor(2*time.Second, func() bool { return !mounted(dir) }), "%s still mounted", dir)
+	assert.True(t, fstest.WaitFor(fstest.Patience, func() bool { return !mounted(dir) }), "%s still mounted", dir)
 }
 
 func TestBackgroundMountIsReadyWhenCommandReturnsAndFusermountStopsIt(t *testing.T) {
@@ -166,7 +165,7 @@ func TestSigtermUnmountsCleanly(t *testing.T) {
 	l := layers(t)
 	cmd := exec.Command(bin, "-f", "-o", "lower="+l.Lowers[0]+",upper="+l.Upper+",work="+l.Work, l.Mount)
 	require.NoError(t, cmd.Start())
-	require.True(t, fstest.WaitFor(2*time.Second, func() bool { return mounted(l.Mount) }), "mounted")
+	require.True(t, fstest.WaitFor(fstest.Patience, func() bool { return mounted(l.Mount) }), "mounted")
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
 	require.NoError(t, cmd.Wait(), "exit status 0 after SIGTERM")
 	waitUnmounted(t, l.Mount)
@@ -210,8 +209,8 @@ func crashDuringCopyUp(t *testing.T, bin, point string, metacopy bool) {
 	cmd := exec.Command(bin, "-f", "-o", opts, l.Mount)
 	cmd.Env = append(os.Environ(), "UNIONMOUNT_CRASH_AT="+point)
 	require.NoError(t, cmd.Start())
-	require.True(t, fstest.WaitFor(2*time.Second, func() bool { return mounted(l.Mount) }), "mounted")
-	stop, aborted := fstest.AbortAfter(l.Mount, 20*time.Second)
+	require.True(t, fstest.WaitFor(fstest.Patience, func() bool { return mounted(l.Mount) }), "mounted")
+	stop, aborted := fstest.AbortAfter(l.Mount, fstest.Patience)
 	f, err := os.OpenFile(l.Mount+"/f", os.O_WRONLY|os.O_APPEND, 0)
 	if err == nil {
 		f.WriteString(" appended")

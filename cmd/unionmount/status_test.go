@@ -8,7 +8,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -72,7 +71,7 @@ func TestStatusShowsEachUnionWithItsLayersDaemonAndMode(t *testing.T) {
 	// A daemon killed outright leaves its mount (dead) and its record;
 	// status no longer claims the record.
 	require.NoError(t, syscall.Kill(mb.Record.PID, syscall.SIGKILL))
-	require.True(t, fstest.WaitFor(5*time.Second, func() bool {
+	require.True(t, fstest.WaitFor(fstest.Patience, func() bool {
 		return syscall.Kill(mb.Record.PID, 0) == syscall.ESRCH
 	}))
 	mb, ok = statusOf(t, bin, b.Mount)
@@ -85,7 +84,7 @@ func TestStatusShowsEachUnionWithItsLayersDaemonAndMode(t *testing.T) {
 	// A clean unmount takes the record with it.
 	require.NoError(t, exec.Command("fusermount3", "-u", a.Mount).Run())
 	waitUnmounted(t, a.Mount)
-	require.True(t, fstest.WaitFor(5*time.Second, func() bool {
+	require.True(t, fstest.WaitFor(fstest.Patience, func() bool {
 		_, err := os.Stat(mountstate.Dir() + "/mount-" + strings.ReplaceAll(ma.Record.Device, ":", "-") + ".json")
 		return os.IsNotExist(err)
 	}), "record removed at unmount")
@@ -112,7 +111,7 @@ func TestBackgroundDaemonLogsWhereStatusSays(t *testing.T) {
 	require.NoError(t, err)
 	defer busy.Close()
 	require.NoError(t, syscall.Kill(m.Record.PID, syscall.SIGTERM))
-	assert.True(t, fstest.WaitFor(5*time.Second, func() bool {
+	assert.True(t, fstest.WaitFor(fstest.Patience, func() bool {
 		data, _ := os.ReadFile(m.Record.Log)
 		for _, line := range strings.Split(string(data), "\n") {
 			if strings.Contains(line, "unionmount["+strconv.Itoa(m.Record.PID)+"]") && strings.Contains(line, "still serving") {
@@ -145,10 +144,11 @@ func TestSIGTERMEndsADaemonWhoseMountLivesOnlyInAnotherNamespace(t *testing.T) {
 	pid := m.Record.PID
 
 	// Another mount namespace keeps a copy of every mount, ours too.
-	holder := exec.Command("unshare", "--mount", "--propagation", "private", "sleep", "60")
+	// It lives until the cleanup kills it, however slow the steps below.
+	holder := exec.Command("unshare", "--mount", "--propagation", "private", "sleep", "3600")
 	require.NoError(t, holder.Start())
 	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
-	require.True(t, fstest.WaitFor(5*time.Second, func() bool {
+	require.True(t, fstest.WaitFor(fstest.Patience, func() bool {
 		data, _ := os.ReadFile("/proc/" + strconv.Itoa(holder.Process.Pid) + "/mountinfo")
 		self, _ := os.Readlink("/proc/self/ns/mnt")
 		ns, _ := os.Readlink("/proc/" + strconv.Itoa(holder.Process.Pid) + "/ns/mnt")
@@ -157,7 +157,7 @@ func TestSIGTERMEndsADaemonWhoseMountLivesOnlyInAnotherNamespace(t *testing.T) {
 	require.NoError(t, exec.Command("umount", "-l", l.Mount).Run())
 
 	require.NoError(t, syscall.Kill(pid, syscall.SIGTERM))
-	assert.True(t, fstest.WaitFor(10*time.Second, func() bool {
+	assert.True(t, fstest.WaitFor(fstest.Patience, func() bool {
 		return syscall.Kill(pid, 0) == syscall.ESRCH
 	}), "the daemon ended")
 	data, _ := os.ReadFile(m.Record.Log)

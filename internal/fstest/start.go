@@ -3,7 +3,6 @@ package fstest
 import (
 	"fmt"
 	"strings"
-	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -20,8 +19,10 @@ func StartKernelOverlay(l *Layers, extra ...string) (func() error, error) {
 		return nil, fmt.Errorf("mount kernel overlay: %w", err)
 	}
 	return func() error {
+		// A mount a process that just exited still held is busy for a
+		// moment.
 		var err error
-		if WaitFor(time.Second, func() bool { err = unix.Unmount(l.Mount, 0); return err == nil }) {
+		if WaitFor(Patience, func() bool { err = unix.Unmount(l.Mount, 0); return err == nil }) {
 			return nil
 		}
 		return fmt.Errorf("unmount %s: %w", l.Mount, err)

@@ -132,7 +132,7 @@ func FuzzConnection(f *testing.F) {
 		}()
 		select {
 		case <-done:
-		case <-time.After(10 * time.Second):
+		case <-time.After(patience):
 			t.Fatal("connection did not end")
 		}
 	})

@@ -47,7 +47,7 @@ func dialTLS(t *testing.T, addr, name string, cfg *tls.Config) net.Conn {
 	conn, err := net.Dial("tcp", addr)
 	require.NoError(t, err)
 	t.Cleanup(func() { conn.Close() })
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	conn.SetDeadline(time.Now().Add(patience))
 	_, err = io.ReadFull(conn, make([]byte, 18))
 	require.NoError(t, err)
 	conn.Write(be.AppendUint32(nil, flagFixedNewstyle|flagNoZeroes))
@@ -113,7 +113,7 @@ func TestConnectionsRaceOnTheSameBlocksOverTLS(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			seen := map[uint64]bool{}
-			conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+			conn.SetReadDeadline(time.Now().Add(patience))
 			hdr := make([]byte, 16)
 			data := make([]byte, block)
 			for len(seen) < perConn {
@@ -142,8 +142,8 @@ func TestConnectionsRaceOnTheSameBlocksOverTLS(t *testing.T) {
 	wg.Wait()
 	// A reply's bytes are given back once its write returns, which may
 	// be just after the client has read it.
-	assert.Eventually(t, func() bool { return srv.InFlight() == 0 }, 5*time.Second, 5*time.Millisecond, "every request's bytes given back")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	assert.Eventually(t, func() bool { return srv.InFlight() == 0 }, patience, 5*time.Millisecond, "every request's bytes given back")
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
 	assert.NoError(t, srv.Shutdown(ctx))
 	r, w := srv.Stats()
@@ -167,17 +167,18 @@ func TestShutdownWithATLSClientThatDoesNotRead(t *testing.T) {
 		reqs = append(reqs, readRequest(uint64(i), 0, 1<<20)...)
 	}
 	go slow.Write(reqs)
-	assert.Eventually(t, func() bool { return srv.InFlight() > 0 }, 5*time.Second, 10*time.Millisecond)
+	assert.Eventually(t, func() bool { return srv.InFlight() > 0 }, patience, 10*time.Millisecond)
 	time.Sleep(100 * time.Millisecond)
 	assert.LessOrEqual(t, srv.InFlight(), int64(2<<20), "held at the connection's bound over TLS")
 	// The replies stuck behind the client get the grace (a second
-	// here), then the socket is closed: no close_notify waits on it.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// here), then the socket is closed. Without the grace the replies
+	// would wait for good, and Shutdown would give up at the context's
+	// deadline with an error: that, not the time taken, is the check.
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
 	start := time.Now()
-	assert.NoError(t, srv.Shutdown(ctx))
-	took := time.Since(start)
-	assert.Less(t, took, 3*time.Second, "shutdown took %v", took)
+	assert.NoError(t, srv.Shutdown(ctx), "the connection ended within the grace")
+	t.Logf("shutdown took %v with a grace of %v", time.Since(start), srv.stopGrace)
 }
 
 // pipelinedConn sends the STARTTLS option in the same write as the TLS
@@ -230,7 +231,7 @@ func TestATLSHandshakeSentWithSTARTTLSIsNotLost(t *testing.T) {
 	conn, err := net.Dial("tcp", l.Addr().String())
 	require.NoError(t, err)
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	conn.SetDeadline(time.Now().Add(patience))
 	_, err = io.ReadFull(conn, make([]byte, 18))
 	require.NoError(t, err)
 	conn.Write(be.AppendUint32(nil, flagFixedNewstyle|flagNoZeroes))
@@ -258,7 +259,7 @@ func TestAServerRequiringTLSHangsUpOnAClientWithoutFixedNewstyle(t *testing.T) {
 	conn, err := net.Dial("tcp", l.Addr().String())
 	require.NoError(t, err)
 	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	conn.SetDeadline(time.Now().Add(patience))
 	_, err = io.ReadFull(conn, make([]byte, 18))
 	require.NoError(t, err)
 	conn.Write(be.AppendUint32(nil, 0))

@@ -21,7 +21,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/unionmount/unionmount/internal/fstest"
 	"github.com/unionmount/unionmount/unionfs"
@@ -115,8 +114,9 @@ func StartAt(mountpoint string, options ...string) (*Mounted, error) {
 // Unmount unmounts the union; it fails if the unmount does, or if the
 // mount logged an internal fault.
 func (m *Mounted) Unmount() error {
+	// A mount a process that just exited still held is busy for a moment.
 	var err error
-	if !fstest.WaitFor(time.Second, func() bool { err = m.stop(); return err == nil }) {
+	if !fstest.WaitFor(fstest.Patience, func() bool { err = m.stop(); return err == nil }) {
 		return fmt.Errorf("unmount %s: %w", m.dir, err)
 	}
 	m.close()
