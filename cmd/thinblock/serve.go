@@ -55,10 +55,12 @@ type exportOptions struct {
 }
 
 // exports lists one export per volume, named by its id; snapshots are
-// read-only unless writable snapshots were asked for.
+// read-only unless writable snapshots were asked for. It runs on every
+// LIST, INFO and GO, so it reads the volumes' briefs, never their
+// mappings.
 func exports(p *thinblock.Pool, o exportOptions, logger *log.Logger) func() []nbd.Export {
 	return func() []nbd.Export {
-		vols, err := p.Volumes()
+		vols, err := p.VolumesBrief()
 		if err != nil {
 			logger.Printf("list volumes: %v", err)
 			return nil

@@ -58,7 +58,7 @@ func (r *root) OnAdd(ctx context.Context) {
 // new one, and none for a deleted one (the kernel is told to forget its
 // name; a file still open reads and writes with errors from then on).
 func (r *root) refresh(ctx context.Context) error {
-	vols, err := r.p.Volumes()
+	vols, err := r.p.VolumesBrief() // no walk of the mappings
 	if err != nil {
 		return err
 	}
