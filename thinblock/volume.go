@@ -152,31 +152,70 @@ func (p *Pool) SnapshotWith(id, origin uint64, a Attrs) error {
 	return nil
 }
 
-// DeleteVolume removes a volume; the blocks no other volume shares are
-// freed (at the next commit). Writes in flight on it end first, so none
-// maps a block after it is gone; reads in flight keep the blocks they
-// read from being reused until they end.
+// DeleteVolume removes a volume, unless it is held (a *HeldError, which
+// is EBUSY); see DeleteVolumes.
 func (p *Pool) DeleteVolume(id uint64) error {
+	return p.DeleteVolumes([]uint64{id})
+}
+
+// DeleteVolumes removes every volume of ids, or none when one is missing
+// or held (a *HeldError, which is EBUSY: holds.go). The blocks no other
+// volume shares are freed (at the next commit). Writes in flight on them
+// end first, so none maps a block after its volume is gone; reads in
+// flight keep the blocks they read from being reused until they end.
+// The checks and the deletes run under one hold of Pool.mu, the lock Hold
+// takes, so no volume is claimed between them.
+func (p *Pool) DeleteVolumes(ids []uint64) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.quiesceLocked(id)
+	p.quiesceAllLocked(ids)
 	if err := p.usable(); err != nil {
 		return err
 	}
-	d, err := p.detailsLocked(id)
-	if err != nil {
-		return err
+	roots := make([]uint64, len(ids))
+	for i, id := range ids {
+		d, err := p.detailsLocked(id)
+		if err != nil {
+			return err
+		}
+		if err := p.heldLocked(id); err != nil {
+			return err
+		}
+		roots[i] = d.MappingRoot
 	}
-	root, _, _, err := p.devices.Remove(p.sb.DevicesRoot, id)
-	if err != nil {
-		return err
+	for i, id := range ids {
+		root, _, _, err := p.devices.Remove(p.sb.DevicesRoot, id)
+		if err != nil {
+			return err
+		}
+		p.sb.DevicesRoot = root
+		p.dirty = true
+		if err := p.removeAttrsLocked(id); err != nil {
+			return err
+		}
+		if err := p.maps.Delete(roots[i]); err != nil {
+			return err
+		}
 	}
-	p.sb.DevicesRoot = root
-	p.dirty = true
-	if err := p.removeAttrsLocked(id); err != nil {
-		return err
+	return nil
+}
+
+// quiesceAllLocked returns with no write in flight on any of ids, as
+// quiesceLocked does for one: it waits for each busy volume in turn, as
+// long as one pass finds any busy (a wait drops p.mu, so a volume waited
+// for earlier may have taken a write again).
+//
+// Preconditions: p.mu is held; it is dropped while waiting.
+func (p *Pool) quiesceAllLocked(ids []uint64) {
+	for busy := true; busy; {
+		busy = false
+		for _, id := range ids {
+			if _, frozen := p.frozen[id]; frozen || p.io.writing(id) {
+				p.quiesceLocked(id)
+				busy = true
+			}
+		}
 	}
-	return p.maps.Delete(d.MappingRoot)
 }
 
 // Volumes lists the volumes in id order, with their block sharing: a

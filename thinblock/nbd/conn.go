@@ -31,6 +31,8 @@ type conn struct {
 	metaExport    string // the export SET_META_CONTEXT named
 	export        Export
 	maxRequest    uint32
+	// release ends the claim Export.Hold made on the chosen export.
+	release func()
 
 	// inflight bounds the bytes of this connection's requests in
 	// flight; each also holds its bytes of the server's budget.
@@ -118,7 +120,25 @@ var errAbort = errors.New("client aborted the negotiation")
 func (c *conn) serve() error {
 	err := c.run()
 	c.close(err)
+	// run has waited for every request's reply.
+	if c.release != nil {
+		c.release()
+	}
 	return err
+}
+
+// hold claims export e for this connection (Export.Hold); an error
+// means it is gone.
+func (c *conn) hold(e Export) error {
+	if e.Hold == nil {
+		return nil
+	}
+	release, err := e.Hold(c.sock)
+	if err != nil {
+		return err
+	}
+	c.release = release
+	return nil
 }
 
 // close ends the connection. After a clean end over TLS, closing nc
@@ -227,6 +247,9 @@ func (c *conn) option(o option) (Export, bool, error) {
 			// This option has no error reply: the spec says close.
 			return Export{}, false, fmt.Errorf("client asked for unknown export %q", o.data)
 		}
+		if err := c.hold(e); err != nil {
+			return Export{}, false, fmt.Errorf("client asked for export %q, gone: %v", o.data, err)
+		}
 		buf := make([]byte, 10, 10+124)
 		be.PutUint64(buf[0:], e.Backend.Size())
 		be.PutUint16(buf[8:], c.transmissionFlags(e))
@@ -296,6 +319,14 @@ func (c *conn) infoOrGo(o option) (Export, bool, error) {
 	e, ok := c.s.lookup(name)
 	if !ok {
 		return Export{}, false, writeOptionReply(w, o.code, repErrUnknown, []byte("no export named "+name))
+	}
+	if o.code == optGo {
+		// Claimed before the client hears yes; released when the
+		// connection ends, even if a reply below fails.
+		if err := c.hold(e); err != nil {
+			c.s.logf("nbd: export %q chosen as it went: %v", name, err)
+			return Export{}, false, writeOptionReply(w, o.code, repErrUnknown, []byte("no export named "+name))
+		}
 	}
 	info := make([]byte, 12)
 	be.PutUint16(info[0:], infoExport)

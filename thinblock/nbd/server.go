@@ -79,6 +79,15 @@ type Export struct {
 	Description string
 	Backend     Backend
 	ReadOnly    bool
+	// Hold, if set, claims the device for a client that chooses it (GO
+	// or EXPORT_NAME), before the server says yes; release is called
+	// once the connection has ended and every request on it has been
+	// answered. An error means the device went since Exports listed it:
+	// GO is answered NBD_REP_ERR_UNKNOWN, EXPORT_NAME (which has no
+	// error reply) is disconnected. Whoever deletes devices checks the
+	// claims in the same critical section as Hold, so a client never
+	// ends up serving a deleted device. Nil: nothing to claim.
+	Hold func(client net.Conn) (release func(), err error)
 }
 
 // Server serves exports to NBD clients.
