@@ -414,17 +414,42 @@ func (c *conn) metaContext(o option) error {
 	return writeOptionReply(w, o.code, repAck, nil)
 }
 
-// transmit serves requests until the client disconnects.
+// DefaultWorkers is how many requests one connection serves at once
+// unless Server.Workers says otherwise: enough to keep a queue-depth-16
+// client (fio's and the kernel's usual depth) busy, few enough that a
+// client flooding one connection costs a fixed set of goroutines.
+const DefaultWorkers = 16
+
+func (s *Server) workers() int {
+	if s.Workers <= 0 {
+		return DefaultWorkers
+	}
+	return s.Workers
+}
+
+// job is one validated request on its way to a worker.
+type job struct {
+	req     request
+	payload []byte
+}
+
+// transmit serves requests until the client disconnects: the reader
+// (this goroutine) hands each valid request to one of a fixed set of
+// workers, waiting while all are busy, and the writer sends the replies
+// in the order they complete.
 func (c *conn) transmit() error {
 	c.replies = make(chan outgoing, 64)
 	c.writeErr = make(chan error, 1)
 	go c.writer()
-	workers := c.s.Workers
-	if workers <= 0 {
-		workers = 16
+	// Unbuffered: the next request is read off the socket only once a
+	// worker has taken the one before it.
+	jobs := make(chan job)
+	for i := 0; i < c.s.workers(); i++ {
+		c.workers.Add(1)
+		go c.worker(jobs)
 	}
-	sem := make(chan struct{}, workers)
-	err := c.readRequests(sem)
+	err := c.readRequests(jobs)
+	close(jobs)
 	c.workers.Wait()
 	if errors.Is(err, errStopped) {
 		// Graceful shutdown: what was acknowledged is made durable.
@@ -440,9 +465,20 @@ func (c *conn) transmit() error {
 	return err
 }
 
+// worker serves requests until jobs is closed.
+func (c *conn) worker(jobs <-chan job) {
+	defer c.workers.Done()
+	for j := range jobs {
+		c.handle(j.req, j.payload)
+		if j.payload != nil {
+			c.s.buffers.put(j.payload)
+		}
+	}
+}
+
 var errStopped = errors.New("server shutting down")
 
-func (c *conn) readRequests(sem chan struct{}) error {
+func (c *conn) readRequests(jobs chan<- job) error {
 	hdr := make([]byte, requestSize)
 	for {
 		if _, err := io.ReadFull(c.br, hdr); err != nil {
@@ -486,15 +522,7 @@ func (c *conn) readRequests(sem chan struct{}) error {
 			c.reply(req, r.errno, nil)
 			continue
 		}
-		sem <- struct{}{}
-		c.workers.Add(1)
-		go func() {
-			defer func() { <-sem; c.workers.Done() }()
-			c.handle(req, payload)
-			if payload != nil {
-				c.s.buffers.put(payload)
-			}
-		}()
+		jobs <- job{req: req, payload: payload}
 	}
 }
 
