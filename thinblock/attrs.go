@@ -151,7 +151,7 @@ func (p *Pool) visitAttrs(visit func(b uint64) (bool, error)) error {
 // made read-only, and, for a snapshot made before volumes had
 // attributes, unless legacyWritableSnapshots (the deprecated
 // --writable-snapshots: snapshots were then read-only by default).
-func (v VolumeInfo) ExportReadOnly(legacyWritableSnapshots bool) bool {
+func (v VolumeBrief) ExportReadOnly(legacyWritableSnapshots bool) bool {
 	if v.HasAttrs {
 		return v.ReadOnly
 	}

@@ -16,6 +16,13 @@
 //	  Pool.ioGate           shared by data I/O, exclusive by a commit
 //	  inflight.mu (Pool.io) counts of data I/O running outside Pool.mu
 //
+// Pool.mu also gates deletes against opens: Hold (an NBD client
+// choosing an export, an open of a volume's file) checks that the volume
+// exists and records the claim, and DeleteVolumes checks the claims and
+// deletes, each under one hold of Pool.mu. So an open racing a delete
+// either holds the volume and the delete is refused (EBUSY), or finds it
+// gone; callers take no lock of their own around either (holds.go).
+//
 // Pool.mu serializes all metadata work; data I/O runs after it is
 // released, holding ioGate shared. A commit holds ioGate exclusively, so
 // the data of every mapped block is written before the commit syncs. A
@@ -181,8 +188,11 @@ type Pool struct {
 	// was in flight; the commit, which waits for all I/O, drops them.
 	// Guarded by mu.
 	deferred []uint64
-	stop     chan struct{}
-	done     chan struct{}
+	// holds are the claims on each volume by its users (holds.go);
+	// DeleteVolumes refuses a held volume. Guarded by mu.
+	holds map[uint64]map[*Hold]string
+	stop  chan struct{}
+	done  chan struct{}
 }
 
 func checkBlockSize(bs uint64) error {
@@ -255,7 +265,8 @@ func cacheBlocks(o Options) int {
 
 func newPool(meta, data blockdev.Device, tm *txn.Manager, opts Options) *Pool {
 	p := &Pool{metaDev: meta, dataDev: data, tm: tm, sb: tm.Superblock(), opts: opts,
-		cells: map[cellKey]chan struct{}{}, frozen: map[uint64]chan struct{}{}}
+		cells: map[cellKey]chan struct{}{}, frozen: map[uint64]chan struct{}{},
+		holds: map[uint64]map[*Hold]string{}}
 	p.io.init()
 	tm.Crash = opts.Crash
 	p.devices = btree.New(tm, detailsSize, nil)

@@ -6,13 +6,13 @@ import (
 	"syscall"
 )
 
-// VolumeInfo describes a thin volume, like thin_ls.
-type VolumeInfo struct {
+// VolumeBrief is what naming, sizing and opening a volume need. It
+// comes from the volume's device-tree and attribute-tree entries alone,
+// so listing it costs the same whatever the volume maps.
+type VolumeBrief struct {
 	ID           uint64
 	Size         uint64 // virtual size in bytes
-	Mapped       uint64 // mapped blocks
-	Exclusive    uint64 // mapped blocks no other volume shares
-	Shared       uint64 // mapped blocks shared with another volume
+	Mapped       uint64 // mapped blocks (kept in the device tree)
 	CreationTime uint32
 	SnapTime     uint32
 	Snapshot     bool // made by Snapshot
@@ -24,6 +24,14 @@ type VolumeInfo struct {
 	ReadOnly  bool
 	HasOrigin bool
 	Origin    uint64
+}
+
+// VolumeInfo describes a thin volume, like thin_ls: its brief and the
+// sharing of its blocks, which takes a walk of its mappings.
+type VolumeInfo struct {
+	VolumeBrief
+	Exclusive uint64 // mapped blocks no other volume shares
+	Shared    uint64 // mapped blocks shared with another volume
 }
 
 func (p *Pool) detailsLocked(id uint64) (deviceDetails, error) {
@@ -144,55 +152,85 @@ func (p *Pool) SnapshotWith(id, origin uint64, a Attrs) error {
 	return nil
 }
 
-// DeleteVolume removes a volume; the blocks no other volume shares are
-// freed (at the next commit). Writes in flight on it end first, so none
-// maps a block after it is gone; reads in flight keep the blocks they
-// read from being reused until they end.
+// DeleteVolume removes a volume, unless it is held (a *HeldError, which
+// is EBUSY); see DeleteVolumes.
 func (p *Pool) DeleteVolume(id uint64) error {
+	return p.DeleteVolumes([]uint64{id})
+}
+
+// DeleteVolumes removes every volume of ids, or none when one is missing
+// or held (a *HeldError, which is EBUSY: holds.go). The blocks no other
+// volume shares are freed (at the next commit). Writes in flight on them
+// end first, so none maps a block after its volume is gone; reads in
+// flight keep the blocks they read from being reused until they end.
+// The checks and the deletes run under one hold of Pool.mu, the lock Hold
+// takes, so no volume is claimed between them.
+func (p *Pool) DeleteVolumes(ids []uint64) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.quiesceLocked(id)
+	p.quiesceAllLocked(ids)
 	if err := p.usable(); err != nil {
 		return err
 	}
-	d, err := p.detailsLocked(id)
-	if err != nil {
-		return err
+	roots := make([]uint64, len(ids))
+	for i, id := range ids {
+		d, err := p.detailsLocked(id)
+		if err != nil {
+			return err
+		}
+		if err := p.heldLocked(id); err != nil {
+			return err
+		}
+		roots[i] = d.MappingRoot
 	}
-	root, _, _, err := p.devices.Remove(p.sb.DevicesRoot, id)
-	if err != nil {
-		return err
+	for i, id := range ids {
+		root, _, _, err := p.devices.Remove(p.sb.DevicesRoot, id)
+		if err != nil {
+			return err
+		}
+		p.sb.DevicesRoot = root
+		p.dirty = true
+		if err := p.removeAttrsLocked(id); err != nil {
+			return err
+		}
+		if err := p.maps.Delete(roots[i]); err != nil {
+			return err
+		}
 	}
-	p.sb.DevicesRoot = root
-	p.dirty = true
-	if err := p.removeAttrsLocked(id); err != nil {
-		return err
-	}
-	return p.maps.Delete(d.MappingRoot)
+	return nil
 }
 
-// Volumes lists the volumes in id order, with their block sharing.
+// quiesceAllLocked returns with no write in flight on any of ids, as
+// quiesceLocked does for one: it waits for each busy volume in turn, as
+// long as one pass finds any busy (a wait drops p.mu, so a volume waited
+// for earlier may have taken a write again).
+//
+// Preconditions: p.mu is held; it is dropped while waiting.
+func (p *Pool) quiesceAllLocked(ids []uint64) {
+	for busy := true; busy; {
+		busy = false
+		for _, id := range ids {
+			if _, frozen := p.frozen[id]; frozen || p.io.writing(id) {
+				p.quiesceLocked(id)
+				busy = true
+			}
+		}
+	}
+}
+
+// Volumes lists the volumes in id order, with their block sharing: a
+// walk of every mapping of every volume, for ls and status. Whoever
+// needs only names, sizes and attributes (opening an export, listing
+// the exports) calls VolumesBrief.
 func (p *Pool) Volumes() ([]VolumeInfo, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var out []VolumeInfo
-	err := p.devices.Walk(p.sb.DevicesRoot, 0, ^uint64(0), func(id uint64, v []byte) (bool, error) {
-		d, err := decodeDetails(v)
-		if err != nil {
-			return false, err
-		}
-		info := VolumeInfo{ID: id, Size: d.SizeBytes, Mapped: d.Mapped, CreationTime: d.CreationTime, SnapTime: d.SnapTime,
-			Snapshot: d.Flags&FlagSnapshot != 0}
-		a, found, err := p.attrsLocked(id)
-		if err != nil {
-			return false, fmt.Errorf("volume %d: %w", id, err)
-		}
-		if found {
-			info.HasAttrs, info.Name, info.ReadOnly, info.HasOrigin, info.Origin = true, a.Name, a.ReadOnly, a.HasOrigin, a.Origin
-		}
-		err = p.maps.WalkSharing(d.MappingRoot, func(_ uint64, val []byte, sharedPath bool) error {
-			b, _ := unpackMapping(val)
-			c, err := p.data.Get(b)
+	err := p.walkBriefsLocked(func(b VolumeBrief, d deviceDetails) error {
+		info := VolumeInfo{VolumeBrief: b}
+		err := p.maps.WalkSharing(d.MappingRoot, func(_ uint64, val []byte, sharedPath bool) error {
+			blk, _ := unpackMapping(val)
+			c, err := p.data.Get(blk)
 			if err != nil {
 				return err
 			}
@@ -204,9 +242,49 @@ func (p *Pool) Volumes() ([]VolumeInfo, error) {
 			return nil
 		})
 		out = append(out, info)
-		return err == nil, err
+		return err
 	})
 	return out, err
+}
+
+// VolumesBrief lists the volumes in id order without reading a single
+// mapping: the device tree and the attribute tree only, a few metadata
+// blocks for the whole pool whatever its volumes map.
+func (p *Pool) VolumesBrief() ([]VolumeBrief, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []VolumeBrief
+	err := p.walkBriefsLocked(func(b VolumeBrief, _ deviceDetails) error {
+		out = append(out, b)
+		return nil
+	})
+	return out, err
+}
+
+// walkBriefsLocked calls fn for each volume in id order, with its brief
+// and its device details, stopping at the first error.
+//
+// Preconditions: p.mu is held.
+func (p *Pool) walkBriefsLocked(fn func(VolumeBrief, deviceDetails) error) error {
+	return p.devices.Walk(p.sb.DevicesRoot, 0, ^uint64(0), func(id uint64, v []byte) (bool, error) {
+		d, err := decodeDetails(v)
+		if err != nil {
+			return false, fmt.Errorf("volume %d: %w", id, err)
+		}
+		b := VolumeBrief{ID: id, Size: d.SizeBytes, Mapped: d.Mapped, CreationTime: d.CreationTime, SnapTime: d.SnapTime,
+			Snapshot: d.Flags&FlagSnapshot != 0}
+		a, found, err := p.attrsLocked(id)
+		if err != nil {
+			return false, fmt.Errorf("volume %d: %w", id, err)
+		}
+		if found {
+			b.HasAttrs, b.Name, b.ReadOnly, b.HasOrigin, b.Origin = true, a.Name, a.ReadOnly, a.HasOrigin, a.Origin
+		}
+		if err := fn(b, d); err != nil {
+			return false, err
+		}
+		return true, nil
+	})
 }
 
 // Volume is a handle on one thin volume.

@@ -22,22 +22,6 @@ type poolOps interface {
 	Close() error
 }
 
-// DeleteVolumes deletes each of ids, after checking that all exist, so a
-// typo deletes nothing.
-func (o *openedPool) DeleteVolumes(ids []uint64) error {
-	for _, id := range ids {
-		if _, err := o.Details(id); err != nil {
-			return err
-		}
-	}
-	for _, id := range ids {
-		if err := o.DeleteVolume(id); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
 var (
 	_ poolOps = (*openedPool)(nil)
 	_ poolOps = (*control.Client)(nil)

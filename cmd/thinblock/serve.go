@@ -55,10 +55,12 @@ type exportOptions struct {
 }
 
 // exports lists one export per volume, named by its id; snapshots are
-// read-only unless writable snapshots were asked for.
+// read-only unless writable snapshots were asked for. It runs on every
+// LIST, INFO and GO, so it reads the volumes' briefs, never their
+// mappings.
 func exports(p *thinblock.Pool, o exportOptions, logger *log.Logger) func() []nbd.Export {
 	return func() []nbd.Export {
-		vols, err := p.Volumes()
+		vols, err := p.VolumesBrief()
 		if err != nil {
 			logger.Printf("list volumes: %v", err)
 			return nil
@@ -77,9 +79,22 @@ func exports(p *thinblock.Pool, o exportOptions, logger *log.Logger) func() []nb
 				Name: strconv.FormatUint(vi.ID, 10), Description: desc,
 				Backend:  &volumeBackend{p: p, v: v, size: vi.Size},
 				ReadOnly: o.readOnly || vi.ExportReadOnly(o.writableSnapshots),
+				Hold:     holdVolume(p, vi.ID),
 			})
 		}
 		return out
+	}
+}
+
+// holdVolume claims volume id for the NBD client that chose it, so a
+// delete is refused while the client is connected (thinblock/holds.go).
+func holdVolume(p *thinblock.Pool, id uint64) func(net.Conn) (func(), error) {
+	return func(nc net.Conn) (func(), error) {
+		h, err := p.Hold(id, "NBD client "+describePeer(nc))
+		if err != nil {
+			return nil, err
+		}
+		return h.Release, nil
 	}
 }
 

@@ -125,9 +125,9 @@ func FromVolumeInfo(v thinblock.VolumeInfo) Volume {
 
 // VolumeInfo converts back to the pool's type.
 func (v Volume) VolumeInfo() thinblock.VolumeInfo {
-	i := thinblock.VolumeInfo{ID: v.ID, Size: v.Size, Mapped: v.Mapped, Exclusive: v.Exclusive, Shared: v.Shared,
+	i := thinblock.VolumeInfo{VolumeBrief: thinblock.VolumeBrief{ID: v.ID, Size: v.Size, Mapped: v.Mapped,
 		CreationTime: v.CreationTime, SnapTime: v.SnapTime, Snapshot: v.Snapshot,
-		HasAttrs: v.HasAttrs, Name: v.Name, ReadOnly: v.ReadOnly}
+		HasAttrs: v.HasAttrs, Name: v.Name, ReadOnly: v.ReadOnly}, Exclusive: v.Exclusive, Shared: v.Shared}
 	if v.Origin != nil {
 		i.HasOrigin, i.Origin = true, *v.Origin
 	}

@@ -326,24 +326,33 @@ func (s *Server) dispatch(r Request) (Response, error) {
 }
 
 // deleteLocked deletes every volume of ids, or none: each must exist and
-// be held by nobody.
+// be held by nobody. Holders names who holds a volume; the pool's own
+// claims (Pool.Hold) decide, in the same lock hold as the delete, so an
+// export chosen or a file opened after the check here still refuses it.
 // Preconditions: s.mu is held.
 func (s *Server) deleteLocked(ids []uint64) error {
 	for _, id := range ids {
 		if _, err := s.Pool.Details(id); err != nil {
 			return err
 		}
-		if s.Holders == nil {
-			continue
-		}
-		if hs := s.Holders(id); len(hs) > 0 {
+		if hs := s.holders(id); len(hs) > 0 {
 			return fmt.Errorf("volume %d is in use: %s: %w", id, strings.Join(hs, "; "), syscall.EBUSY)
 		}
 	}
-	for _, id := range ids {
-		if err := s.Pool.DeleteVolume(id); err != nil {
-			return err
+	err := s.Pool.DeleteVolumes(ids)
+	var held *thinblock.HeldError
+	if errors.As(err, &held) {
+		// Claimed since the check above: name the holders as it would.
+		if hs := s.holders(held.ID); len(hs) > 0 {
+			held.Holders = hs
 		}
 	}
-	return nil
+	return err
+}
+
+func (s *Server) holders(id uint64) []string {
+	if s.Holders == nil {
+		return nil
+	}
+	return s.Holders(id)
 }

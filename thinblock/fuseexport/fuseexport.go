@@ -7,6 +7,7 @@ package fuseexport
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"strconv"
@@ -58,7 +59,7 @@ func (r *root) OnAdd(ctx context.Context) {
 // new one, and none for a deleted one (the kernel is told to forget its
 // name; a file still open reads and writes with errors from then on).
 func (r *root) refresh(ctx context.Context) error {
-	vols, err := r.p.Volumes()
+	vols, err := r.p.VolumesBrief() // no walk of the mappings
 	if err != nil {
 		return err
 	}
@@ -152,14 +153,19 @@ type volumeFile struct {
 	opens    atomic.Int32
 }
 
-// handle is an open of a volume file; it counts opens, so a delete can
-// be refused while the file is open.
-type handle struct{ f *volumeFile }
+// handle is an open of a volume file: it holds the volume (Pool.Hold),
+// so a delete is refused while the file is open, and counts the opens
+// for naming who holds it.
+type handle struct {
+	f    *volumeFile
+	hold *thinblock.Hold
+}
 
 var _ fs.FileReleaser = (*handle)(nil)
 
 func (h *handle) Release(ctx context.Context) syscall.Errno {
 	h.f.opens.Add(-1)
+	h.hold.Release()
 	return 0
 }
 
@@ -207,8 +213,25 @@ func (f *volumeFile) Open(ctx context.Context, flags uint32) (fs.FileHandle, uin
 	if f.readOnly.Load() && flags&syscall.O_ACCMODE != syscall.O_RDONLY {
 		return nil, 0, syscall.EROFS
 	}
+	// The claim and the check that the volume exists are one step, so
+	// an open racing a delete holds it or finds it gone.
+	h, err := f.p.Hold(f.v.ID(), holderName(ctx))
+	if errors.Is(err, thinblock.ErrNoVolume) {
+		return nil, 0, syscall.ENOENT
+	}
+	if err != nil {
+		return nil, 0, errno(err)
+	}
 	f.opens.Add(1)
-	return &handle{f}, 0, 0
+	return &handle{f: f, hold: h}, 0, 0
+}
+
+// holderName names the process opening a file, for a refused delete.
+func holderName(ctx context.Context) string {
+	if c, ok := fuse.FromContext(ctx); ok {
+		return fmt.Sprintf("process %d through the FUSE export", c.Pid)
+	}
+	return "an open through the FUSE export"
 }
 
 func (f *volumeFile) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {

@@ -31,6 +31,8 @@ type conn struct {
 	metaExport    string // the export SET_META_CONTEXT named
 	export        Export
 	maxRequest    uint32
+	// release ends the claim Export.Hold made on the chosen export.
+	release func()
 
 	// inflight bounds the bytes of this connection's requests in
 	// flight; each also holds its bytes of the server's budget.
@@ -118,7 +120,25 @@ var errAbort = errors.New("client aborted the negotiation")
 func (c *conn) serve() error {
 	err := c.run()
 	c.close(err)
+	// run has waited for every request's reply.
+	if c.release != nil {
+		c.release()
+	}
 	return err
+}
+
+// hold claims export e for this connection (Export.Hold); an error
+// means it is gone.
+func (c *conn) hold(e Export) error {
+	if e.Hold == nil {
+		return nil
+	}
+	release, err := e.Hold(c.sock)
+	if err != nil {
+		return err
+	}
+	c.release = release
+	return nil
 }
 
 // close ends the connection. After a clean end over TLS, closing nc
@@ -227,6 +247,9 @@ func (c *conn) option(o option) (Export, bool, error) {
 			// This option has no error reply: the spec says close.
 			return Export{}, false, fmt.Errorf("client asked for unknown export %q", o.data)
 		}
+		if err := c.hold(e); err != nil {
+			return Export{}, false, fmt.Errorf("client asked for export %q, gone: %v", o.data, err)
+		}
 		buf := make([]byte, 10, 10+124)
 		be.PutUint64(buf[0:], e.Backend.Size())
 		be.PutUint16(buf[8:], c.transmissionFlags(e))
@@ -296,6 +319,14 @@ func (c *conn) infoOrGo(o option) (Export, bool, error) {
 	e, ok := c.s.lookup(name)
 	if !ok {
 		return Export{}, false, writeOptionReply(w, o.code, repErrUnknown, []byte("no export named "+name))
+	}
+	if o.code == optGo {
+		// Claimed before the client hears yes; released when the
+		// connection ends, even if a reply below fails.
+		if err := c.hold(e); err != nil {
+			c.s.logf("nbd: export %q chosen as it went: %v", name, err)
+			return Export{}, false, writeOptionReply(w, o.code, repErrUnknown, []byte("no export named "+name))
+		}
 	}
 	info := make([]byte, 12)
 	be.PutUint16(info[0:], infoExport)
@@ -383,17 +414,42 @@ func (c *conn) metaContext(o option) error {
 	return writeOptionReply(w, o.code, repAck, nil)
 }
 
-// transmit serves requests until the client disconnects.
+// DefaultWorkers is how many requests one connection serves at once
+// unless Server.Workers says otherwise: enough to keep a queue-depth-16
+// client (fio's and the kernel's usual depth) busy, few enough that a
+// client flooding one connection costs a fixed set of goroutines.
+const DefaultWorkers = 16
+
+func (s *Server) workers() int {
+	if s.Workers <= 0 {
+		return DefaultWorkers
+	}
+	return s.Workers
+}
+
+// job is one validated request on its way to a worker.
+type job struct {
+	req     request
+	payload []byte
+}
+
+// transmit serves requests until the client disconnects: the reader
+// (this goroutine) hands each valid request to one of a fixed set of
+// workers, waiting while all are busy, and the writer sends the replies
+// in the order they complete.
 func (c *conn) transmit() error {
 	c.replies = make(chan outgoing, 64)
 	c.writeErr = make(chan error, 1)
 	go c.writer()
-	workers := c.s.Workers
-	if workers <= 0 {
-		workers = 16
+	// Unbuffered: the next request is read off the socket only once a
+	// worker has taken the one before it.
+	jobs := make(chan job)
+	for i := 0; i < c.s.workers(); i++ {
+		c.workers.Add(1)
+		go c.worker(jobs)
 	}
-	sem := make(chan struct{}, workers)
-	err := c.readRequests(sem)
+	err := c.readRequests(jobs)
+	close(jobs)
 	c.workers.Wait()
 	if errors.Is(err, errStopped) {
 		// Graceful shutdown: what was acknowledged is made durable.
@@ -409,9 +465,20 @@ func (c *conn) transmit() error {
 	return err
 }
 
+// worker serves requests until jobs is closed.
+func (c *conn) worker(jobs <-chan job) {
+	defer c.workers.Done()
+	for j := range jobs {
+		c.handle(j.req, j.payload)
+		if j.payload != nil {
+			c.s.buffers.put(j.payload)
+		}
+	}
+}
+
 var errStopped = errors.New("server shutting down")
 
-func (c *conn) readRequests(sem chan struct{}) error {
+func (c *conn) readRequests(jobs chan<- job) error {
 	hdr := make([]byte, requestSize)
 	for {
 		if _, err := io.ReadFull(c.br, hdr); err != nil {
@@ -455,15 +522,7 @@ func (c *conn) readRequests(sem chan struct{}) error {
 			c.reply(req, r.errno, nil)
 			continue
 		}
-		sem <- struct{}{}
-		c.workers.Add(1)
-		go func() {
-			defer func() { <-sem; c.workers.Done() }()
-			c.handle(req, payload)
-			if payload != nil {
-				c.s.buffers.put(payload)
-			}
-		}()
+		jobs <- job{req: req, payload: payload}
 	}
 }
 

@@ -4,8 +4,9 @@
 // Backend; it knows nothing of thin pools.
 //
 // wire.go holds the wire format, conn.go one connection's state machine:
-// one goroutine reads requests, workers serve them, one writer sends the
-// replies, which may complete out of order. validate.go checks each
+// one goroutine reads requests, a fixed set of workers per connection
+// (Server.Workers) serves them, one writer sends the replies, which may
+// complete out of order. validate.go checks each
 // request whole (command, flags against the command and the
 // negotiation, offset, length, read-only) before it is dispatched, so
 // dispatch assumes a valid request. A backend error becomes an error
@@ -35,8 +36,9 @@ import (
 // SERIALIZE_CONNECTIONS, SERIALIZE_ALL_REQUESTS, SERIALIZE_REQUESTS and
 // PARALLEL: nothing is serialized for the Backend). Every
 // method is called from many goroutines at once: the workers of one
-// connection serve its requests concurrently and out of order, and
-// several connections may share one Backend. A Backend must tolerate
+// connection (Server.Workers: at most that many of its requests are in
+// the Backend at once) serve its requests concurrently and out of
+// order, and several connections may share one Backend. A Backend must tolerate
 // that on the same and on overlapping ranges, and keep these promises:
 //   - Requests on disjoint byte ranges do not affect each other, even
 //     when they fall in the same block of the Backend's own storage.
@@ -79,6 +81,15 @@ type Export struct {
 	Description string
 	Backend     Backend
 	ReadOnly    bool
+	// Hold, if set, claims the device for a client that chooses it (GO
+	// or EXPORT_NAME), before the server says yes; release is called
+	// once the connection has ended and every request on it has been
+	// answered. An error means the device went since Exports listed it:
+	// GO is answered NBD_REP_ERR_UNKNOWN, EXPORT_NAME (which has no
+	// error reply) is disconnected. Whoever deletes devices checks the
+	// claims in the same critical section as Hold, so a client never
+	// ends up serving a deleted device. Nil: nothing to claim.
+	Hold func(client net.Conn) (release func(), err error)
 }
 
 // Server serves exports to NBD clients.
@@ -90,8 +101,9 @@ type Server struct {
 	Logger *log.Logger
 	// MaxRequest bounds a read or write (default 32 MiB).
 	MaxRequest uint32
-	// Workers bounds the requests served at once per connection
-	// (default 16).
+	// Workers is the number of goroutines serving one connection's
+	// requests, so the most requests it has in the Backend at once
+	// (default DefaultWorkers).
 	Workers int
 	// MaxInFlightPerConn bounds the bytes of one connection's requests
 	// between reading them and writing their replies (default 64 MiB,
