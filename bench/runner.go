@@ -83,7 +83,12 @@ func (rep *Report) find(f Family, target, workload string) *Row {
 	return nil
 }
 
-// Run measures every workload of each target's family.
+// Run measures every workload of each target's family, in rounds: each
+// round runs every workload once on every target that measures it,
+// targets side by side, so that a busy minute on a shared machine lands
+// on all of them rather than on whichever target's repeats it met (a
+// ratio once swung from 0.73x to 26x when targets ran their repeats one
+// after the other). Rows come out target by target, as before.
 func Run(cfg *Config, env *Env, targets []Target, workloads []Workload) *Report {
 	rep := &Report{Date: time.Now().UTC(), Quick: cfg.Quick, Repeat: cfg.Repeat, Machine: machine(), Versions: versions(cfg)}
 	steps, done := 0, 0
@@ -95,7 +100,7 @@ func Run(cfg *Config, env *Env, targets []Target, workloads []Workload) *Report 
 		}
 	}
 	start := time.Now()
-	progress := func(t Target, w Workload, rep int) {
+	progress := func(t Target, w Workload, round int) {
 		done++
 		if cfg.Progress == nil {
 			return
@@ -105,23 +110,39 @@ func Run(cfg *Config, env *Env, targets []Target, workloads []Workload) *Report 
 		if done > 1 {
 			left = fmt.Sprintf(", ~%s left", (elapsed / time.Duration(done-1) * time.Duration(steps-done+1)).Round(time.Second))
 		}
-		cfg.Progress(fmt.Sprintf("[%d/%d] %s: %s (run %d, %s elapsed%s)", done, steps, t.Name(), w.Name, rep+1, elapsed.Round(time.Second), left))
+		cfg.Progress(fmt.Sprintf("[%d/%d] %s: %s (run %d, %s elapsed%s)", done, steps, t.Name(), w.Name, round+1, elapsed.Round(time.Second), left))
 	}
-	for _, t := range targets {
-		var mine []Workload
+	runs := make([]*targetRun, len(targets))
+	for i, t := range targets {
+		runs[i] = newTargetRun(cfg, t, workloads)
+	}
+	defer func() {
+		for _, tr := range runs {
+			tr.close()
+		}
+	}()
+	for round := 0; round < cfg.Repeat; round++ {
 		for _, w := range workloads {
-			if w.Family == t.Family() {
-				mine = append(mine, w)
+			for _, tr := range runs {
+				// Families share some workload names (seqread-1m is a
+				// union and a block workload): match the family first.
+				if w.Family != tr.t.Family() {
+					continue
+				}
+				row := tr.rows[w.Name]
+				progress(tr.t, w, round)
+				if row.Skipped == "" && row.Error == "" {
+					tr.measure(env, w, row)
+				}
 			}
 		}
-		if reason := t.Skip(cfg); reason != "" {
-			for _, w := range mine {
-				rep.Rows = append(rep.Rows, Row{Family: t.Family(), Target: t.Name(), Workload: w.Name, Skipped: reason})
-				done += cfg.Repeat
+	}
+	for _, tr := range runs {
+		for _, w := range workloads {
+			if w.Family == tr.t.Family() {
+				rep.Rows = append(rep.Rows, *tr.rows[w.Name])
 			}
-			continue
 		}
-		rep.Rows = append(rep.Rows, runTarget(cfg, env, t, mine, progress)...)
 	}
 	return rep
 }
@@ -132,69 +153,82 @@ type selective interface {
 	NotFor(workload string) string
 }
 
-// runTarget runs a target's workloads: one shared instance for the ones
-// that can share it, a new one per repeat for the fresh ones.
-func runTarget(cfg *Config, env *Env, t Target, workloads []Workload, progress func(Target, Workload, int)) []Row {
-	var rows []Row
-	var shared *Instance
-	var sharedErr error
-	defer func() {
-		if shared != nil {
-			shared.Close()
-		}
-	}()
+// targetRun is one target's part of a run: a row per workload of its
+// family, and the instance its non-fresh workloads share from round to
+// round (set up at its first use, torn down at the end of the run).
+type targetRun struct {
+	t         Target
+	rows      map[string]*Row // by workload name, of t's family only
+	shared    *Instance
+	sharedErr error
+}
+
+// newTargetRun makes t's rows, already marked skipped where t cannot
+// run here, leaves the workload out, or lacks a command it needs.
+func newTargetRun(cfg *Config, t Target, workloads []Workload) *targetRun {
+	tr := &targetRun{t: t, rows: map[string]*Row{}}
+	skip := t.Skip(cfg)
 	for _, w := range workloads {
-		row := Row{Family: t.Family(), Target: t.Name(), Workload: w.Name}
-		if s, ok := t.(selective); ok {
+		if w.Family != t.Family() {
+			continue
+		}
+		row := &Row{Family: t.Family(), Target: t.Name(), Workload: w.Name, Skipped: skip}
+		if s, ok := t.(selective); ok && row.Skipped == "" {
 			row.Skipped = s.NotFor(w.Name)
 		}
 		for _, cmd := range w.Needs {
-			if !have(cmd) {
+			if !have(cmd) && row.Skipped == "" {
 				row.Skipped = cmd + " not installed"
 			}
 		}
-		for r := 0; r < cfg.Repeat; r++ {
-			progress(t, w, r)
-			if row.Skipped != "" || row.Error != "" {
-				continue
-			}
-			var inst *Instance
-			var err error
-			if w.Fresh {
-				inst, err = t.Setup(env)
-			} else {
-				if shared == nil && sharedErr == nil {
-					shared, sharedErr = t.Setup(env)
-				}
-				inst, err = shared, sharedErr
-			}
-			if err != nil {
-				row.Error = fmt.Sprintf("set-up: %v", err)
-				continue
-			}
-			if w.NotFor != nil {
-				if why := w.NotFor(t, inst); why != "" {
-					row.Skipped = why
-					if w.Fresh {
-						inst.Close()
-					}
-					continue
-				}
-			}
-			res, err := w.Run(env, inst)
+		tr.rows[w.Name] = row
+	}
+	return tr
+}
+
+// measure runs w once on the target, adding the figure to row, or
+// recording why there is none (then the row is not run again).
+func (tr *targetRun) measure(env *Env, w Workload, row *Row) {
+	var inst *Instance
+	var err error
+	if w.Fresh {
+		inst, err = tr.t.Setup(env)
+	} else {
+		if tr.shared == nil && tr.sharedErr == nil {
+			tr.shared, tr.sharedErr = tr.t.Setup(env)
+		}
+		inst, err = tr.shared, tr.sharedErr
+	}
+	if err != nil {
+		row.Error = fmt.Sprintf("set-up: %v", err)
+		return
+	}
+	if w.NotFor != nil {
+		if why := w.NotFor(tr.t, inst); why != "" {
+			row.Skipped = why
 			if w.Fresh {
 				inst.Close()
 			}
-			if err != nil {
-				row.Error = err.Error()
-				continue
-			}
-			row.Values = append(row.Values, res.Value)
-			row.Unit, row.HigherBetter = res.Unit, res.HigherBetter
+			return
 		}
-		rows = append(rows, row)
 	}
-	return rows
+	res, err := w.Run(env, inst)
+	if w.Fresh {
+		inst.Close()
+	}
+	if err != nil {
+		row.Error = err.Error()
+		return
+	}
+	row.Values = append(row.Values, res.Value)
+	row.Unit, row.HigherBetter = res.Unit, res.HigherBetter
+}
+
+func (tr *targetRun) close() {
+	if tr.shared != nil {
+		tr.shared.Close()
+		tr.shared = nil
+	}
 }
 
 func machine() map[string]string {

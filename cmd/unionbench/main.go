@@ -36,7 +36,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	targets := fs.String("targets", "", "comma-separated targets (default: all)")
 	workloads := fs.String("workloads", "", "comma-separated workloads, or prefixes of their names (default: all)")
 	out := fs.String("out", "unionbench-out", "directory for the JSON, Markdown and charts")
-	repeat := fs.Int("repeat", 0, "runs per figure (default 2, 1 with --quick)")
+	repeat := fs.Int("repeat", 0, "runs per figure, made in rounds that each run every target once (default 2, 1 with --quick)")
 	unionmount := fs.String("unionmount", "", "unionmount binary (default: beside this one, then PATH)")
 	thinblock := fs.String("thinblock", "", "thinblock binary (default: beside this one, then PATH)")
 	list := fs.Bool("list", false, "list the targets and workloads and exit")

@@ -3,7 +3,8 @@
 // and Clones": nodes are reference counted and shared between trees, a
 // change shadows the path from the root, and shadowing a shared node adds
 // a reference to everything it points to. Cloning a tree is one
-// reference count increment.
+// reference count increment. An insert whose whole path the transaction
+// already owns changes the nodes in place instead (inplace.go).
 //
 // Nodes are never merged after removals (a removal drops empty nodes and
 // collapses a root with one child); the tree stays balanced in depth.
@@ -169,6 +170,9 @@ func (t *Tree) PathShared(root, key uint64) (bool, error) {
 func (t *Tree) Insert(root, key uint64, value []byte) (uint64, []byte, error) {
 	if len(value) != t.valueSize {
 		return 0, nil, fmt.Errorf("btree insert: value of %d bytes, want %d", len(value), t.valueSize)
+	}
+	if done, old, err := t.insertInPlace(root, key, value); done || err != nil {
+		return root, old, err
 	}
 	n, right, old, err := t.insert(root, key, value)
 	if err != nil {

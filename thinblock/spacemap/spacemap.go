@@ -198,7 +198,8 @@ func (m *Map) Get(d uint64) (uint32, error) {
 	return countAt(buf, d%countsPerBlock), nil
 }
 
-// set changes d's count through fn, shadowing its refcount block.
+// set changes d's count through fn, shadowing its refcount block unless
+// this transaction already did.
 func (m *Map) set(d uint64, fn func(uint32) (uint32, error)) (uint32, error) {
 	if d >= m.blocks {
 		return 0, fmt.Errorf("data block %d past the pool's end (%d)", d, m.blocks)
@@ -215,6 +216,21 @@ func (m *Map) set(d uint64, fn func(uint32) (uint32, error)) (uint32, error) {
 	nc, err := fn(old)
 	if err != nil {
 		return 0, err
+	}
+	if b != 0 && m.tm.Owns(b) {
+		// Already this transaction's copy (refcount blocks are never
+		// shared): change it where it lies.
+		buf, err := m.tm.Modify(b, func(buf []byte) error {
+			_, err := DecodeCounts(b, i, buf)
+			return err
+		})
+		if err != nil {
+			return 0, err
+		}
+		binary.LittleEndian.PutUint32(buf[countHeader+4*j:], nc)
+		blockdev.Seal(buf, countSalt)
+		m.countChanged(old, nc)
+		return nc, nil
 	}
 	buf := make([]byte, blockdev.BlockSize)
 	if cur != nil {
@@ -245,13 +261,18 @@ func (m *Map) set(d uint64, fn func(uint32) (uint32, error)) (uint32, error) {
 	if err := m.tm.Write(nb, buf); err != nil {
 		return 0, err
 	}
+	m.countChanged(old, nc)
+	return nc, nil
+}
+
+// countChanged keeps the free count as a block's count goes from old to nc.
+func (m *Map) countChanged(old, nc uint32) {
 	switch {
 	case old == 0 && nc > 0:
 		m.free--
 	case old > 0 && nc == 0:
 		m.free++
 	}
-	return nc, nil
 }
 
 // CountsPerBlock is how many data blocks one refcount block covers.
@@ -334,7 +355,9 @@ func (m *Map) Reserve() (uint64, error) {
 	for scanned := uint64(0); scanned < m.blocks; {
 		d := m.cursor % m.blocks
 		i := d / countsPerBlock
-		counts, _, err := m.counts(i)
+		// The cached block, read in place: nil when the index has no
+		// block for i yet (all its counts are 0).
+		buf, _, err := m.view(i)
 		if err != nil {
 			return 0, err
 		}
@@ -344,7 +367,7 @@ func (m *Map) Reserve() (uint64, error) {
 				break
 			}
 			scanned++
-			if counts[j] == 0 && !m.pending[cand] && !m.reserved[cand] {
+			if (buf == nil || countAt(buf, j) == 0) && !m.pending[cand] && !m.reserved[cand] {
 				m.cursor = cand + 1
 				m.reserved[cand] = true
 				return cand, nil

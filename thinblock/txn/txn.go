@@ -1,8 +1,11 @@
 // Package txn is a thin pool's transaction manager: it hands out metadata
 // blocks, keeps their reference counts, caches them within a memory
-// bound, and commits. Metadata is never overwritten in place: a block of
-// the committed state is shadowed (copied to a new block) before it
-// changes; blocks freed in a transaction stay reserved until the commit;
+// bound, and commits. Committed metadata is never overwritten in place: a
+// block of the committed state is shadowed (copied to a new block) before
+// it changes, and only a block the transaction owns outright (allocated
+// in it, referenced once: Owns) may change in place, so that a run of
+// changes to one node between two commits copies it once; blocks freed in
+// a transaction stay reserved until the commit;
 // a commit writes and syncs the new blocks, then flips one of two
 // checksummed superblocks and syncs again, then copies that superblock
 // over the other slot so both hold it (superblock.go says why, and how a
@@ -218,6 +221,39 @@ func (m *Manager) Write(b uint64, data []byte) error {
 
 // IsFresh reports whether b was allocated in this transaction.
 func (m *Manager) IsFresh(b uint64) bool { return m.fresh[b] }
+
+// Owns reports whether the transaction owns block b outright, so that b
+// may change in place (Modify): b was allocated in this transaction, so
+// the committed state cannot reach it and a crash cannot expose a
+// half-made change, and it is referenced once, so no clone made in this
+// transaction sees it. A block reached through a shared parent is shared
+// whatever its own count: a caller changing a tree checks every block
+// from the root down.
+func (m *Manager) Owns(b uint64) bool { return m.fresh[b] && m.refs[b] == 1 }
+
+// Modify returns block b's cached content for the caller to change in
+// place, and marks it to be written by the commit: the copy-free
+// counterpart of Shadow and Write for a block the transaction owns
+// (Owns), which the caller must have checked for every block above b
+// too. verify, as for View, checks content loaded from the device.
+//
+// The caller must finish its change, checksum included, before its next
+// call into the Manager: any call may write the block back and drop it
+// from the cache.
+func (m *Manager) Modify(b uint64, verify func([]byte) error) ([]byte, error) {
+	if !m.Owns(b) {
+		return nil, fmt.Errorf("in-place change of metadata block %d, which is committed or shared (it must be shadowed)", b)
+	}
+	if _, err := m.View(b, verify); err != nil {
+		return nil, err
+	}
+	ent, ok := m.cache.get(b)
+	if !ok {
+		return nil, fmt.Errorf("in-place change of metadata block %d: not cached", b)
+	}
+	ent.dirty = true
+	return ent.data, nil
+}
 
 // Ref returns b's reference count.
 func (m *Manager) Ref(b uint64) uint32 {
