@@ -257,12 +257,19 @@ func selectWorkloads(all []bench.Workload, list string, stderr io.Writer) []benc
 		return all
 	}
 	var out []bench.Workload
+	// A workload named twice (by its name and by a prefix of it) runs
+	// once: twice would give two rows of one key.
+	chosen := map[string]bool{}
 	for _, name := range strings.Split(list, ",") {
 		name = strings.TrimSpace(name)
 		found := false
 		for _, w := range all {
 			if w.Name == name || strings.HasPrefix(w.Name, name) {
-				out, found = append(out, w), true
+				found = true
+				if !chosen[w.Name] {
+					chosen[w.Name] = true
+					out = append(out, w)
+				}
 			}
 		}
 		if !found {

@@ -229,3 +229,15 @@ func TestQuickLivePoolRows(t *testing.T) {
 		assert.Contains(t, stdout.String(), "qcow2-live: skipped, "+r.Skipped, "a skipped row says why")
 	}
 }
+
+// A workload named and also matched by a prefix runs once.
+func TestWorkloadsNamedTwiceRunOnce(t *testing.T) {
+	var stderr bytes.Buffer
+	got := selectWorkloads(bench.AllWorkloads(&bench.Config{Quick: true}), "delete-give-back,delete-give-back-time", &stderr)
+	var names []string
+	for _, w := range got {
+		names = append(names, w.Name)
+	}
+	assert.Equal(t, []string{"delete-give-back", "delete-give-back-time"}, names)
+	assert.Empty(t, stderr.String())
+}
