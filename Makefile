@@ -12,7 +12,8 @@ DEMO_DEPS := fusermount3:fuse3 mount.fuse3:fuse3 getfattr:attr mkfs.ext4:e2fspro
 	fstrim:util-linux nbdinfo:libnbd-bin
 TEST_DEPS := $(DEMO_DEPS) unshare:util-linux thin_check:thin-provisioning-tools \
 	nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils qemu-io:qemu-utils qemu-nbd:qemu-utils fio:fio \
-	mkfs.ext4:e2fsprogs losetup:mount nbdkit:nbdkit fuse-overlayfs:fuse-overlayfs unionfs-fuse:unionfs-fuse \
+	qemu-storage-daemon:qemu-system-common mkfs.ext4:e2fsprogs losetup:mount nbdkit:nbdkit \
+	fuse-overlayfs:fuse-overlayfs unionfs-fuse:unionfs-fuse \
 	podman:podman buildah:buildah runc:runc newuidmap:uidmap newgidmap:uidmap debootstrap:debootstrap dpkg-deb:dpkg \
 	python3:python3 bats:bats
 # Under the race detector: the pool's concurrency tests and the NBD
@@ -84,7 +85,8 @@ fuzz:
 # The full comparison against the peers (about 20 minutes), then the Go
 # benchmarks. Results: bench/results/ (table, JSON, charts).
 BENCH_DEPS := fio:fio fuse-overlayfs:fuse-overlayfs unionfs-fuse:unionfs-fuse qemu-img:qemu-utils \
-	qemu-nbd:qemu-utils nbdkit:nbdkit nbdinfo:libnbd-bin fusermount3:fuse3
+	qemu-nbd:qemu-utils qemu-io:qemu-utils qemu-storage-daemon:qemu-system-common nbdkit:nbdkit \
+	nbdinfo:libnbd-bin fusermount3:fuse3
 BENCHFLAGS ?=
 
 bench: build

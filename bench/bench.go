@@ -26,6 +26,9 @@ const (
 	Block    Family = "block"
 	// Container is podman running containers, its storage on each union.
 	Container Family = "container"
+	// LivePool is a served pool's volumes snapshotted, started, deleted
+	// and discarded while in use, against qcow2 served by QEMU.
+	LivePool Family = "live-pool"
 )
 
 // Reference is the target each family's ratios are relative to.
@@ -37,6 +40,8 @@ func (f Family) Reference() string {
 		return "fuse-overlayfs"
 	case Container:
 		return "podman-kernel-overlay"
+	case LivePool:
+		return LivePoolReference
 	}
 	return "raw-file"
 }
@@ -63,15 +68,17 @@ type sizes struct {
 	blockBytes int64
 	snapSizes  []string // mapped sizes for the snapshot workloads
 	dpkgFiles  int      // files in the package the container-dpkg workload installs
+	// liveRuntime is how long fio writes while the volume is snapshotted.
+	liveRuntime time.Duration
 }
 
 func (c *Config) sizes() sizes {
 	if c.Quick {
 		return sizes{bigFile: 16 << 20, files: 500, chmodFiles: 200, fioSize: "16M", fioRuntime: time.Second,
-			blockSize: "64M", snapSizes: []string{"64M", "1G"}, dpkgFiles: 500}
+			blockSize: "64M", snapSizes: []string{"64M", "1G"}, dpkgFiles: 500, liveRuntime: 2 * time.Second}
 	}
 	return sizes{bigFile: 1 << 30, files: 20000, chmodFiles: 10000, fioSize: "1G", fioRuntime: 2 * time.Second,
-		blockSize: "1G", snapSizes: []string{"1G", "16G"}, dpkgFiles: 5000}
+		blockSize: "1G", snapSizes: []string{"1G", "16G"}, dpkgFiles: 5000, liveRuntime: 10 * time.Second}
 }
 
 // runCmd runs a command and returns its combined output, or an error
@@ -107,3 +114,14 @@ func have(name string) bool {
 }
 
 func isRoot() bool { return os.Geteuid() == 0 }
+
+// AllTargets are every family's targets, each family's reference first.
+func AllTargets() []Target {
+	return append(append(append(UnionTargets(), ContainerTargets()...), BlockTargets()...), LivePoolTargets()...)
+}
+
+// AllWorkloads are every family's workloads.
+func AllWorkloads(cfg *Config) []Workload {
+	return append(append(append(append(UnionWorkloads(), ContainerWorkloads()...), BlockWorkloads()...),
+		SnapshotWorkloads(cfg)...), LivePoolWorkloads()...)
+}

@@ -20,6 +20,10 @@ type Env struct {
 	srcTar string
 	// FioDir holds the job files.
 	FioDir string
+	// pending holds figures measured together with another workload's,
+	// by "target/workload", oldest first, for their own workloads to
+	// take (see together in livepool.go).
+	pending map[string][]figure
 }
 
 // blockBytes is the block targets' volume size in bytes.

@@ -13,7 +13,7 @@ import (
 // families lists the report's families in order.
 func (rep *Report) families() []Family {
 	var out []Family
-	for _, f := range []Family{Union, Rootless, Container, Block} {
+	for _, f := range []Family{Union, Rootless, Container, Block, LivePool} {
 		for _, r := range rep.Rows {
 			if r.Family == f {
 				out = append(out, f)

@@ -272,6 +272,7 @@ func versions(cfg *Config) map[string]string {
 	}
 	probe("fio", "fio", "--version")
 	probe("qemu-img", "qemu-img", "--version")
+	probe("qemu-storage-daemon", "qemu-storage-daemon", "--version")
 	probe("nbdkit", "nbdkit", "--version")
 	probe("fuse-overlayfs", "fuse-overlayfs", "--version")
 	probe("unionfs-fuse", "unionfs-fuse", "--version")

@@ -28,9 +28,15 @@ type Instance struct {
 	metaDirs []string
 	// podman is the podman command line, debs the directory of .debs
 	// the dpkg workload installs, for container targets.
-	podman   []string
-	debs     string
-	teardown func() error
+	podman []string
+	debs   string
+	// live is a live-pool target's server, liveName the target's name
+	// (the key of the figures its workloads share), baseReady set once
+	// the base image volumes start from is written.
+	live      liveVolumes
+	liveName  string
+	baseReady bool
+	teardown  func() error
 }
 
 // Close tears the instance down.

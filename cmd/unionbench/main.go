@@ -1,7 +1,8 @@
 // Command unionbench measures this project's union filesystem and block
 // server against their peers (kernel overlay, fuse-overlayfs,
 // unionfs-fuse; podman on each as its storage; qemu-nbd, nbdkit,
-// dm-thin, a raw file) with the same workloads, and reports ratios as a
+// dm-thin, a raw file; a live pool against qemu-storage-daemon's
+// qcow2) with the same workloads, and reports ratios as a
 // Markdown table, JSON and charts.
 //
 //	unionbench [--quick] [--targets a,b] [--workloads x,y] [--out DIR]
@@ -60,9 +61,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			cfg.Repeat = 1
 		}
 	}
-	allTargets := append(append(bench.UnionTargets(), bench.ContainerTargets()...), bench.BlockTargets()...)
-	allWorkloads := append(append(append(bench.UnionWorkloads(), bench.ContainerWorkloads()...), bench.BlockWorkloads()...),
-		bench.SnapshotWorkloads(cfg)...)
+	allTargets := bench.AllTargets()
+	allWorkloads := bench.AllWorkloads(cfg)
 	if *list {
 		for _, t := range allTargets {
 			fmt.Fprintf(stdout, "target   %-6s %s\n", t.Family(), t.Name())
@@ -233,7 +233,7 @@ func exactTargets(chosen []bench.Target, list string) []bench.Target {
 // withReferences adds each chosen family's reference target, without
 // which no ratio can be given.
 func withReferences(all, chosen []bench.Target) []bench.Target {
-	for _, f := range []bench.Family{bench.Union, bench.Container, bench.Block} {
+	for _, f := range []bench.Family{bench.Union, bench.Container, bench.Block, bench.LivePool} {
 		used, hasRef := false, false
 		for _, t := range chosen {
 			if t.Family() == f {
@@ -257,12 +257,19 @@ func selectWorkloads(all []bench.Workload, list string, stderr io.Writer) []benc
 		return all
 	}
 	var out []bench.Workload
+	// A workload named twice (by its name and by a prefix of it) runs
+	// once: twice would give two rows of one key.
+	chosen := map[string]bool{}
 	for _, name := range strings.Split(list, ",") {
 		name = strings.TrimSpace(name)
 		found := false
 		for _, w := range all {
 			if w.Name == name || strings.HasPrefix(w.Name, name) {
-				out, found = append(out, w), true
+				found = true
+				if !chosen[w.Name] {
+					chosen[w.Name] = true
+					out = append(out, w)
+				}
 			}
 		}
 		if !found {

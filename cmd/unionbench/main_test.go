@@ -49,9 +49,8 @@ func TestQuickRunReportsEveryRow(t *testing.T) {
 	rep, err := bench.ReadJSON(filepath.Join(out, "unionbench.json"))
 	require.NoError(t, err)
 	cfg := &bench.Config{Quick: true}
-	targets := append(append(bench.UnionTargets(), bench.ContainerTargets()...), bench.BlockTargets()...)
-	workloads := append(append(append(bench.UnionWorkloads(), bench.ContainerWorkloads()...), bench.BlockWorkloads()...),
-		bench.SnapshotWorkloads(cfg)...)
+	targets := bench.AllTargets()
+	workloads := bench.AllWorkloads(cfg)
 	rows := map[string]bench.Row{}
 	for _, r := range rep.Rows {
 		if r.Family == bench.Rootless {
@@ -114,7 +113,8 @@ func TestQuickRunReportsEveryRow(t *testing.T) {
 	assert.Contains(t, md, "### container (reference: podman-kernel-overlay)")
 	assert.Contains(t, md, "dm-thin: skipped", "a skipped target says why")
 
-	families := 3
+	assert.Contains(t, md, "### live-pool (reference: qcow2-live)")
+	families := 4
 	if rootless {
 		assert.Contains(t, md, "### union-userns (reference: fuse-overlayfs)")
 		families++
@@ -166,4 +166,78 @@ func TestVersionNamesTheCommand(t *testing.T) {
 	var out, errOut bytes.Buffer
 	require.Equal(t, 0, run([]string{"--version"}, &out, &errOut), errOut.String())
 	assert.Regexp(t, `^unionbench \S+ .*go1\.\d+`, out.String())
+}
+
+// TestQuickLivePoolRows runs the live-pool family alone, quick: every
+// row of both targets has a positive figure or says why it has none, and
+// none failed; thinblock has every figure, and the space rows show the
+// whole volume given back.
+func TestQuickLivePoolRows(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the live-pool family of the quick benchmark (about 30 s)")
+	}
+	if _, err := exec.LookPath("fio"); err != nil {
+		t.Skip("fio not installed (Debian package fio)")
+	}
+	var names []string
+	for _, w := range bench.LivePoolWorkloads() {
+		names = append(names, w.Name)
+	}
+	var targets []string
+	for _, tg := range bench.LivePoolTargets() {
+		targets = append(targets, tg.Name())
+	}
+	out := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(ourBinary(t, "UNIONBENCH_BIN", "cmd/unionbench"), "--quick", "--out", out,
+		"--thinblock", ourBinary(t, "THINBLOCK_BIN", "cmd/thinblock"),
+		"--targets", strings.Join(targets, ","), "--workloads", strings.Join(names, ","))
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	require.NoError(t, cmd.Run(), "stderr:\n%s", stderr.String())
+
+	rep, err := bench.ReadJSON(filepath.Join(out, "unionbench.json"))
+	require.NoError(t, err)
+	rows := map[string]bench.Row{}
+	for _, r := range rep.Rows {
+		require.Equal(t, bench.LivePool, r.Family, "only the family asked for ran")
+		rows[r.Target+"/"+r.Workload] = r
+	}
+	for _, tg := range targets {
+		for _, w := range names {
+			key := tg + "/" + w
+			r, ok := rows[key]
+			if !assert.True(t, ok, "row %s missing", key) {
+				continue
+			}
+			assert.Empty(t, r.Error, key)
+			if r.Skipped != "" {
+				assert.NotEqual(t, "thinblock-live", tg, "thinblock has every figure: %s skipped: %s", key, r.Skipped)
+				continue
+			}
+			require.NotEmpty(t, r.Values, key)
+			assert.NotEmpty(t, r.Unit, key)
+			for _, v := range r.Values {
+				assert.Greater(t, v, 0.0, key)
+				if r.Unit == "MiB" {
+					assert.GreaterOrEqual(t, v, 0.9*64, "%s: the quick run's 64 MiB volume given back", key)
+				}
+			}
+		}
+	}
+	assert.Contains(t, stdout.String(), "### live-pool (reference: "+bench.LivePoolReference+")")
+	if r := rows[bench.LivePoolReference+"/delete-give-back"]; r.Skipped != "" {
+		assert.Contains(t, stdout.String(), "qcow2-live: skipped, "+r.Skipped, "a skipped row says why")
+	}
+}
+
+// A workload named and also matched by a prefix runs once.
+func TestWorkloadsNamedTwiceRunOnce(t *testing.T) {
+	var stderr bytes.Buffer
+	got := selectWorkloads(bench.AllWorkloads(&bench.Config{Quick: true}), "delete-give-back,delete-give-back-time", &stderr)
+	var names []string
+	for _, w := range got {
+		names = append(names, w.Name)
+	}
+	assert.Equal(t, []string{"delete-give-back", "delete-give-back-time"}, names)
+	assert.Empty(t, stderr.String())
 }
