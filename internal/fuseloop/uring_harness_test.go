@@ -26,8 +26,8 @@ import (
 )
 
 const (
-	testMaxWrite    = 128 << 10
-	enableURingPath = "/sys/module/fuse/parameters/enable_uring"
+	uringTestMaxWrite = 128 << 10
+	enableURingPath   = "/sys/module/fuse/parameters/enable_uring"
 
 	fuseOpLookup      = 1
 	fuseOpForget      = 2
@@ -116,15 +116,15 @@ func startURingMount(dir, backing string, wrap func(fuse.RawFileSystem) fuse.Raw
 	if err != nil {
 		return nil, m.failStart(err)
 	}
-	mo := fuse.MountOptions{MaxWrite: testMaxWrite, ExtraCapabilities: fuse.CAP_OVER_IO_URING}
+	mo := fuse.MountOptions{MaxWrite: uringTestMaxWrite, ExtraCapabilities: fuse.CAP_OVER_IO_URING}
 	raw := fs.NewNodeFS(root, &fs.Options{MountOptions: mo})
 	if wrap != nil {
 		raw = wrap(raw)
 	}
 	ps := fuse.NewProtocolServer(raw, &mo)
 
-	in := make([]byte, testMaxWrite+2*os.Getpagesize())
-	out := make([]byte, testMaxWrite+2*os.Getpagesize())
+	in := make([]byte, uringTestMaxWrite+2*os.Getpagesize())
+	out := make([]byte, uringTestMaxWrite+2*os.Getpagesize())
 	n, err := unix.Read(fd, in)
 	if err != nil {
 		return nil, m.failStart(fmt.Errorf("reading INIT: %w", err))
@@ -148,7 +148,7 @@ func startURingMount(dir, backing string, wrap func(fuse.RawFileSystem) fuse.Raw
 		n, _ := ps.HandleRequest(in, out)
 		return n
 	}
-	m.tr, err = StartURing(URingConfig{DevFD: fd, MaxWrite: testMaxWrite, Handle: handle, Logf: logf})
+	m.tr, err = StartURing(URingConfig{DevFD: fd, MaxWrite: uringTestMaxWrite, Handle: handle, Logf: logf})
 	go m.devLoop(ps, in, out, logf)
 	if err != nil {
 		return nil, m.failStart(err)

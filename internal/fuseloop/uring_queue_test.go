@@ -28,7 +28,7 @@ func TestParseCPUListCountsRangesAndSingles(t *testing.T) {
 }
 
 // Sizes around a page, max_write (one request) and the payload buffer.
-var dataSizes = []int{0, 1, 4095, 4096, 4097, 65536, testMaxWrite - 1, testMaxWrite, testMaxWrite + 1, 3*testMaxWrite + 5, 1<<20 + 17}
+var dataSizes = []int{0, 1, 4095, 4096, 4097, 65536, uringTestMaxWrite - 1, uringTestMaxWrite, uringTestMaxWrite + 1, 3*uringTestMaxWrite + 5, 1<<20 + 17}
 
 func TestURingDataAroundPageAndRequestSizesReadsBackExactly(t *testing.T) {
 	m := mountURing(t, nil)
@@ -57,11 +57,11 @@ func TestURingDataAroundPageAndRequestSizesReadsBackExactly(t *testing.T) {
 			f, err := os.Open(filepath.Join(m.dir, name))
 			require.NoError(t, err)
 			defer f.Close()
-			for _, off := range []int{1, 4095, testMaxWrite - 3} {
+			for _, off := range []int{1, 4095, uringTestMaxWrite - 3} {
 				if off >= size {
 					continue
 				}
-				buf := make([]byte, testMaxWrite+7)
+				buf := make([]byte, uringTestMaxWrite+7)
 				n, _ := f.ReadAt(buf, int64(off))
 				assert.Equal(t, data[off:min(size, off+len(buf))], buf[:n], "pread at %d", off)
 			}
@@ -71,4 +71,34 @@ func TestURingDataAroundPageAndRequestSizesReadsBackExactly(t *testing.T) {
 	assert.NotZero(t, m.ringAnswered(fuseOpWrite), "WRITEs went through the rings")
 	assert.NotZero(t, m.ringAnswered(fuseOpRead), "READs went through the rings")
 	assert.Empty(t, m.devRequests(), "only FORGET and INTERRUPT may come through /dev/fuse once the rings are registered")
+}
+
+func TestServerWithTransportIOURingServesThroughTheRings(t *testing.T) {
+	requireURing(t)
+	m := mountLoopback(t, TransportIOURing)
+	require.Equal(t, TransportIOURing, m.server.Transport(), "why not: %s", m.server.WhyNotIOURing())
+	assert.Empty(t, m.server.WhyNotIOURing())
+	require.NoError(t, pollOnce(m.mnt))
+	t.Cleanup(func() { requireNoThreadInD(t, os.Getpid()) })
+
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, size := range dataSizes {
+		data := make([]byte, size)
+		for i := range data {
+			data[i] = byte(rng.Uint32())
+		}
+		name := fmt.Sprintf("f%d", size)
+		require.NoError(t, os.WriteFile(filepath.Join(m.mnt, name), data, 0o644))
+		got, err := os.ReadFile(filepath.Join(m.mnt, name))
+		require.NoError(t, err)
+		assert.True(t, bytes.Equal(data, got), "%d bytes read back through the mount", size)
+		backing, err := os.ReadFile(filepath.Join(m.dir, name))
+		require.NoError(t, err)
+		assert.True(t, bytes.Equal(data, backing), "%d bytes landed in the backing dir", size)
+	}
+	var served uint64
+	for _, s := range m.server.uring.Stats() {
+		served += s.Served
+	}
+	assert.Greater(t, served, uint64(2*len(dataSizes)), "the rings answered the requests")
 }
