@@ -102,6 +102,9 @@ func Mount(mountpoint string, raw fuse.RawFileSystem, opts Options) (*Server, er
 		closeFd(s.fd)
 		return nil, fmt.Errorf("mount %s: %w", abs, err)
 	}
+	if err := pollOnce(abs); err != nil {
+		s.logger.Printf("mount %s: %v", abs, err)
+	}
 	return s, nil
 }
 

@@ -159,23 +159,6 @@ func startURingMount(dir, backing string, wrap func(fuse.RawFileSystem) fuse.Raw
 	return m, nil
 }
 
-// pollOnce makes the kernel send its one FUSE_POLL now, from a plain
-// poll(2), so that the ENOSYS answer turns polling off for the connection.
-// Otherwise the first os.Open of a file on the mount sends it from inside
-// the Go runtime's epoll_ctl, which holds a P while it waits; two such
-// opens on a 2-CPU machine leave no P for the thread that must answer, and
-// the process hangs on its own mount (go-fuse's pollHack, for the same
-// reason).
-func pollOnce(dir string) error {
-	fd, err := unix.Open(filepath.Join(dir, ".go-fuse-epoll-hack"), unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("poll hack: %w", err)
-	}
-	defer unix.Close(fd)
-	_, err = unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, 0)
-	return err
-}
-
 func (m *uringMount) failStart(err error) error {
 	_ = unix.Unmount(m.dir, unix.MNT_DETACH)
 	if m.tr != nil {
@@ -332,3 +315,5 @@ func allowedCPUs(t testing.TB) []int {
 	}
 	return cpus
 }
+
+func runtime_Gosched() { runtime.Gosched() }

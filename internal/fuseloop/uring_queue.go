@@ -181,6 +181,13 @@ func StartURing(cfg URingConfig) (*URingTransport, error) {
 // stops serving but leaves its ring open rather than cancel them, and the
 // requests that reach it wait until the connection is aborted.
 func (t *URingTransport) Close() error {
+	// With the connection over, every entry's command comes back with
+	// ENOTCONN soon, and the queues end by themselves; the /dev/fuse
+	// reader may just have seen ENODEV first. Give them that moment
+	// before cutting them short.
+	for deadline := time.Now().Add(closeGrace); time.Now().Before(deadline) && t.anyLive(); {
+		time.Sleep(time.Millisecond)
+	}
 	for _, q := range t.queues {
 		q.wake()
 	}
@@ -193,6 +200,22 @@ func (t *URingTransport) Close() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// closeGrace is how long Close waits for the kernel to hand back the
+// entries of a connection that has ended.
+const closeGrace = 5 * time.Second
+
+func (t *URingTransport) anyLive() bool {
+	for _, q := range t.queues {
+		q.mu.Lock()
+		live := !q.finishedLocked()
+		q.mu.Unlock()
+		if live {
+			return true
+		}
+	}
+	return false
 }
 
 // Stats reports each queue's counters.
