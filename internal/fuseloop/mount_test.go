@@ -25,7 +25,6 @@ func requireFUSE(t *testing.T) {
 	}
 }
 
-
 // mounted is a loopback file system over a directory, mounted over one
 // transport.
 type mounted struct {
