@@ -78,13 +78,18 @@ func Mount(mountpoint string, raw fuse.RawFileSystem, opts Options) (*Server, er
 		bufSize:   mo.MaxWrite + pageSize,
 		served:    make(chan struct{}),
 	}
+	// Once INIT grants FUSE_OVER_IO_URING the kernel holds every
+	// request back until rings are registered: io_uring is asked for
+	// only where this build can serve it, and then failing to start it
+	// fails the mount.
 	wantURing := transport == TransportAuto || transport == TransportIOURing
 	if wantURing {
-		if ok, why := kernelOffersIOURing(); ok {
-			mo.ExtraCapabilities |= fuse.CAP_OVER_IO_URING
+		if ok, why := kernelOffersIOURing(); !ok {
+			wantURing, s.whyNotIOURing = false, why
+		} else if err := canServeIOURing(); err != nil {
+			wantURing, s.whyNotIOURing = false, err.Error()
 		} else {
-			wantURing = false
-			s.whyNotIOURing = why
+			mo.ExtraCapabilities |= fuse.CAP_OVER_IO_URING
 		}
 	} else {
 		s.whyNotIOURing = "transport=" + transport
@@ -95,21 +100,22 @@ func Mount(mountpoint string, raw fuse.RawFileSystem, opts Options) (*Server, er
 		return nil, fmt.Errorf("mount %s: %w", abs, err)
 	}
 	s.fd = s.dev.fd
-	if err := s.start(raw, mo, wantURing); err != nil {
-		// The connection is mounted but will never serve: take it
-		// away, and close it so anything already waiting on it ends.
+	if err := s.start(abs, raw, mo, wantURing); err != nil {
+		// The connection is mounted but will not serve: take it
+		// away; the loop, if it runs, ends with it and closes the fd.
 		s.dev.unmount()
-		closeFd(s.fd)
+		if s.devLoop != nil {
+			s.Wait()
+		} else {
+			closeFd(s.fd)
+		}
 		return nil, fmt.Errorf("mount %s: %w", abs, err)
-	}
-	if err := pollOnce(abs); err != nil {
-		s.logger.Printf("mount %s: %v", abs, err)
 	}
 	return s, nil
 }
 
 // start answers INIT and starts the loops.
-func (s *Server) start(raw fuse.RawFileSystem, mo fuse.MountOptions, wantURing bool) error {
+func (s *Server) start(mountpoint string, raw fuse.RawFileSystem, mo fuse.MountOptions, wantURing bool) error {
 	var err error
 	s.fuse, err = answerInit(s.fd, raw, mo)
 	if err != nil {
@@ -123,19 +129,18 @@ func (s *Server) start(raw fuse.RawFileSystem, mo fuse.MountOptions, wantURing b
 	// queues FORGET and INTERRUPT there.
 	s.devLoop = newDevLoop(s)
 	s.devLoop.start()
+	go s.finish()
 	if wantURing {
-		granted := s.KernelSettings().Flags64()&fuse.CAP_OVER_IO_URING != 0
-		switch err := s.startIOURing(); {
-		case !granted:
-			s.whyNotIOURing = "the kernel did not offer FUSE_OVER_IO_URING in INIT"
-		case err != nil:
-			s.whyNotIOURing = err.Error()
-		default:
+		if s.KernelSettings().Flags64()&fuse.CAP_OVER_IO_URING == 0 {
+			s.whyNotIOURing = "the kernel did not grant FUSE_OVER_IO_URING in INIT"
+		} else if err := s.startIOURing(); err != nil {
+			return fmt.Errorf("io_uring granted but not started: %w", err)
+		} else {
 			s.transport = TransportIOURing
 		}
 	}
-	go s.finish()
-	return nil
+	// After the rings: with io_uring granted, requests wait for them.
+	return refusePoll(mountpoint)
 }
 
 // finish waits for every loop to end, then lets go of the connection.

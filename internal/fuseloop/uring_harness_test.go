@@ -153,7 +153,7 @@ func startURingMount(dir, backing string, wrap func(fuse.RawFileSystem) fuse.Raw
 	if err != nil {
 		return nil, m.failStart(err)
 	}
-	if err := pollOnce(dir); err != nil {
+	if err := refusePoll(dir); err != nil {
 		return nil, m.failStart(err)
 	}
 	return m, nil

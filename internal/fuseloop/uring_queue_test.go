@@ -78,7 +78,6 @@ func TestServerWithTransportIOURingServesThroughTheRings(t *testing.T) {
 	m := mountLoopback(t, TransportIOURing)
 	require.Equal(t, TransportIOURing, m.server.Transport(), "why not: %s", m.server.WhyNotIOURing())
 	assert.Empty(t, m.server.WhyNotIOURing())
-	require.NoError(t, pollOnce(m.mnt))
 	t.Cleanup(func() { requireNoThreadInD(t, os.Getpid()) })
 
 	rng := rand.New(rand.NewPCG(3, 4))

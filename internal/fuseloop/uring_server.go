@@ -11,6 +11,22 @@ import (
 // once INIT granted FUSE_OVER_IO_URING, and wait for its queues when the
 // connection is over.
 
+// canServeIOURing reports whether this process can set up the rings: an
+// io_uring it may create (kernel.io_uring_disabled, seccomp and old
+// kernels say no) and a CPU count to size the queues by. Once INIT grants
+// FUSE_OVER_IO_URING there is no way back, so this is asked before.
+func canServeIOURing() error {
+	if _, err := possibleCPUs(); err != nil {
+		return err
+	}
+	r, err := newURing(2)
+	if err != nil {
+		return err
+	}
+	r.close()
+	return nil
+}
+
 // startIOURing serves the connection's requests through one io_uring per
 // CPU beside the /dev/fuse loop. On error the rings that did register wait
 // harmlessly for the connection to end (the kernel keeps using /dev/fuse
