@@ -91,6 +91,9 @@ type FS struct {
 	// writeback is set when the kernel is asked to cache writes (see
 	// Mount); layer files are then opened for reading too.
 	writeback bool
+	// transport and whyNotIOURing say how requests reach the daemon
+	// (see internal/fuseloop); set by Mount.
+	transport, whyNotIOURing string
 	// passthrough is set once the kernel has agreed to FUSE passthrough.
 	passthrough atomic.Bool
 	// daemonReads counts reads served by the daemon rather than by

@@ -3,8 +3,12 @@ package unionfs
 // Mode says how a mounted union serves its requests, for status
 // displays and logs.
 type Mode struct {
-	// Transport is how requests reach the daemon.
+	// Transport is how requests reach the daemon: io_uring, dev-fuse
+	// or go-fuse (internal/fuseloop).
 	Transport string `json:"transport"`
+	// WhyNotIOURing says why io_uring does not serve the mount; empty
+	// when it does.
+	WhyNotIOURing string `json:"why_not_io_uring,omitempty"`
 	// Passthrough is set when open upper files are read and written by
 	// the kernel itself (FUSE passthrough).
 	Passthrough bool `json:"passthrough"`
@@ -26,11 +30,12 @@ func (u *FS) Mode() Mode {
 	format := u.wformat.String()
 	u.ns.RUnlock()
 	return Mode{
-		Transport:   "/dev/fuse",
-		Passthrough: u.passthrough.Load(),
-		Writeback:   u.writeback,
-		Whiteout:    format,
-		Metacopy:    u.opts.Metacopy,
-		ReadOnly:    !u.writable(),
+		Transport:     u.transport,
+		WhyNotIOURing: u.whyNotIOURing,
+		Passthrough:   u.passthrough.Load(),
+		Writeback:     u.writeback,
+		Whiteout:      format,
+		Metacopy:      u.opts.Metacopy,
+		ReadOnly:      !u.writable(),
 	}
 }

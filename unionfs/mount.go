@@ -10,12 +10,14 @@ import (
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
 
+	"github.com/unionmount/unionmount/internal/fuseloop"
 	"github.com/unionmount/unionmount/internal/userns"
 )
 
 // Mount mounts the union described by opts (already validated) at
-// mountpoint and returns the serving FUSE server; the caller waits on it.
-func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuse.Server, *FS, error) {
+// mountpoint and returns the serving FUSE server; the caller waits on it
+// and unmounts through it.
+func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuseloop.Server, *FS, error) {
 	if logger == nil {
 		logger = log.New(os.Stderr, "unionmount: ", log.LstdFlags)
 	}
@@ -61,7 +63,6 @@ func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuse.Server, *
 			FsName:      fsName,
 			Name:        "unionmount",
 			Debug:       opts.Debug,
-			DirectMount: os.Geteuid() == 0,
 			MaxWrite:    maxRequestData,
 			EnableLocks: true,
 			// READDIRPLUS only where the kernel expects lookups to follow
@@ -86,15 +87,20 @@ func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuse.Server, *
 		Logger:          logger,
 		RootStableAttr:  &fs.StableAttr{Ino: 1},
 	}
-	server, err := fuse.NewServer(newImplicitDirs(&relabelReplies{&namespaceChanges{&ioModeOrder{RawFileSystem: fs.NewNodeFS(root, fsopts)}, u}, u.relabels}), mountpoint, &fsopts.MountOptions)
-	if err == nil {
-		go server.Serve()
-		err = server.WaitMount()
+	transport := opts.Transport
+	if transport == "" {
+		if transport, err = DefaultTransport(); err != nil {
+			u.Close()
+			return nil, nil, err
+		}
 	}
+	raw := newImplicitDirs(&relabelReplies{&namespaceChanges{&ioModeOrder{RawFileSystem: fs.NewNodeFS(root, fsopts)}, u}, u.relabels})
+	server, err := fuseloop.Mount(mountpoint, raw, fuseloop.Options{Transport: transport, Mount: fsopts.MountOptions})
 	if err != nil {
 		u.Close()
-		return nil, nil, fmt.Errorf("mount %s: %w", mountpoint, err)
+		return nil, nil, err
 	}
+	u.transport, u.whyNotIOURing = server.Transport(), server.WhyNotIOURing()
 	if privileged {
 		raiseReadahead(mountpoint, logger)
 	}

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/unionmount/unionmount/internal/fuseloop"
 )
 
 // RedirectMode is kernel overlayfs's redirect_dir setting: whether a
@@ -51,6 +53,10 @@ type Options struct {
 	Passthrough bool
 	// AllowOther lets users other than the mounter use the mount.
 	AllowOther bool
+	// Transport is how requests reach the daemon (transport=): auto,
+	// io_uring, dev-fuse or go-fuse (see internal/fuseloop). Empty means
+	// the default, DefaultTransport.
+	Transport string
 	// Debug traces every FUSE operation to the log.
 	Debug bool
 	// FsName is the source shown in /proc/mounts.
@@ -107,6 +113,23 @@ type Options struct {
 // unless timeout= says otherwise.
 const DefaultCacheTimeout = time.Hour
 
+// TransportEnv names the environment variable that overrides the default
+// transport (auto), so a whole test suite can run over one transport.
+const TransportEnv = "UNIONMOUNT_TRANSPORT"
+
+// DefaultTransport is the transport of a mount without transport=: auto,
+// or what TransportEnv says.
+func DefaultTransport() (string, error) {
+	t := os.Getenv(TransportEnv)
+	if t == "" {
+		return fuseloop.TransportAuto, nil
+	}
+	if err := fuseloop.CheckTransport(t); err != nil {
+		return "", badOption("%s: %v", TransportEnv, err)
+	}
+	return t, nil
+}
+
 // ErrBadOption marks errors in the user's options, as opposed to
 // failures of the system.
 var ErrBadOption = errors.New("bad option")
@@ -119,7 +142,11 @@ func badOption(format string, args ...any) error {
 // into Options (optionTable says what each option does). Commas and
 // colons inside values can be escaped with a backslash.
 func ParseOptions(optionLists []string) (Options, error) {
-	p := optionParse{o: Options{Passthrough: true, AllowOther: os.Geteuid() == 0, SquashUID: -1, SquashGID: -1, CacheTimeout: DefaultCacheTimeout}}
+	transport, err := DefaultTransport()
+	if err != nil {
+		return Options{}, err
+	}
+	p := optionParse{o: Options{Transport: transport, Passthrough: true, AllowOther: os.Geteuid() == 0, SquashUID: -1, SquashGID: -1, CacheTimeout: DefaultCacheTimeout}}
 	for _, list := range optionLists {
 		for _, opt := range splitEscaped(list, ',') {
 			if opt == "" {

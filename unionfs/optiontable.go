@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/unionmount/unionmount/internal/fuseloop"
 	"github.com/unionmount/unionmount/whiteout"
 )
 
@@ -130,6 +131,14 @@ var optionTable = []optionSpec{
 		}},
 	{names: []string{"writeback"}, value: "on|off", doc: "where passthrough is not used, the kernel caches writes (default on); off: every write is a request",
 		set: switchOption(func(o *Options, on bool) { o.NoWriteback = !on })},
+	{names: []string{"transport"}, value: "auto|io_uring|dev-fuse|go-fuse", doc: "how requests reach the daemon: io_uring (FUSE-over-io_uring, where the kernel enables it), dev-fuse (the union's own /dev/fuse loop), go-fuse (go-fuse's loop); auto (default, or $UNIONMOUNT_TRANSPORT) takes io_uring where it can run, dev-fuse otherwise",
+		set: func(p *optionParse, key, v string) error {
+			if err := fuseloop.CheckTransport(v); err != nil {
+				return badOption("%s: %v", key, err)
+			}
+			p.o.Transport = v
+			return nil
+		}},
 	{names: []string{"timeout"}, value: "SECONDS", doc: "how long the kernel may cache names and attributes (default 3600)",
 		set: func(p *optionParse, _, v string) error {
 			secs, err := strconv.ParseFloat(v, 64)

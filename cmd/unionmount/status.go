@@ -108,6 +108,9 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 
 func describeMode(m unionfs.Mode) string {
 	parts := []string{m.Transport}
+	if m.WhyNotIOURing != "" {
+		parts[0] += " (no io_uring: " + m.WhyNotIOURing + ")"
+	}
 	if m.ReadOnly {
 		parts = append(parts, "read-only")
 	}
