@@ -49,6 +49,10 @@ type Options struct {
 	// Passthrough asks for FUSE passthrough of open files where the
 	// kernel and privileges allow it.
 	Passthrough bool
+	// LowerPassthrough extends Passthrough to read-only opens of files
+	// whose data is in a lower layer, so that unions over one lower
+	// share its page cache (see passthrough.go).
+	LowerPassthrough bool
 	// AllowOther lets users other than the mounter use the mount.
 	AllowOther bool
 	// Debug traces every FUSE operation to the log.
@@ -119,7 +123,7 @@ func badOption(format string, args ...any) error {
 // into Options (optionTable says what each option does). Commas and
 // colons inside values can be escaped with a backslash.
 func ParseOptions(optionLists []string) (Options, error) {
-	p := optionParse{o: Options{Passthrough: true, AllowOther: os.Geteuid() == 0, SquashUID: -1, SquashGID: -1, CacheTimeout: DefaultCacheTimeout}}
+	p := optionParse{o: Options{Passthrough: true, LowerPassthrough: true, AllowOther: os.Geteuid() == 0, SquashUID: -1, SquashGID: -1, CacheTimeout: DefaultCacheTimeout}}
 	for _, list := range optionLists {
 		for _, opt := range splitEscaped(list, ',') {
 			if opt == "" {
