@@ -100,8 +100,14 @@ func TestKeptPageCacheNeverServesStaleData(t *testing.T) {
 	require.NoError(t, rw.Close())
 	assert.Equal(t, "NEW data 1234", readFile(t, f))
 
-	// O_DIRECT reads of a lower file are served from the host's cache
-	// and return the file's data, whatever the buffer's alignment.
+	// O_DIRECT reads of a lower file served by the daemon come from the
+	// host's cache and return the file's data, whatever the buffer's
+	// alignment. (Through passthrough the kernel applies O_DIRECT to the
+	// lower file itself and wants aligned buffers, as kernel overlay
+	// does: TestReadsPastTheEndComeBackShort checks those.)
+	if m.FS.Mode().LowerPassthrough {
+		return
+	}
 	d, err := os.OpenFile(l.Mount+"/g", os.O_RDONLY|unix.O_DIRECT, 0)
 	require.NoError(t, err)
 	defer d.Close()

@@ -220,7 +220,11 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	child := ino.Operations().(*node)
 	// A new file has no capabilities: only the mode it was made with
 	// can give it set-id bits.
-	handle, fuseFlags := child.newHandleWithPrivileges(fd, openFlags, false, mode&(unix.S_ISUID|unix.S_ISGID) != 0)
+	handle, fuseFlags, err := child.newHandle(fd, openFlags, handleSource{privileged: mode&(unix.S_ISUID|unix.S_ISGID) != 0})
+	if err != nil {
+		unix.Close(fd) // a new file's node has no lower file to conflict with
+		return nil, nil, 0, u.errno(err)
+	}
 	return ino, handle, fuseFlags, 0
 }
 

@@ -14,7 +14,10 @@ import (
 
 // file is an open union file over the real fd of a layer file. A file
 // opened read-only on a lower layer switches to the upper copy once the
-// node has been copied up, so readers see later writes. It serves
+// node has been copied up, so readers see later writes; where the kernel
+// reads the lower file itself (passthrough), the node's data cannot
+// change while the handle is open (see passthrough.go), and the switch
+// only moves the requests the daemon still gets (fstat, locks, lseek). It serves
 // requests on the fd itself: go-fuse's loopback file would wrap each fd
 // in an os.File, two more syscalls (fcntl, epoll_ctl) per open.
 type file struct {
@@ -108,10 +111,13 @@ func (f *file) switchToUpperNsHeld() int {
 	return f.fd
 }
 
+// PassthroughFd gives go-fuse the fd to register as the node's backing
+// file at the node's first passthrough open: the upper file, or for a
+// read-only open of a lower one the lower file (see passthrough.go).
 func (f *file) PassthroughFd() (int, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	if !f.passthrough || f.onLower {
+	if !f.passthrough {
 		return -1, false
 	}
 	return f.fd, true
@@ -218,6 +224,9 @@ func (f *file) Release(ctx context.Context) syscall.Errno {
 	f.n.mu.Lock()
 	if f.passthrough {
 		f.n.passthroughOpens--
+		if f.n.passthroughOpens == 0 {
+			f.n.lowerBacking = false
+		}
 	} else {
 		f.n.cachedOpens--
 	}

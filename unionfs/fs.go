@@ -31,6 +31,9 @@
 // invalidations (NotifyEntry, NotifyContent) with no lock held: the
 // kernel may wait on a request that waits on ns.
 //
+// ioModeOrder.waitMu (the waits of a data change that passthrough
+// readers of a lower file hold up, passthrough.go) is a leaf.
+//
 // node.mu guards the node's layer state, open-handle counts and
 // serializes its copy-up. file.mu guards a handle's fd and whether it is
 // still on the lower file. FS.refusedMu and the identity caches' locks

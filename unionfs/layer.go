@@ -27,6 +27,9 @@ type layer struct {
 	// (-1 otherwise; see branches.go).
 	writable bool
 	work     int
+	// backsPassthrough is set when the kernel can read the layer's files
+	// for a passthrough open (see passthrough.go).
+	backsPassthrough bool
 }
 
 func openLayer(index int, path string, upper bool) (*layer, error) {
@@ -39,7 +42,26 @@ func openLayer(index int, path string, upper bool) (*layer, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("stat layer %s: %w", path, err)
 	}
-	return &layer{index: index, path: path, fd: fd, dev: st.Dev, upper: upper, writable: upper, work: -1}, nil
+	return &layer{index: index, path: path, fd: fd, dev: st.Dev, upper: upper, writable: upper, work: -1,
+		backsPassthrough: canBackPassthrough(fd)}, nil
+}
+
+// canBackPassthrough reports whether files of the filesystem holding the
+// directory fd can be a FUSE mount's backing files. The kernel refuses a
+// backing file on a stacked filesystem (overlay, ecryptfs, a FUSE mount
+// that uses passthrough itself) deeper than the mount's stacking depth,
+// and go-fuse takes a refused registration as the end of passthrough for
+// the whole mount: a lower on such a filesystem is served by the daemon.
+func canBackPassthrough(fd int) bool {
+	var sfs unix.Statfs_t
+	if unix.Fstatfs(fd, &sfs) != nil {
+		return false
+	}
+	switch uint32(sfs.Type) {
+	case unix.OVERLAYFS_SUPER_MAGIC, unix.ECRYPTFS_SUPER_MAGIC, unix.FUSE_SUPER_MAGIC:
+		return false
+	}
+	return true
 }
 
 func (l *layer) close() {

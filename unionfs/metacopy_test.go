@@ -28,13 +28,15 @@ func pattern(n int) string {
 
 // With metacopy=on a chmod copies up the metadata only; the data stays
 // below, is read from there, and is copied up at the first write, which
-// open readers then see.
+// open readers then see (where the daemon serves lower files: with lower
+// files through passthrough that write waits for the readers instead, as
+// passthrough_test.go checks with metacopy=on too).
 func TestMetacopyKeepsDataBelowUntilTheFirstWrite(t *testing.T) {
 	fstest.RequireRoot(t) // trusted.* xattrs
 	data := pattern(64 << 10)
 	l := fstest.NewLayers(t, 1)
 	fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"f": data, "g": data, "empty": ""})
-	m := uniontest.Mount(t, l, "metacopy=on")
+	m := uniontest.Mount(t, l, "metacopy=on", "passthrough=upper")
 	f := l.Mount + "/f"
 	before := lstat(t, f)
 	lowerSt := lstat(t, l.Lowers[0]+"/f")

@@ -12,6 +12,9 @@ type Mode struct {
 	// Passthrough is set when open upper files are read and written by
 	// the kernel itself (FUSE passthrough).
 	Passthrough bool `json:"passthrough"`
+	// LowerPassthrough is set when read-only opens of lower files are
+	// passthrough too, so unions over one lower share its page cache.
+	LowerPassthrough bool `json:"lower_passthrough"`
 	// Writeback is set when the kernel caches writes (its writeback
 	// cache), where passthrough is not used.
 	Writeback bool `json:"writeback"`
@@ -30,12 +33,13 @@ func (u *FS) Mode() Mode {
 	format := u.wformat.String()
 	u.ns.RUnlock()
 	return Mode{
-		Transport:     u.transport,
-		WhyNotIOURing: u.whyNotIOURing,
-		Passthrough:   u.passthrough.Load(),
-		Writeback:     u.writeback,
-		Whiteout:      format,
-		Metacopy:      u.opts.Metacopy,
-		ReadOnly:      !u.writable(),
+		Transport:        u.transport,
+		WhyNotIOURing:    u.whyNotIOURing,
+		Passthrough:      u.passthrough.Load(),
+		LowerPassthrough: u.passthrough.Load() && u.opts.LowerPassthrough,
+		Writeback:        u.writeback,
+		Whiteout:         format,
+		Metacopy:         u.opts.Metacopy,
+		ReadOnly:         !u.writable(),
 	}
 }

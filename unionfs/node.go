@@ -57,6 +57,11 @@ type node struct {
 	// cachedOpens counts open handles not using passthrough, and
 	// passthroughOpens those using it.
 	cachedOpens, passthroughOpens int // guarded by mu
+	// lowerBacking is set while the passthrough opens' backing file is
+	// the node's lower file, and dataChanges counts the requests
+	// admitted to change the node's data (see passthrough.go).
+	lowerBacking bool // guarded by mu
+	dataChanges  int  // guarded by mu
 	// openFiles are the node's open handles, for a request that names
 	// the node but no handle once its name is gone (see setattrUnlinked).
 	openFiles map[*file]struct{} // guarded by mu

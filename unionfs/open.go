@@ -2,6 +2,7 @@ package unionfs
 
 import (
 	"context"
+	"errors"
 	"syscall"
 
 	"github.com/hanwen/go-fuse/v2/fs"
@@ -13,7 +14,9 @@ var _ fs.NodeOpener = (*node)(nil)
 
 // Open opens the object's topmost copy. Opening a lower file for writing
 // (or with O_TRUNC) copies it up first; with O_TRUNC the data is not
-// copied, since it would be thrown away.
+// copied, since it would be thrown away. Such an open waits for no
+// reader: while passthrough opens read the lower file it fails with
+// ETXTBSY (see passthrough.go; ioModeOrder retries it a while).
 func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
 	u := n.ufs
 	u.ns.RLock()
@@ -21,17 +24,42 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	openFlags := u.flagsBelow(flags, 0)
 	writing := openFlags&unix.O_ACCMODE != unix.O_RDONLY || openFlags&unix.O_TRUNC != 0
 	if writing {
+		if err := n.beginDataChange(); err != nil {
+			return nil, 0, u.errno(err)
+		}
+		defer n.endDataChange()
 		if err := u.copyUp(n, openFlags&unix.O_TRUNC == 0); err != nil {
 			return nil, 0, u.errno(err)
 		}
 	}
+	// A second attempt opens the upper copy a racing copy-up made; more
+	// would mean the node keeps changing place underneath.
+	for range 3 {
+		f, fuseFlags, err := n.openTop(ctx, flags, openFlags)
+		if errors.Is(err, errCopiedUnderneath) {
+			continue
+		}
+		if err != nil {
+			return nil, 0, u.errno(err)
+		}
+		return f, fuseFlags, 0
+	}
+	return nil, 0, syscall.ESTALE
+}
+
+// openTop opens the layer file that holds the node's data (its
+// topmost copy, or the lower one of a metadata-only copy) as a handle.
+//
+// Preconditions: ns is held.
+func (n *node) openTop(ctx context.Context, flags uint32, openFlags int) (*file, uint32, error) {
+	u := n.ufs
 	st := n.state()
 	ref, ok := u.top(st, n.path())
 	if st.metacopy {
 		ref = st.lowers[0] // read-only: the data is still below
 	}
 	if !ok {
-		return nil, 0, syscall.ENOENT
+		return nil, 0, unix.ENOENT
 	}
 	fd, err := ref.l.open(ref.path, openFlags|unix.O_NOFOLLOW, 0)
 	if err == unix.EACCES && int(flags)&unix.O_ACCMODE == unix.O_WRONLY && openFlags&unix.O_ACCMODE == unix.O_RDWR {
@@ -47,16 +75,26 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 		fd, err = ref.l.open(ref.path, openFlags|unix.O_NOFOLLOW, 0)
 	}
 	if err != nil {
-		return nil, 0, u.errno(err)
+		return nil, 0, err
 	}
 	if openFlags&unix.O_TRUNC != 0 {
 		if err := dropPrivileges(fd, "", callerPrivileged(ctx)); err != nil {
 			unix.Close(fd)
-			return nil, 0, u.errno(err)
+			return nil, 0, err
 		}
 	}
-	f, fuseFlags := n.newHandle(fd, openFlags, !st.dataUpper() && !(u.branched && ref.l.writable))
-	return f, fuseFlags, 0
+	var src handleSource
+	if !st.dataUpper() && !(u.branched && ref.l.writable) {
+		src.lower = ref.l
+	} else if openFlags&unix.O_ACCMODE != unix.O_RDONLY {
+		src.privileged = hasPrivileges(fd)
+	}
+	f, fuseFlags, err := n.newHandle(fd, openFlags, src)
+	if err != nil {
+		unix.Close(fd)
+		return nil, 0, err
+	}
+	return f, fuseFlags, nil
 }
 
 // flagsBelow are the open flags for the layer file behind a union open.
@@ -87,16 +125,10 @@ func (u *FS) flagsBelow(flags uint32, drop int) int {
 const layerOpenFlags = unix.O_ACCMODE | unix.O_TRUNC | unix.O_NONBLOCK |
 	unix.O_DSYNC | unix.O_SYNC | unix.O_NOATIME | unix.O_LARGEFILE
 
-// newHandle wraps a freshly opened layer fd as a union file handle. The
-// kernel refuses to mix passthrough and cached opens of one inode, and
-// go-fuse keeps one backing
-// file per inode, so passthrough is used only for upper files with no
-// cached open: a lower file is always served by the daemon, because a
-// copy-up must be able to move its readers to the upper copy.
-//
-// A file whose writes must clear set-id bits or capabilities (see
-// killpriv.go) is served by the daemon too, unless passthrough opens of
-// it exist already (the kernel cannot mix the two).
+// newHandle wraps a freshly opened layer fd as a union file handle,
+// served by the kernel (passthrough) or by the daemon as
+// choosePassthroughLocked decides (see passthrough.go). It fails, and
+// leaves fd open, only as choosePassthroughLocked does.
 //
 // A daemon-served open keeps the kernel's page cache of the file
 // (FOPEN_KEEP_CACHE) when names and attributes may be cached at all and
@@ -104,35 +136,25 @@ const layerOpenFlags = unix.O_ACCMODE | unix.O_TRUNC | unix.O_NONBLOCK |
 // last open that dropped it: every other change of a file's data goes
 // through the kernel (writes, truncation, hole punching), which updates
 // or drops the cached pages itself.
-func (n *node) newHandle(fd, flags int, onLower bool) (*file, uint32) {
-	return n.newHandleWithPrivileges(fd, flags, onLower, !onLower && flags&unix.O_ACCMODE != unix.O_RDONLY && hasPrivileges(fd))
-}
-
-// newHandleWithPrivileges is newHandle for a caller that knows whether
-// writes through fd must clear privileges.
-func (n *node) newHandleWithPrivileges(fd, flags int, onLower, privileged bool) (*file, uint32) {
+func (n *node) newHandle(fd, flags int, src handleSource) (*file, uint32, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	passthrough := n.ufs.passthrough.Load() && !onLower && n.cachedOpens == 0 &&
-		(!privileged || n.passthroughOpens > 0)
+	passthrough, err := n.choosePassthroughLocked(src, flags)
+	if err != nil {
+		return nil, 0, err
+	}
 	var fuseFlags uint32
-	if passthrough {
-		n.passthroughOpens++
-		if flags&unix.O_ACCMODE != unix.O_RDONLY {
-			n.pageCacheStale = true
-		}
-	} else {
-		n.cachedOpens++
+	if !passthrough {
 		if n.ufs.opts.CacheTimeout > 0 && !n.pageCacheStale {
 			fuseFlags |= fuse.FOPEN_KEEP_CACHE
 		}
 		n.pageCacheStale = false
 	}
-	f := newFile(n, fd, flags, onLower, passthrough)
+	f := newFile(n, fd, flags, src.lower != nil, passthrough)
 	if n.openFiles == nil {
 		n.openFiles = make(map[*file]struct{})
 	}
 	n.openFiles[f] = struct{}{}
-	f.dropPrivileges = privileged && !passthrough
-	return f, fuseFlags
+	f.dropPrivileges = src.privileged && !passthrough
+	return f, fuseFlags, nil
 }

@@ -51,6 +51,10 @@ type Options struct {
 	// Passthrough asks for FUSE passthrough of open files where the
 	// kernel and privileges allow it.
 	Passthrough bool
+	// LowerPassthrough extends Passthrough to read-only opens of files
+	// whose data is in a lower layer, so that unions over one lower
+	// share its page cache (see passthrough.go).
+	LowerPassthrough bool
 	// AllowOther lets users other than the mounter use the mount.
 	AllowOther bool
 	// Transport is how requests reach the daemon (transport=): auto,
@@ -146,7 +150,7 @@ func ParseOptions(optionLists []string) (Options, error) {
 	if err != nil {
 		return Options{}, err
 	}
-	p := optionParse{o: Options{Transport: transport, Passthrough: true, AllowOther: os.Geteuid() == 0, SquashUID: -1, SquashGID: -1, CacheTimeout: DefaultCacheTimeout}}
+	p := optionParse{o: Options{Transport: transport, Passthrough: true, LowerPassthrough: true, AllowOther: os.Geteuid() == 0, SquashUID: -1, SquashGID: -1, CacheTimeout: DefaultCacheTimeout}}
 	for _, list := range optionLists {
 		for _, opt := range splitEscaped(list, ',') {
 			if opt == "" {

@@ -119,15 +119,19 @@ var optionTable = []optionSpec{
 		set: switchOption(func(o *Options, on bool) { o.NoFsync = !on })},
 	{names: []string{"volatile"}, doc: "the same as fsync=off (throw-away containers)",
 		set: func(p *optionParse, _, _ string) error { p.o.NoFsync = true; return nil }},
-	{names: []string{"passthrough"}, value: "on|off", valueOptional: true, doc: "FUSE passthrough of open upper files (default on; root of the initial user namespace only)",
+	{names: []string{"passthrough"}, value: "on|upper|off", valueOptional: true, doc: "FUSE passthrough: on, of open upper files and read-only opens of lower files, so unions over one lower share its page cache (default); upper: of upper files only; root of the initial user namespace only",
 		set: func(p *optionParse, key, v string) error {
-			if v == "" || v == "auto" {
-				p.o.Passthrough = true
-				return nil
+			switch v {
+			case "", "auto", "on", "1":
+				p.o.Passthrough, p.o.LowerPassthrough = true, true
+			case "upper":
+				p.o.Passthrough, p.o.LowerPassthrough = true, false
+			case "off", "0":
+				p.o.Passthrough, p.o.LowerPassthrough = false, false
+			default:
+				return badOption("%s=%q: want on, upper or off", key, v)
 			}
-			on, err := onOff(key, v)
-			p.o.Passthrough = on
-			return err
+			return nil
 		}},
 	{names: []string{"writeback"}, value: "on|off", doc: "where passthrough is not used, the kernel caches writes (default on); off: every write is a request",
 		set: switchOption(func(o *Options, on bool) { o.NoWriteback = !on })},

@@ -32,6 +32,12 @@ func (n *node) Setattr(ctx context.Context, fh fs.FileHandle, in *fuse.SetAttrIn
 	}
 	var err error
 	if hasSize {
+		// Refused while passthrough opens read the lower file (see
+		// passthrough.go); nothing has changed yet.
+		if err := n.beginDataChange(); err != nil {
+			return u.errno(err)
+		}
+		defer n.endDataChange()
 		err = u.copyUp(n, size != 0)
 	} else {
 		err = u.copyUpMeta(n)

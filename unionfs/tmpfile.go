@@ -60,7 +60,12 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 	out.Attr.FromStat(toSyscallStat(&st))
 	u.applyOverrideFd(fd, &out.Attr)
 	u.adjustAttr(&out.Attr)
-	f, fuseFlags := child.newHandle(fd, openFlags, false)
+	src := handleSource{privileged: openFlags&unix.O_ACCMODE != unix.O_RDONLY && hasPrivileges(fd)}
+	f, fuseFlags, err := child.newHandle(fd, openFlags, src)
+	if err != nil {
+		unix.Close(fd) // a new node has no lower file to conflict with
+		return nil, nil, 0, u.errno(err)
+	}
 	return ino, f, fuseFlags, 0
 }
 

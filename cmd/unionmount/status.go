@@ -114,8 +114,10 @@ func describeMode(m unionfs.Mode) string {
 	if m.ReadOnly {
 		parts = append(parts, "read-only")
 	}
-	if m.Passthrough {
-		parts = append(parts, "passthrough")
+	if m.LowerPassthrough {
+		parts = append(parts, "passthrough (upper and lower files)")
+	} else if m.Passthrough {
+		parts = append(parts, "passthrough (upper files)")
 	}
 	if m.Writeback {
 		parts = append(parts, "writeback cache")
