@@ -86,8 +86,11 @@ const (
 func setupThinLive(env *Env, dir string) (*Instance, error) {
 	bin := env.cfg.ThinblockBin
 	pool := filepath.Join(dir, "pool")
-	// Room for the volume, the base, and the copies the snapshots make.
-	if _, err := runCmd(bin, "pool", "create", "--pool", pool, "--size", fmt.Sprint(8*env.size.blockBytes)); err != nil {
+	// Room for the volume, the base, and the copies the snapshots make:
+	// each snapshot taken while fio writes can cost a whole copy of the
+	// volume (the pool is sparse: room not written costs nothing).
+	snapshots := int64(env.size.liveRuntime/snapshotEvery) + 1
+	if _, err := runCmd(bin, "pool", "create", "--pool", pool, "--size", fmt.Sprint((snapshots+4)*env.size.blockBytes)); err != nil {
 		return nil, err
 	}
 	if _, err := runCmd(bin, "create", "--pool", pool, fmt.Sprint(thinWrittenID), "--size", fmt.Sprint(env.size.blockBytes)); err != nil {
