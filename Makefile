@@ -23,6 +23,12 @@ TEST_DEPS := $(DEMO_DEPS) unshare:util-linux thin_check:thin-provisioning-tools 
 # nobody would see; these two take about 25 s (3 minutes with a cold
 # build cache).
 RACE_POOL_TESTS := '^TestConcurrent'
+# The union's own FUSE loop runs alone (its io_uring tests turn the fuse
+# module's enable_uring on while they run, which would move the other
+# packages' mounts onto io_uring at random), under the race detector.
+# Then the union's behaviour checks run once more with every mount on
+# io_uring (scripts/with-fuse-uring.sh turns it on and back off).
+URING_UNION_TESTS := '^(TestBehaviourTable|TestRandomOperationsMatchKernelOverlay|TestEachTransportServesTheUnionAndSaysSo)$$'
 # Budget per fuzz target for `make fuzz`.
 FUZZTIME ?= 30s
 FUZZ_TARGETS := ./thinblock/txn:FuzzDecodeSuperblock ./thinblock/btree:FuzzDecodeNode \
@@ -61,7 +67,10 @@ test: deps-test build lint
 	@$(GO) build -o $(BIN)/testsummary ./internal/tools/testsummary
 	set -o pipefail; export UNIONMOUNT_BIN=$(CURDIR)/$(BIN)/unionmount THINBLOCK_BIN=$(CURDIR)/$(BIN)/thinblock \
 		UNIONBENCH_BIN=$(CURDIR)/$(BIN)/unionbench UNIONMOUNT_LONG=$(LONG); \
-		{ $(GO) test -json -count=1 -timeout $(TESTTIMEOUT) ./...; \
+		{ $(GO) test -json -count=1 -timeout $(TESTTIMEOUT) $$($(GO) list ./... | grep -v /internal/fuseloop); \
+		  $(GO) test -json -race -count=1 -timeout $(TESTTIMEOUT) ./internal/fuseloop/; \
+		  UNIONMOUNT_TRANSPORT=io_uring scripts/with-fuse-uring.sh \
+		    $(GO) test -json -count=1 -timeout $(TESTTIMEOUT) -run $(URING_UNION_TESTS) ./unionfs/; \
 		  $(GO) test -json -race -count=1 -timeout $(TESTTIMEOUT) -run $(RACE_POOL_TESTS) ./thinblock/; \
 		  $(GO) test -json -race -count=1 -timeout $(TESTTIMEOUT) ./thinblock/nbd/; } | $(BIN)/testsummary
 
