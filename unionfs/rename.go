@@ -115,22 +115,25 @@ func (u *FS) move(src, dst *renameSide) error {
 			return unix.ENOTDIR
 		case !srcDir && d.isDir():
 			return unix.EISDIR
-		case d.isDir():
-			entries, err := u.readMerged(dst.path, d.state, false)
-			if err != nil {
-				return err
-			}
-			if len(entries) > 0 {
-				return unix.ENOTEMPTY
-			}
 		}
 	}
 	srcNode, err := src.node()
 	if err != nil {
 		return err
 	}
+	// As kernel overlay: a move it cannot record fails with EXDEV before
+	// the target's emptiness is looked at.
 	if err := u.refuseUnredirectableMove(srcNode, src.found, dst); err != nil {
 		return err
+	}
+	if d := dst.found; d != nil && d.isDir() {
+		entries, err := u.readMerged(dst.path, d.state, false)
+		if err != nil {
+			return err
+		}
+		if len(entries) > 0 {
+			return unix.ENOTEMPTY
+		}
 	}
 	indexedAfter, err := u.indexedMove(src, dst)
 	if err != nil {

@@ -112,6 +112,25 @@ func TestRedirectDirOffRefusesLowerDirRenameWithEXDEV(t *testing.T) {
 	assert.NoError(t, unix.Rename(l.Mount+"/new", l.Mount+"/renamed"), "a pure upper dir still moves")
 }
 
+// The move of a lower directory that cannot be recorded fails with EXDEV
+// even onto a non-empty directory, as kernel overlay answers: the
+// refusal comes before the target's emptiness is looked at.
+func TestAnUnrecordableMoveOntoANonEmptyDirectoryIsEXDEVAsInKernelOverlay(t *testing.T) {
+	fstest.RequireKernelOverlay(t)
+	tree := fstest.Spec{"q/f": "F", "p/s/g": "G"}
+	kernel := fstest.NewLayers(t, 1)
+	fstest.WriteTree(t, kernel.Lowers[0], tree)
+	unmount, err := fstest.StartKernelOverlay(kernel, "redirect_dir=off", "index=off", "metacopy=off")
+	require.NoError(t, err)
+	defer unmount()
+	assert.Equal(t, unix.EXDEV, errnoOf(unix.Rename(kernel.Mount+"/q", kernel.Mount+"/p/s")), "kernel overlay")
+	l := fstest.NewLayers(t, 1)
+	fstest.WriteTree(t, l.Lowers[0], tree)
+	uniontest.Mount(t, l, "redirect_dir=off")
+	assert.Equal(t, unix.EXDEV, errnoOf(unix.Rename(l.Mount+"/q", l.Mount+"/p/s")), "unionmount")
+	assert.Equal(t, "G", readFile(t, l.Mount+"/p/s/g"), "the target is untouched")
+}
+
 func TestInodeNumbersSurviveCopyUpAndRemount(t *testing.T) {
 	l := fstest.NewLayers(t, 1)
 	fstest.WriteTree(t, l.Lowers[0], fstest.Spec{"d/f": "x", "g": "y"})
