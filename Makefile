@@ -71,6 +71,8 @@ test: deps-test build lint
 		  $(GO) test -json -race -count=1 -timeout $(TESTTIMEOUT) ./internal/fuseloop/; \
 		  UNIONMOUNT_TRANSPORT=io_uring scripts/with-fuse-uring.sh \
 		    $(GO) test -json -count=1 -timeout $(TESTTIMEOUT) -run $(URING_UNION_TESTS) ./unionfs/; \
+		  scripts/with-fuse-uring.sh \
+		    $(GO) test -json -count=1 -timeout $(TESTTIMEOUT) -run '^TestTheIOURingTargetServesOverIOURing$$' ./cmd/unionbench/; \
 		  $(GO) test -json -race -count=1 -timeout $(TESTTIMEOUT) -run $(RACE_POOL_TESTS) ./thinblock/; \
 		  $(GO) test -json -race -count=1 -timeout $(TESTTIMEOUT) ./thinblock/nbd/; } | $(BIN)/testsummary
 

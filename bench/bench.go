@@ -53,6 +53,9 @@ type Config struct {
 	Dir           string // scratch space, removed afterwards
 	UnionmountBin string
 	ThinblockBin  string
+	// TurnOnURing lets the run switch FUSE-over-io_uring on (as root)
+	// for the io_uring target, and back off at its end.
+	TurnOnURing bool
 	// Progress, if set, gets one line per step.
 	Progress func(line string)
 }

@@ -141,6 +141,9 @@ func UnionTargets() []Target {
 				if cfg.UnionmountBin == "" {
 					return "no unionmount binary given"
 				}
+				if name == "unionmount-uring" {
+					return uringSkip(cfg)
+				}
 				if name == "unionmount-passthrough" {
 					if !isRoot() {
 						return "passthrough needs root"
@@ -153,8 +156,15 @@ func UnionTargets() []Target {
 			},
 			mount: func(env *Env, lower, upper, work, mnt string) error {
 				opts := append([]string{overlayOpts(lower, upper, work)}, extra...)
-				_, err := runCmd(env.cfg.UnionmountBin, "-o", strings.Join(opts, ","), mnt)
-				return err
+				if _, err := runCmd(env.cfg.UnionmountBin, "-o", strings.Join(opts, ","), mnt); err != nil {
+					return err
+				}
+				for _, o := range extra {
+					if want, ok := strings.CutPrefix(o, "transport="); ok {
+						return checkTransport(env.cfg.UnionmountBin, mnt, want)
+					}
+				}
+				return nil
 			}}
 	}
 	return []Target{
@@ -179,8 +189,11 @@ func UnionTargets() []Target {
 			}},
 		// Metadata-only copy-up on: kernel overlay runs with its default
 		// (metacopy=off), which is what the copy-up rows compare with.
-		unionmount("unionmount-passthrough", "metacopy=on"),
-		unionmount("unionmount", "passthrough=off", "metacopy=on"),
+		// The transport is named, so turning io_uring on for the
+		// io_uring target leaves the others on the /dev/fuse loop.
+		unionmount("unionmount-passthrough", "metacopy=on", "transport=dev-fuse"),
+		unionmount("unionmount", "passthrough=off", "metacopy=on", "transport=dev-fuse"),
+		unionmount("unionmount-uring", "passthrough=off", "metacopy=on", "transport=io_uring"),
 		&unionTarget{name: "fuse-overlayfs", fuse: true, skip: needBinary("fuse-overlayfs", "fuse-overlayfs"),
 			mount: func(env *Env, lower, upper, work, mnt string) error {
 				_, err := runCmd("fuse-overlayfs", "-o", overlayOpts(lower, upper, work), mnt)

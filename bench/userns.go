@@ -14,7 +14,7 @@ import (
 // RootlessTargets are the union targets measured in a user namespace,
 // where neither kernel overlay's privileged mount nor FUSE passthrough
 // is available; the first is the reference.
-var RootlessTargets = []string{"fuse-overlayfs", "unionmount"}
+var RootlessTargets = []string{"fuse-overlayfs", "unionmount", "unionmount-uring"}
 
 // RunInUserNamespace measures the union workloads named in workloads on
 // the rootless targets, by running self (this harness's binary, started

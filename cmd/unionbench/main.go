@@ -44,6 +44,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	rootless := fs.Bool("userns", true, "also run the union workloads on "+strings.Join(bench.RootlessTargets, " and ")+
 		" as root of a user namespace, as rootless containers run (needs root to map the ids)")
+	turnOnURing := fs.Bool("fuse-uring", true, "as root, switch FUSE-over-io_uring on for the run (the fuse module's enable_uring) when it is off, and back at the end, so the unionmount-uring target can run")
 	inside := fs.Bool(insideFlag[2:], false, "")
 	fs.MarkHidden(insideFlag[2:])
 	if err := fs.Parse(args); err != nil {
@@ -54,7 +55,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	cfg := &bench.Config{Quick: *quick, Repeat: *repeat,
-		UnionmountBin: findBinary(*unionmount, "unionmount"), ThinblockBin: findBinary(*thinblock, "thinblock")}
+		UnionmountBin: findBinary(*unionmount, "unionmount"), ThinblockBin: findBinary(*thinblock, "thinblock"),
+		// The run in a user namespace cannot write the switch: it
+		// finds it as the run outside left it.
+		TurnOnURing: *turnOnURing && !*inside}
 	if cfg.Repeat <= 0 {
 		cfg.Repeat = 2
 		if cfg.Quick {
@@ -112,6 +116,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintf(stderr, "unionbench: prepare: %v\n", err)
 		return 1
+	}
+	for _, t := range chosenT {
+		if t.Name() == "unionmount-uring" && cfg.TurnOnURing {
+			restore, err := bench.EnableFUSEURing()
+			if err != nil {
+				fmt.Fprintf(stderr, "unionbench: %v\n", err)
+			}
+			defer restore()
+			break
+		}
 	}
 	rep := bench.Run(cfg, env, chosenT, chosenW)
 	if names := unionWorkloads(chosenW); *rootless && !*inside && len(names) > 0 && (*targets == "" || strings.Contains(*targets, "unionmount")) {

@@ -40,7 +40,9 @@ func TestQuickRunReportsEveryRow(t *testing.T) {
 	}
 	out := t.TempDir()
 	var stdout, stderr bytes.Buffer
-	cmd := exec.Command(ourBinary(t, "UNIONBENCH_BIN", "cmd/unionbench"), "--quick", "--out", out,
+	// Packages test in parallel: this run leaves the machine's io_uring
+	// switch alone (TestTheIOURingTargetServesOverIOURing has it on).
+	cmd := exec.Command(ourBinary(t, "UNIONBENCH_BIN", "cmd/unionbench"), "--quick", "--out", out, "--fuse-uring=false",
 		"--unionmount", ourBinary(t, "UNIONMOUNT_BIN", "cmd/unionmount"),
 		"--thinblock", ourBinary(t, "THINBLOCK_BIN", "cmd/thinblock"))
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
@@ -66,7 +68,7 @@ func TestQuickRunReportsEveryRow(t *testing.T) {
 			for _, w := range bench.UnionWorkloads() {
 				key := name + " in a user namespace/" + w.Name
 				r, ok := rows[key]
-				if assert.True(t, ok, "row %s missing", key) && name == "unionmount" {
+				if assert.True(t, ok, "row %s missing", key) && (name == "unionmount" || name == "unionmount-uring" && r.Skipped == "") {
 					assert.Empty(t, r.Skipped+r.Error, key)
 					assert.NotEmpty(t, r.Values, key)
 				}
@@ -240,4 +242,39 @@ func TestWorkloadsNamedTwiceRunOnce(t *testing.T) {
 	}
 	assert.Equal(t, []string{"delete-give-back", "delete-give-back-time"}, names)
 	assert.Empty(t, stderr.String())
+}
+
+// TestTheIOURingTargetServesOverIOURing runs the io_uring target, as
+// root and in a user namespace, where the kernel's switch is on (make
+// test turns it on for this test): every row has figures, which the
+// harness gives only once the mount says it serves over io_uring.
+func TestTheIOURingTargetServesOverIOURing(t *testing.T) {
+	if data, err := os.ReadFile("/sys/module/fuse/parameters/enable_uring"); err != nil || strings.TrimSpace(string(data)) != "Y" {
+		t.Skip("FUSE-over-io_uring is off (scripts/with-fuse-uring.sh turns it on; make test runs this test under it)")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil || os.Geteuid() != 0 {
+		t.Skip("needs root and /dev/fuse")
+	}
+	out := t.TempDir()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.Command(ourBinary(t, "UNIONBENCH_BIN", "cmd/unionbench"), "--quick", "--out", out, "--fuse-uring=false",
+		"--targets", "unionmount-uring,unionmount", "--workloads", "create,stat,readdir",
+		"--unionmount", ourBinary(t, "UNIONMOUNT_BIN", "cmd/unionmount"))
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	require.NoError(t, cmd.Run(), "stderr:\n%s", stderr.String())
+	rep, err := bench.ReadJSON(filepath.Join(out, "unionbench.json"))
+	require.NoError(t, err)
+	seen := map[bench.Family]int{}
+	for _, r := range rep.Rows {
+		if r.Target != "unionmount-uring" {
+			continue
+		}
+		seen[r.Family]++
+		assert.Empty(t, r.Skipped+r.Error, "%s/%s", r.Family, r.Workload)
+		assert.NotEmpty(t, r.Values, "%s/%s", r.Family, r.Workload)
+	}
+	assert.Equal(t, 3, seen[bench.Union], "the io_uring target's union rows")
+	if userns.Available() == nil {
+		assert.Equal(t, 3, seen[bench.Rootless], "the io_uring target's rows in a user namespace")
+	}
 }
