@@ -36,6 +36,9 @@ type Instance struct {
 	live      liveVolumes
 	liveName  string
 	baseReady bool
+	// mountMore mounts another union of the same target over the same
+	// lower layer (union targets, not the plain directory).
+	mountMore func() (dir string, unmount func() error, err error)
 	teardown  func() error
 }
 
@@ -70,21 +73,35 @@ func (t *unionTarget) Family() Family          { return Union }
 func (t *unionTarget) Skip(cfg *Config) string { return t.skip(cfg) }
 
 func (t *unionTarget) Setup(env *Env) (*Instance, error) {
-	base, err := os.MkdirTemp(env.cfg.Dir, t.name+"-")
+	mnt, teardown, err := t.mountOne(env)
 	if err != nil {
 		return nil, err
+	}
+	inst := &Instance{Dir: mnt, teardown: teardown}
+	if !t.plain {
+		inst.mountMore = func() (string, func() error, error) { return t.mountOne(env) }
+	}
+	return inst, nil
+}
+
+// mountOne mounts a union over the prepared lower layer with an upper
+// and work directory of its own.
+func (t *unionTarget) mountOne(env *Env) (string, func() error, error) {
+	base, err := os.MkdirTemp(env.cfg.Dir, t.name+"-")
+	if err != nil {
+		return "", nil, err
 	}
 	upper, work, mnt := filepath.Join(base, "upper"), filepath.Join(base, "work"), filepath.Join(base, "merged")
 	for _, d := range []string{upper, work, mnt} {
 		if err := os.Mkdir(d, 0o755); err != nil {
-			return nil, err
+			return "", nil, err
 		}
 	}
 	if err := t.mount(env, env.lower, upper, work, mnt); err != nil {
 		os.RemoveAll(base)
-		return nil, fmt.Errorf("mount %s: %w", t.name, err)
+		return "", nil, fmt.Errorf("mount %s: %w", t.name, err)
 	}
-	return &Instance{Dir: mnt, teardown: func() error {
+	return mnt, func() error {
 		var err error
 		if !t.plain {
 			err = unmount(mnt, t.fuse)
@@ -93,7 +110,7 @@ func (t *unionTarget) Setup(env *Env) (*Instance, error) {
 			err = rerr
 		}
 		return err
-	}}, nil
+	}, nil
 }
 
 // unmount unmounts dir, retrying while busy.

@@ -27,6 +27,9 @@ type Workload struct {
 	Fresh bool
 	// NotFor says why the workload does not apply to a target, or "".
 	NotFor func(t Target, inst *Instance) string
+	// InitialNamespaceOnly keeps a union workload out of the run in a
+	// user namespace: it needs what only root of the host has.
+	InitialNamespaceOnly bool
 	// Needs lists the commands the workload runs.
 	Needs []string
 	Run   func(e *Env, inst *Instance) (Result, error)

@@ -166,7 +166,7 @@ const insideFlag = "--inside-userns"
 func unionWorkloads(chosen []bench.Workload) []string {
 	var names []string
 	for _, w := range chosen {
-		if w.Family == bench.Union {
+		if w.Family == bench.Union && !w.InitialNamespaceOnly {
 			names = append(names, w.Name)
 		}
 	}
