@@ -24,6 +24,10 @@ type Env struct {
 	// by "target/workload", oldest first, for their own workloads to
 	// take (see together in livepool.go).
 	pending map[string][]figure
+	// rootfs is a Debian root filesystem unpacked once, on first use,
+	// as the process-start row's lower layer (rootfsErr why not).
+	rootfs    string
+	rootfsErr error
 }
 
 // blockBytes is the block targets' volume size in bytes.

@@ -22,7 +22,7 @@ const memCgroupRoot = "/sys/fs/cgroup/memory"
 func PageCacheWorkloads() []Workload {
 	return []Workload{{Name: "pagecache-copies", Family: Union, Fresh: true, InitialNamespaceOnly: true,
 		NotFor: func(t Target, inst *Instance) string {
-			if inst != nil && inst.mountMore == nil {
+			if inst != nil && inst.mountOver == nil {
 				return "not a union: nothing is shared"
 			}
 			if !isRoot() {
@@ -69,7 +69,7 @@ func pageCacheCopies(e *Env, inst *Instance) (Result, error) {
 	for i := 0; i < n && err == nil; i++ {
 		var dir string
 		var unmount func() error
-		if dir, unmount, err = inst.mountMore(); err == nil {
+		if dir, unmount, err = inst.mountOver(e.lower); err == nil {
 			dirs, unmounts = append(dirs, dir), append(unmounts, unmount)
 		}
 	}

@@ -36,9 +36,9 @@ type Instance struct {
 	live      liveVolumes
 	liveName  string
 	baseReady bool
-	// mountMore mounts another union of the same target over the same
-	// lower layer (union targets, not the plain directory).
-	mountMore func() (dir string, unmount func() error, err error)
+	// mountOver mounts another union of the same target over a lower
+	// layer (union targets, not the plain directory).
+	mountOver func(lower string) (dir string, unmount func() error, err error)
 	teardown  func() error
 }
 
@@ -73,20 +73,20 @@ func (t *unionTarget) Family() Family          { return Union }
 func (t *unionTarget) Skip(cfg *Config) string { return t.skip(cfg) }
 
 func (t *unionTarget) Setup(env *Env) (*Instance, error) {
-	mnt, teardown, err := t.mountOne(env)
+	mnt, teardown, err := t.mountOne(env, env.lower)
 	if err != nil {
 		return nil, err
 	}
 	inst := &Instance{Dir: mnt, teardown: teardown}
 	if !t.plain {
-		inst.mountMore = func() (string, func() error, error) { return t.mountOne(env) }
+		inst.mountOver = func(lower string) (string, func() error, error) { return t.mountOne(env, lower) }
 	}
 	return inst, nil
 }
 
-// mountOne mounts a union over the prepared lower layer with an upper
-// and work directory of its own.
-func (t *unionTarget) mountOne(env *Env) (string, func() error, error) {
+// mountOne mounts a union over lower with an upper and work directory
+// of its own.
+func (t *unionTarget) mountOne(env *Env, lower string) (string, func() error, error) {
 	base, err := os.MkdirTemp(env.cfg.Dir, t.name+"-")
 	if err != nil {
 		return "", nil, err
@@ -97,7 +97,7 @@ func (t *unionTarget) mountOne(env *Env) (string, func() error, error) {
 			return "", nil, err
 		}
 	}
-	if err := t.mount(env, env.lower, upper, work, mnt); err != nil {
+	if err := t.mount(env, lower, upper, work, mnt); err != nil {
 		os.RemoveAll(base)
 		return "", nil, fmt.Errorf("mount %s: %w", t.name, err)
 	}

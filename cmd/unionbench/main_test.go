@@ -102,6 +102,16 @@ func TestQuickRunReportsEveryRow(t *testing.T) {
 		}
 	}
 	assert.Greater(t, figures, 10, "most rows have figures")
+	// The page-cache row tells sharing from copying: with passthrough
+	// the unions read the lower file's own pages (about one copy); the
+	// daemon-served mounts keep one each besides the lower's (quick: 3).
+	if shared := rows["unionmount-passthrough/pagecache-copies"]; len(shared.Values) > 0 {
+		copied := rows["unionmount/pagecache-copies"]
+		if assert.NotEmpty(t, copied.Values, "unionmount/pagecache-copies") {
+			assert.Less(t, shared.Values[0], 2.0, "copies with passthrough")
+			assert.Greater(t, copied.Values[0], 2.5, "copies without passthrough")
+		}
+	}
 	for _, name := range []string{"unionmount", "thinblock", "podman-unionmount"} {
 		for _, r := range rep.Rows {
 			if r.Target == name && r.Skipped == "" {
