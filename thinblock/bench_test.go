@@ -121,16 +121,32 @@ func BenchmarkFirstWriteAfterSnapshot(b *testing.B) {
 // a 64 KiB block a snapshot shares, on file devices (the copy is a real
 // copy_file_range).
 func BenchmarkConcurrentFirstWriteAfterSnapshot(b *testing.B) {
+	b.Run("copy_file_range", func(b *testing.B) {
+		benchmarkConcurrentFirstWrite(b, func(f *blockdev.File) blockdev.Device { return f })
+	})
+	b.Run("through-memory", func(b *testing.B) {
+		benchmarkConcurrentFirstWrite(b, func(f *blockdev.File) blockdev.Device { return noCopier{f} })
+	})
+}
+
+// noCopier is a file data device without its in-kernel copy, so copies
+// go through the pool's memory.
+type noCopier struct{ *blockdev.File }
+
+func (noCopier) CopyRange(dst, src, n int64) error { return blockdev.ErrNoCopyRange }
+
+func benchmarkConcurrentFirstWrite(b *testing.B, wrap func(*blockdev.File) blockdev.Device) {
 	const blocks = 4096
 	dir := b.TempDir()
 	meta, err := blockdev.OpenFile(dir+"/meta", true)
 	if err != nil {
 		b.Fatal(err)
 	}
-	data, err := blockdev.OpenFile(dir+"/data", true)
+	file, err := blockdev.OpenFile(dir+"/data", true)
 	if err != nil {
 		b.Fatal(err)
 	}
+	data := wrap(file)
 	bs := int64(thinblock.DefaultBlockSize)
 	p, err := thinblock.Create(meta, data, thinblock.CreateOptions{DataSize: uint64(3 * blocks * bs)}, thinblock.Options{})
 	if err != nil {
