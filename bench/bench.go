@@ -125,6 +125,6 @@ func AllTargets() []Target {
 
 // AllWorkloads are every family's workloads.
 func AllWorkloads(cfg *Config) []Workload {
-	return append(append(append(append(append(append(UnionWorkloads(), PageCacheWorkloads()...), ProcessStartWorkloads()...), ContainerWorkloads()...), BlockWorkloads()...),
+	return append(append(append(append(append(append(append(UnionWorkloads(), PageCacheWorkloads()...), ProcessStartWorkloads()...), DaemonMemoryWorkloads()...), ContainerWorkloads()...), BlockWorkloads()...),
 		SnapshotWorkloads(cfg)...), LivePoolWorkloads()...)
 }

@@ -102,6 +102,15 @@ func serve(mountpoint string, given []string, opts unionfs.Options, stderr io.Wr
 			defer func() { pprof.StopCPUProfile(); f.Close() }()
 		}
 	}
+	if path := os.Getenv("UNIONMOUNT_HEAPPROFILE"); path != "" {
+		// For memory work: what the heap holds when serving ends.
+		defer func() {
+			if f, err := os.Create(path); err == nil {
+				pprof.Lookup("heap").WriteTo(f, 0)
+				f.Close()
+			}
+		}()
+	}
 	abs, _ := filepath.Abs(mountpoint)
 	dev, err := mountstate.DeviceOf(abs)
 	if err != nil {

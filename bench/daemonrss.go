@@ -1,0 +1,98 @@
+package bench
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// DaemonMemoryWorkloads measure what a union's daemon holds after a
+// container's worth of reading: find, grep -r and tar over the lower
+// layer's source tree through a fresh mount.
+func DaemonMemoryWorkloads() []Workload {
+	return []Workload{{Name: "daemon-rss", Family: Union, Fresh: true, InitialNamespaceOnly: true,
+		NotFor: func(t Target, inst *Instance) string {
+			if inst != nil && inst.mountOver == nil {
+				return "not a union"
+			}
+			if inst != nil {
+				if _, err := daemonOf(inst.Dir); err != nil {
+					return "no daemon: a kernel filesystem"
+				}
+			}
+			return ""
+		},
+		Run: daemonRSS}}
+}
+
+// daemonRSS walks, greps and tars the lower tree through the union and
+// reports the daemon's resident memory in MiB.
+func daemonRSS(e *Env, inst *Instance) (Result, error) {
+	src := filepath.Join(inst.Dir, "src")
+	if _, err := runCmd("find", src, "-type", "f"); err != nil {
+		return Result{}, err
+	}
+	err := exec.Command("grep", "-r", "-q", "no such string in any file 7a3f", src).Run()
+	var exit *exec.ExitError
+	if err != nil && !(errors.As(err, &exit) && exit.ExitCode() == 1) {
+		return Result{}, fmt.Errorf("grep -r: %w", err)
+	}
+	if _, err := runCmd("tar", "-cf", "/dev/null", "-C", inst.Dir, "src"); err != nil {
+		return Result{}, err
+	}
+	pid, err := daemonOf(inst.Dir)
+	if err != nil {
+		return Result{}, err
+	}
+	kib, err := residentKiB(pid)
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{float64(kib) / 1024, "MiB", false}, nil
+}
+
+// daemonOf finds the process serving the FUSE mount at mnt: the one
+// whose command line names the mount point (unionmount, fuse-overlayfs
+// and unionfs-fuse all take it as an argument).
+func daemonOf(mnt string) (int, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	want := []byte(mnt)
+	for _, ent := range ents {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		for _, arg := range bytes.Split(cmdline, []byte{0}) {
+			if bytes.Equal(arg, want) {
+				return pid, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("no process names %s on its command line", mnt)
+}
+
+// residentKiB reads VmRSS from /proc/PID/status.
+func residentKiB(pid int) (int64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("/proc/%d/status has no VmRSS", pid)
+}
