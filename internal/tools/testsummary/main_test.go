@@ -53,3 +53,26 @@ func TestATimedOutPackageShowsItsRunningTests(t *testing.T) {
 	assert.Equal(t, 1, summarize(strings.NewReader(in), &out))
 	assert.Contains(t, out.String(), "--- TestHangs (did not end)\npanic: test timed out after 14m0s")
 }
+
+// make test runs some tests a second time with a kernel feature on: a
+// test skipped in one run and passed in the other is not listed as
+// skipped, and one skipped in both still is.
+func TestATestSkippedOnceAndRunOnceIsNotListedAsSkipped(t *testing.T) {
+	in := strings.Join([]string{
+		`{"Action":"output","Package":"m/p","Test":"TestURing","Output":"    x_test.go:9: io_uring is off\n"}`,
+		`{"Action":"skip","Package":"m/p","Test":"TestURing"}`,
+		`{"Action":"output","Package":"m/p","Test":"TestNeverRuns","Output":"    x_test.go:19: needs a peer\n"}`,
+		`{"Action":"skip","Package":"m/p","Test":"TestNeverRuns"}`,
+		`{"Action":"pass","Package":"m/p","Elapsed":0.1}`,
+		`{"Action":"pass","Package":"m/p","Test":"TestURing"}`,
+		`{"Action":"output","Package":"m/p","Test":"TestNeverRuns","Output":"    x_test.go:19: needs a peer\n"}`,
+		`{"Action":"skip","Package":"m/p","Test":"TestNeverRuns"}`,
+		`{"Action":"pass","Package":"m/p","Elapsed":0.1}`,
+	}, "\n")
+	var out strings.Builder
+	assert.Equal(t, 0, summarize(strings.NewReader(in), &out))
+	s := out.String()
+	assert.NotContains(t, s, "io_uring is off")
+	assert.Contains(t, s, "m/p TestNeverRuns: needs a peer")
+	assert.True(t, strings.HasSuffix(s, "\n1 passed, 0 failed, 1 skipped\n"), "closing line: %q", s)
+}
