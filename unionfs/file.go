@@ -231,6 +231,11 @@ func (f *file) Release(ctx context.Context) syscall.Errno {
 		f.n.cachedOpens--
 	}
 	delete(f.n.openFiles, f)
+	if len(f.n.openFiles) == 0 {
+		// An emptied map keeps its buckets: a tree read once would
+		// keep one per file it opened.
+		f.n.openFiles = nil
+	}
 	f.n.mu.Unlock()
 	f.mu.Lock()
 	defer f.mu.Unlock()
