@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -95,6 +96,9 @@ func serve(mountpoint string, given []string, opts unionfs.Options, stderr io.Wr
 	}
 	defer ufs.Close()
 	spareProcessors()
+	idle := make(chan struct{})
+	defer close(idle)
+	go releaseMemoryWhenIdle(idle, idleAfter, debug.FreeOSMemory)
 	if path := os.Getenv("UNIONMOUNT_CPUPROFILE"); path != "" {
 		// For performance work: a CPU profile of the whole serve.
 		if f, err := os.Create(path); err == nil {
