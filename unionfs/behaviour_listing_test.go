@@ -93,6 +93,53 @@ var listingBehaviours = []behaviour{
 		},
 	},
 	{
+		// The second reader reads to the end, which lets the union's
+		// handle of the directory go: the first goes on from its offset
+		// in a listing taken after the directory changed.
+		name:  "a reader going on after names were added and removed lists each lasting name once",
+		lower: manyFiles("d", 300),
+		run: func(t *testing.T, m string) {
+			a, err := unix.Open(m+"/d", unix.O_RDONLY|unix.O_DIRECTORY, 0)
+			require.NoError(t, err)
+			defer unix.Close(a)
+			buf := make([]byte, 512)
+			n, err := unix.ReadDirent(a, buf)
+			require.NoError(t, err)
+			_, _, first := unix.ParseDirent(buf[:n], -1, nil)
+			require.NotEmpty(t, first)
+			seenFirst := map[string]bool{}
+			for _, name := range first {
+				seenFirst[name] = true
+			}
+			b, err := unix.Open(m+"/d", unix.O_RDONLY|unix.O_DIRECTORY, 0)
+			require.NoError(t, err)
+			defer unix.Close(b)
+			require.Len(t, readAllNames(t, b), 300)
+			removed := map[string]bool{}
+			for i := 0; i < 300; i += 7 {
+				name := fmt.Sprintf("f%03d", i)
+				require.NoError(t, os.Remove(m+"/d/"+name))
+				removed[name] = true
+			}
+			for i := 0; i < 50; i++ {
+				require.NoError(t, os.WriteFile(fmt.Sprintf("%s/d/new%02d", m, i), nil, 0o644))
+			}
+			seen := map[string]int{}
+			for _, name := range append(first, readAllNames(t, a)...) {
+				seen[name]++
+			}
+			for name, times := range seen {
+				assert.Equal(t, 1, times, "times %s was listed", name)
+			}
+			for i := 0; i < 300; i++ {
+				name := fmt.Sprintf("f%03d", i)
+				if !removed[name] || seenFirst[name] {
+					assert.Equal(t, 1, seen[name], "times %s was listed", name)
+				}
+			}
+		},
+	},
+	{
 		name:  "fstat of an open directory answers after the directory is removed",
 		lower: fstest.Spec{"d/": "", "e/": ""},
 		run: func(t *testing.T, m string) {

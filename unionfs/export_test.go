@@ -31,3 +31,10 @@ func (u *FS) NodesKeepingHandleSets() (nodes, open, keeping int) {
 	walk(&u.root.Inode)
 	return nodes, open, keeping
 }
+
+// HeldDirectoryHandles counts the directories whose listing handle the
+// union holds for reads that come without an open; implicit reports
+// whether the kernel reads directories without opening them at all.
+func (u *FS) HeldDirectoryHandles() (held int, implicit bool) {
+	return u.dirs.heldHandles(), u.dirs.noOpendir
+}

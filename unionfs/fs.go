@@ -31,6 +31,9 @@
 // invalidations (NotifyEntry, NotifyContent) with no lock held: the
 // kernel may wait on a request that waits on ns.
 //
+// implicitDirs.mu is held while a directory's handle is opened, which
+// takes none of the union's locks.
+//
 // ioModeOrder.waitMu (the waits of a data change that passthrough
 // readers of a lower file hold up, passthrough.go) is a leaf.
 //
@@ -106,6 +109,9 @@ type FS struct {
 	// root is the root node, set by Mount (live branch changes start
 	// from it).
 	root *node
+	// dirs holds the handles of directories read without an open; set
+	// by Mount.
+	dirs *implicitDirs
 
 	// mounted is closed once Mount has returned (see crashPoint).
 	mounted chan struct{}

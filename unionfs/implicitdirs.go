@@ -15,9 +15,13 @@ import (
 // That halves the requests of a tree walk: find over a tree the kernel
 // has cached costs one GETATTR per directory instead of three requests.
 // The directory reads that still come carry no handle; they are served
-// from one handle per directory, opened at the first read and released
-// when the kernel forgets the directory. Its listings keep offsets
-// stable for readers that share it (see dirHandle).
+// from one handle per directory, opened at the first read and let go as
+// soon as a read reaches the end with no other read of the directory
+// under way. A walk of a tree therefore keeps no listing, where keeping
+// each directory's until the kernel forgot the directory cost a daemon
+// most of its memory (docs/benchmarks.md). A reader that goes on after
+// its handle was let go is served by a new one from its offset, which
+// names the same place in any listing (see dirHandle).
 type implicitDirs struct {
 	fuse.RawFileSystem
 
@@ -25,11 +29,18 @@ type implicitDirs struct {
 	noOpendir bool
 
 	mu      sync.Mutex
-	handles map[uint64]uint64 // guarded by mu: node id to its handle in RawFileSystem
+	handles map[uint64]*implicitHandle // guarded by mu: by node id
+}
+
+// implicitHandle is a directory's handle in RawFileSystem.
+type implicitHandle struct {
+	fh uint64
+	// users counts the requests using fh. Guarded by implicitDirs.mu.
+	users int
 }
 
 func newImplicitDirs(inner fuse.RawFileSystem) *implicitDirs {
-	return &implicitDirs{RawFileSystem: inner, handles: map[uint64]uint64{}}
+	return &implicitDirs{RawFileSystem: inner, handles: map[uint64]*implicitHandle{}}
 }
 
 func (d *implicitDirs) Init(s *fuse.Server) {
@@ -45,57 +56,96 @@ func (d *implicitDirs) OpenDir(cancel <-chan struct{}, in *fuse.OpenIn, out *fus
 }
 
 func (d *implicitDirs) ReadDir(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	if st := d.attach(cancel, &in.InHeader, &in.Fh); !st.Ok() {
+	h, st := d.attach(cancel, &in.InHeader, &in.Fh)
+	if !st.Ok() {
 		return st
 	}
-	return d.RawFileSystem.ReadDir(cancel, in, out)
+	st = d.RawFileSystem.ReadDir(cancel, in, out)
+	d.detach(in.NodeId, h, !st.Ok() || out.Offset == in.Offset)
+	return st
 }
 
 func (d *implicitDirs) ReadDirPlus(cancel <-chan struct{}, in *fuse.ReadIn, out *fuse.DirEntryList) fuse.Status {
-	if st := d.attach(cancel, &in.InHeader, &in.Fh); !st.Ok() {
+	h, st := d.attach(cancel, &in.InHeader, &in.Fh)
+	if !st.Ok() {
 		return st
 	}
-	return d.RawFileSystem.ReadDirPlus(cancel, in, out)
+	st = d.RawFileSystem.ReadDirPlus(cancel, in, out)
+	// An empty reply is the end of the directory.
+	d.detach(in.NodeId, h, !st.Ok() || out.Offset == in.Offset)
+	return st
 }
 
 func (d *implicitDirs) FsyncDir(cancel <-chan struct{}, in *fuse.FsyncIn) fuse.Status {
-	if st := d.attach(cancel, &in.InHeader, &in.Fh); !st.Ok() {
+	h, st := d.attach(cancel, &in.InHeader, &in.Fh)
+	if !st.Ok() {
 		return st
 	}
-	return d.RawFileSystem.FsyncDir(cancel, in)
+	st = d.RawFileSystem.FsyncDir(cancel, in)
+	d.detach(in.NodeId, h, true)
+	return st
 }
 
 // attach gives a request that came without a handle (*fh is 0: the
-// directory was never opened) the directory's own handle.
-func (d *implicitDirs) attach(cancel <-chan struct{}, h *fuse.InHeader, fh *uint64) fuse.Status {
+// directory was never opened) the directory's own handle, and returns
+// it; nil for a request that came with its own.
+func (d *implicitDirs) attach(cancel <-chan struct{}, h *fuse.InHeader, fh *uint64) (*implicitHandle, fuse.Status) {
 	if *fh != 0 {
-		return fuse.OK
+		return nil, fuse.OK
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if known, ok := d.handles[h.NodeId]; ok {
-		*fh = known
-		return fuse.OK
+		known.users++
+		*fh = known.fh
+		return known, fuse.OK
 	}
 	var out fuse.OpenOut
 	st := d.RawFileSystem.OpenDir(cancel, &fuse.OpenIn{InHeader: *h, Flags: syscall.O_RDONLY | syscall.O_DIRECTORY}, &out)
 	if !st.Ok() {
-		return st
+		return nil, st
 	}
-	d.handles[h.NodeId] = out.Fh
+	known := &implicitHandle{fh: out.Fh, users: 1}
+	d.handles[h.NodeId] = known
 	*fh = out.Fh
-	return fuse.OK
+	return known, fuse.OK
+}
+
+// detach ends a request's use of handle h of node nodeID, and lets the
+// handle go when done says the request leaves nothing to go on from and
+// no other request uses it.
+func (d *implicitDirs) detach(nodeID uint64, h *implicitHandle, done bool) {
+	if h == nil {
+		return
+	}
+	d.mu.Lock()
+	h.users--
+	release := done && h.users == 0 && d.handles[nodeID] == h
+	if release {
+		delete(d.handles, nodeID)
+	}
+	d.mu.Unlock()
+	if release {
+		d.RawFileSystem.ReleaseDir(&fuse.ReleaseIn{InHeader: fuse.InHeader{NodeId: nodeID}, Fh: h.fh})
+	}
+}
+
+// heldHandles counts the directories whose handle is held.
+func (d *implicitDirs) heldHandles() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.handles)
 }
 
 // Forget releases the handle of a directory the kernel has forgotten:
 // no request for it can follow.
 func (d *implicitDirs) Forget(nodeID, nlookup uint64) {
 	d.mu.Lock()
-	fh, ok := d.handles[nodeID]
+	h, ok := d.handles[nodeID]
 	delete(d.handles, nodeID)
 	d.mu.Unlock()
 	if ok {
-		d.RawFileSystem.ReleaseDir(&fuse.ReleaseIn{InHeader: fuse.InHeader{NodeId: nodeID}, Fh: fh})
+		d.RawFileSystem.ReleaseDir(&fuse.ReleaseIn{InHeader: fuse.InHeader{NodeId: nodeID}, Fh: h.fh})
 	}
 	d.RawFileSystem.Forget(nodeID, nlookup)
 }

@@ -41,3 +41,32 @@ func TestClosedFilesLeaveNothingPerNode(t *testing.T) {
 	assert.GreaterOrEqual(t, nodes, files, "the kernel still knows the files read")
 	assert.Zero(t, keeping, "nodes holding an empty set of handles")
 }
+
+// A walk of a tree (find, grep -r, tar) reads every directory to its
+// end. The kernel then keeps the directories for the cache timeout but
+// reads them from its own cache: the daemon keeps no listing for them.
+func TestAWalkOfATreeKeepsNoDirectoryListings(t *testing.T) {
+	const dirs, filesPerDir = 40, 30
+	l := fstest.NewLayers(t, 1)
+	for d := 0; d < dirs; d++ {
+		dir := filepath.Join(l.Lowers[0], fmt.Sprintf("d%02d", d))
+		require.NoError(t, os.Mkdir(dir, 0o755))
+		for f := 0; f < filesPerDir; f++ {
+			require.NoError(t, os.WriteFile(filepath.Join(dir, fmt.Sprintf("f%02d", f)), nil, 0o644))
+		}
+	}
+	m := uniontest.Mount(t, l)
+	if _, implicit := m.FS.HeldDirectoryHandles(); !implicit {
+		t.Skip("the kernel opens directories before reading them (no FUSE_NO_OPENDIR_SUPPORT): handles end at close")
+	}
+	files := 0
+	require.NoError(t, filepath.WalkDir(l.Mount, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			files++
+		}
+		return err
+	}))
+	require.Equal(t, dirs*filesPerDir, files, "files the walk found")
+	held, _ := m.FS.HeldDirectoryHandles()
+	assert.Zero(t, held, "directory handles held after every directory was read to its end")
+}

@@ -95,6 +95,7 @@ func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuseloop.Serve
 		}
 	}
 	raw := newImplicitDirs(&relabelReplies{&namespaceChanges{&ioModeOrder{RawFileSystem: fs.NewNodeFS(root, fsopts)}, u}, u.relabels})
+	u.dirs = raw
 	server, err := fuseloop.Mount(mountpoint, raw, fuseloop.Options{Transport: transport, Mount: fsopts.MountOptions})
 	if err != nil {
 		u.Close()

@@ -2,10 +2,13 @@ package unionfs
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"fmt"
+	"hash/fnv"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -186,37 +189,40 @@ func direntMode(typ byte) uint32 {
 	}
 }
 
-// dirHandle is a merged directory being read. Every read from the start
-// takes a new listing. An offset names its listing (a generation, in the
-// high bits) and a place in it, so a reader going on from an offset walks
-// the listing it started, unchanged however the directory changed
-// meanwhile, even when another reader shares the handle (implicitDirs)
-// and started over after it: a program that lists a directory in chunks
-// and unlinks what it saw must not skip names because someone ran ls.
+// dirHandle is a merged directory being read. An entry's offset is a
+// cookie made from a hash of its name, as ext4 hands out for hashed
+// directories, and every listing is served in cookie order. A reader
+// going on from an offset gets the names after it in whatever listing
+// the handle holds, taken for it or for another reader since; so a name
+// present throughout a read is listed exactly once, however the
+// directory changed meanwhile and whoever started it over (a program
+// that lists a directory in chunks and unlinks what it saw must not skip
+// names because someone ran ls), and nothing needs keeping between
+// reads: the handle can be let go once read (see implicitDirs).
 type dirHandle struct {
 	n *node
 
-	mu       sync.Mutex
-	listings []*dirListing // guarded by mu: the latest keptListings, newest last
-	cur      *dirListing   // guarded by mu: the listing being read
-	pos      int           // guarded by mu: index of the next entry of cur
-	lastGen  uint64        // guarded by mu
+	mu      sync.Mutex
+	entries []fuse.DirEntry // guarded by mu: the latest listing, in cookie order; nil before the first read
+	pos     int             // guarded by mu: index in entries of the next entry to return
 }
 
-// dirListing is one listing of a directory.
-type dirListing struct {
-	gen     uint64
-	entries []fuse.DirEntry
+// Cookies of "." and ".."; a name's cookie is above both.
+const (
+	dotCookie    = 1
+	dotdotCookie = 2
+	firstCookie  = 3
+)
+
+// nameCookie is the offset of the entry after name. Two names of one
+// directory share a cookie with a chance of about n²/2⁶⁴; a reader that
+// stopped between them would miss the second.
+func nameCookie(name string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	// Offsets are signed 64-bit values to the programs that see them.
+	return max(h.Sum64()>>1, firstCookie)
 }
-
-// keptListings is how many listings a handle keeps for readers that
-// started before the latest one. A reader older than that gets its place
-// in a new listing, as it would after rewinddir.
-const keptListings = 3
-
-// offsetGenShift puts the listing's generation above the entry's index
-// in an offset; generations stay below 1<<31 so offsets stay positive.
-const offsetGenShift = 32
 
 var (
 	_ fs.FileReaddirenter = (*dirHandle)(nil)
@@ -233,7 +239,7 @@ func (n *node) OpendirHandle(ctx context.Context, flags uint32) (fs.FileHandle, 
 	return &dirHandle{n: n}, fuse.FOPEN_CACHE_DIR | fuse.FOPEN_KEEP_CACHE, 0
 }
 
-// load takes a new listing and makes it current. The caller holds d.mu.
+// load takes a new listing. The caller holds d.mu.
 func (d *dirHandle) load() syscall.Errno {
 	u := d.n.ufs
 	u.ns.RLock()
@@ -242,7 +248,6 @@ func (d *dirHandle) load() syscall.Errno {
 	if err != nil {
 		return u.errno(err)
 	}
-	d.lastGen = d.lastGen%(1<<31-1) + 1
 	entries := make([]fuse.DirEntry, 0, len(merged)+2)
 	self := d.n.StableAttr().Ino
 	parent := self
@@ -250,59 +255,50 @@ func (d *dirHandle) load() syscall.Errno {
 		parent = p.StableAttr().Ino
 	}
 	entries = append(entries,
-		fuse.DirEntry{Name: ".", Mode: unix.S_IFDIR, Ino: self},
-		fuse.DirEntry{Name: "..", Mode: unix.S_IFDIR, Ino: parent})
+		fuse.DirEntry{Name: ".", Mode: unix.S_IFDIR, Ino: self, Off: dotCookie},
+		fuse.DirEntry{Name: "..", Mode: unix.S_IFDIR, Ino: parent, Off: dotdotCookie})
 	for _, e := range merged {
-		entries = append(entries, fuse.DirEntry{Name: e.name, Mode: e.mode, Ino: e.ino})
+		entries = append(entries, fuse.DirEntry{Name: e.name, Mode: e.mode, Ino: e.ino, Off: nameCookie(e.name)})
 	}
-	for i := range entries {
-		entries[i].Off = d.lastGen<<offsetGenShift | uint64(i+1)
-	}
-	if len(d.listings) == keptListings {
-		d.listings = slices.Delete(d.listings, 0, 1)
-	}
-	d.cur, d.pos = &dirListing{gen: d.lastGen, entries: entries}, 0
-	d.listings = append(d.listings, d.cur)
+	slices.SortFunc(entries, func(a, b fuse.DirEntry) int {
+		if c := cmp.Compare(a.Off, b.Off); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	d.entries = entries
 	return 0
 }
 
 func (d *dirHandle) Readdirent(ctx context.Context) (*fuse.DirEntry, syscall.Errno) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.cur == nil {
+	if d.entries == nil {
 		if errno := d.load(); errno != 0 {
 			return nil, errno
 		}
 	}
-	if d.pos >= len(d.cur.entries) {
+	if d.pos >= len(d.entries) {
 		return nil, 0
 	}
-	e := d.cur.entries[d.pos]
+	e := d.entries[d.pos]
 	d.pos++
 	return &e, 0
 }
 
-// Seekdir moves to an offset handed out earlier; offset 0 (rewinddir,
-// or a new reader) takes a fresh listing.
+// Seekdir moves to the entry after the one whose offset is off; offset 0
+// (rewinddir, or a new reader) takes a fresh listing.
 func (d *dirHandle) Seekdir(ctx context.Context, off uint64) syscall.Errno {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if off == 0 {
-		return d.load()
-	}
-	gen, index := off>>offsetGenShift, int(off&(1<<offsetGenShift-1))
-	d.cur = nil
-	for _, l := range d.listings {
-		if l.gen == gen {
-			d.cur = l
-		}
-	}
-	if d.cur == nil {
+	if off == 0 || d.entries == nil {
 		if errno := d.load(); errno != 0 {
 			return errno
 		}
 	}
-	d.pos = min(index, len(d.cur.entries))
+	d.pos, _ = slices.BinarySearchFunc(d.entries, off+1, func(e fuse.DirEntry, target uint64) int {
+		return cmp.Compare(e.Off, target)
+	})
 	return 0
 }
 
