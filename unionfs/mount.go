@@ -65,6 +65,12 @@ func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuseloop.Serve
 			Debug:       opts.Debug,
 			MaxWrite:    maxRequestData,
 			EnableLocks: true,
+			// A symlink's target never changes while its inode lives;
+			// copy-up keeps it, and live branch changes drop it with
+			// the inode's cached content. Starting a program reads
+			// /lib64 and the loader's links: seven READLINKs per start
+			// of ls from a Debian root, that the kernel now keeps.
+			EnableSymlinkCaching: timeout > 0,
 			// READDIRPLUS only where the kernel expects lookups to follow
 			// (ls -l, du), plain READDIR for ls -f and find.
 			// See killpriv.go for HANDLE_KILLPRIV_V2; ASYNC_DIO lets

@@ -95,10 +95,11 @@ func StartAt(mountpoint string, options ...string) (*Mounted, error) {
 	if err := opts.Validate(mountpoint); err != nil {
 		return nil, err
 	}
-	opts.Debug = os.Getenv("UNIONMOUNT_TRACE") != ""
+	trace := os.Getenv("UNIONMOUNT_TRACE") != ""
+	opts.Debug = opts.Debug || trace
 	logs := &syncBuffer{}
 	var logTo io.Writer = logs
-	if opts.Debug {
+	if trace {
 		logTo = io.MultiWriter(logs, os.Stderr) // the trace, as it happens
 	}
 	server, ufs, err := unionfs.Mount(mountpoint, opts, log.New(logTo, "", 0))
