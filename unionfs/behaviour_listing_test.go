@@ -65,14 +65,8 @@ var listingBehaviours = []behaviour{
 		name:  "a reader going on after another started the directory over still sees every name once",
 		lower: manyFiles("d", 300),
 		run: func(t *testing.T, m string) {
-			a, err := unix.Open(m+"/d", unix.O_RDONLY|unix.O_DIRECTORY, 0)
-			require.NoError(t, err)
+			a, first := openAndReadAFew(t, m+"/d")
 			defer unix.Close(a)
-			buf := make([]byte, 512) // a few names per call
-			n, err := unix.ReadDirent(a, buf)
-			require.NoError(t, err)
-			_, _, first := unix.ParseDirent(buf[:n], -1, nil)
-			require.NotEmpty(t, first)
 			// Remove what was seen, as rm does; another reader lists the
 			// changed directory from the start meanwhile.
 			for _, name := range first {
@@ -99,14 +93,8 @@ var listingBehaviours = []behaviour{
 		name:  "a reader going on after names were added and removed lists each lasting name once",
 		lower: manyFiles("d", 300),
 		run: func(t *testing.T, m string) {
-			a, err := unix.Open(m+"/d", unix.O_RDONLY|unix.O_DIRECTORY, 0)
-			require.NoError(t, err)
+			a, first := openAndReadAFew(t, m+"/d")
 			defer unix.Close(a)
-			buf := make([]byte, 512)
-			n, err := unix.ReadDirent(a, buf)
-			require.NoError(t, err)
-			_, _, first := unix.ParseDirent(buf[:n], -1, nil)
-			require.NotEmpty(t, first)
 			seenFirst := map[string]bool{}
 			for _, name := range first {
 				seenFirst[name] = true
@@ -166,6 +154,23 @@ var listingBehaviours = []behaviour{
 			}
 		},
 	},
+}
+
+// openAndReadAFew opens dir and reads its first few names, as one
+// getdents call of a small buffer returns them.
+func openAndReadAFew(t *testing.T, dir string) (int, []string) {
+	t.Helper()
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	require.NoError(t, err)
+	buf := make([]byte, 512)
+	n, err := unix.ReadDirent(fd, buf)
+	if err != nil {
+		unix.Close(fd)
+		require.NoError(t, err)
+	}
+	_, _, first := unix.ParseDirent(buf[:n], -1, nil)
+	require.NotEmpty(t, first)
+	return fd, first
 }
 
 func readAllNames(t *testing.T, fd int) []string {
