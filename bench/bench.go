@@ -53,6 +53,9 @@ type Config struct {
 	Dir           string // scratch space, removed afterwards
 	UnionmountBin string
 	ThinblockBin  string
+	// PassthroughHPBin is libfuse's passthrough_hp built with io_uring,
+	// or "" (then the floor target is skipped).
+	PassthroughHPBin string
 	// TurnOnURing lets the run switch FUSE-over-io_uring on (as root)
 	// for the io_uring target, and back off at its end.
 	TurnOnURing bool

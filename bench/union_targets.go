@@ -211,6 +211,7 @@ func UnionTargets() []Target {
 		unionmount("unionmount-passthrough", "metacopy=on", "transport=dev-fuse"),
 		unionmount("unionmount", "passthrough=off", "metacopy=on", "transport=dev-fuse"),
 		unionmount("unionmount-uring", "passthrough=off", "metacopy=on", "transport=io_uring"),
+		floorTarget{},
 		&unionTarget{name: "fuse-overlayfs", fuse: true, skip: needBinary("fuse-overlayfs", "fuse-overlayfs"),
 			mount: func(env *Env, lower, upper, work, mnt string) error {
 				_, err := runCmd("fuse-overlayfs", "-o", overlayOpts(lower, upper, work), mnt)

@@ -40,6 +40,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	repeat := fs.Int("repeat", 0, "runs per figure, made in rounds that each run every target once (default 2, 1 with --quick)")
 	unionmount := fs.String("unionmount", "", "unionmount binary (default: beside this one, then PATH)")
 	thinblock := fs.String("thinblock", "", "thinblock binary (default: beside this one, then PATH)")
+	passthroughHP := fs.String("passthrough-hp", "", "libfuse's passthrough_hp built with io_uring, the floor target (default: where scripts/build-passthrough-hp.sh puts it, then PATH)")
 	list := fs.Bool("list", false, "list the targets and workloads and exit")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	rootless := fs.Bool("userns", true, "also run the union workloads on "+strings.Join(bench.RootlessTargets, " and ")+
@@ -56,6 +57,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	cfg := &bench.Config{Quick: *quick, Repeat: *repeat,
 		UnionmountBin: findBinary(*unionmount, "unionmount"), ThinblockBin: findBinary(*thinblock, "thinblock"),
+		PassthroughHPBin: findPassthroughHP(*passthroughHP),
 		// The run in a user namespace cannot write the switch: it
 		// finds it as the run outside left it.
 		TurnOnURing: *turnOnURing && !*inside}
@@ -312,6 +314,18 @@ func findBinary(given, name string) string {
 		return p
 	}
 	return ""
+}
+
+// findPassthroughHP finds libfuse's passthrough_hp: the one given, the
+// one the build script made, or one on PATH (a build without io_uring
+// fails the floor target's setup with a message saying so).
+func findPassthroughHP(given string) string {
+	if given == "" {
+		if _, err := os.Stat(bench.DefaultPassthroughHP); err == nil {
+			return bench.DefaultPassthroughHP
+		}
+	}
+	return findBinary(given, "passthrough_hp")
 }
 
 func haveFio() bool {
