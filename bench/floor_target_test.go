@@ -16,12 +16,7 @@ import (
 // libfuse falls back to /dev/fuse, and the target refuses that mount
 // and leaves none behind.
 func TestTheFloorServesOverIOURingOrIsRefused(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("passthrough_hp's passthrough and io_uring need root")
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("no /dev/fuse")
-	}
+	skipUnlessRootWithFUSE(t, "passthrough_hp's passthrough and io_uring need root")
 	bin := os.Getenv("PASSTHROUGH_HP")
 	if bin == "" {
 		bin = DefaultPassthroughHP

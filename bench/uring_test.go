@@ -17,12 +17,7 @@ import (
 // /dev/fuse, and the io_uring target's check refuses it, so its figures
 // cannot stand in the io_uring column.
 func TestAMountThatFellBackFromIOURingIsCaught(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("mounts the union as root")
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("no /dev/fuse")
-	}
+	skipUnlessRootWithFUSE(t, "mounts the union as root")
 	if data, err := os.ReadFile(uringParameter); err == nil && strings.TrimSpace(string(data)) == "Y" {
 		t.Skip("FUSE-over-io_uring is on: a mount asking for it does not fall back")
 	}
@@ -46,4 +41,16 @@ func TestAMountThatFellBackFromIOURingIsCaught(t *testing.T) {
 	assert.Contains(t, err.Error(), "serves over dev-fuse, not io_uring")
 	assert.NoError(t, checkTransport(bin, mnt, "dev-fuse"), "the transport it does serve over passes")
 	assert.ErrorContains(t, checkTransport(bin, filepath.Join(dir, "lower"), "dev-fuse"), "does not list")
+}
+
+// skipUnlessRootWithFUSE skips a test that mounts as root, saying why
+// it needs root, unless it runs as root with /dev/fuse.
+func skipUnlessRootWithFUSE(t *testing.T, why string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip(why)
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("no /dev/fuse")
+	}
 }
