@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -52,7 +53,15 @@ func (floorTarget) Setup(env *Env) (*Instance, error) {
 		os.RemoveAll(base)
 		return nil, err
 	}
-	stop, err := startPassthroughHP(env.cfg.PassthroughHPBin, src, mnt)
+	// The create row's files, and the lower layer's twice (the untar of
+	// its source and the walks of the copy), with room to spare.
+	entries, err := countEntries(env.lower)
+	if err != nil {
+		os.RemoveAll(base)
+		return nil, err
+	}
+	need := uint64(env.size.files + 2*entries + 1024)
+	stop, err := startPassthroughHP(env.cfg.PassthroughHPBin, src, mnt, need)
 	if err != nil {
 		os.RemoveAll(base)
 		return nil, fmt.Errorf("mount %s: %w", FloorTarget, err)
@@ -76,7 +85,7 @@ const ringPatience = 5 * time.Second
 // a daemon's figures must not stand in this column. stop unmounts and
 // waits for the daemon to exit (with io_uring it takes a second or two
 // after the unmount to tear its rings down).
-func startPassthroughHP(bin, src, mnt string) (stop func() error, err error) {
+func startPassthroughHP(bin, src, mnt string, need uint64) (stop func() error, err error) {
 	cmd := exec.Command(bin, "--foreground", "-o", "io_uring", src, mnt)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
@@ -85,6 +94,16 @@ func startPassthroughHP(bin, src, mnt string) (stop func() error, err error) {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
+	// passthrough_hp holds an O_PATH descriptor for every inode the
+	// kernel knows: a run's 20k created files and the lower layer's 13k
+	// go past the usual limit (and Go gives its children the limit it
+	// found, not the one it raised). The daemon opens nothing before the
+	// kernel's first request, so raising it now is in time.
+	if err := raiseFileLimit(cmd.Process.Pid, need); err != nil {
+		cmd.Process.Kill()
+		<-exited
+		return nil, err
+	}
 	// How the daemon ends after its unmount is its own affair; one that
 	// does not end is the run's.
 	stop = func() error {
@@ -130,6 +149,32 @@ func startPassthroughHP(bin, src, mnt string) (stop func() error, err error) {
 	return nil, fmt.Errorf("%s did not mount %s in %v: %s", bin, mnt, daemonPatience, lastLines(stderr.String(), 3))
 }
 
+// raiseFileLimit lets process pid open at least need files: as many as
+// the kernel allows one process (fs.nr_open) where the caller may raise
+// hard limits (CAP_SYS_RESOURCE), else up to the hard limit it has.
+func raiseFileLimit(pid int, need uint64) error {
+	most := uint64(1 << 20)
+	if data, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
+		fmt.Sscan(string(data), &most)
+	}
+	lim := unix.Rlimit{Cur: most, Max: most}
+	if unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &lim) != nil {
+		return fmt.Errorf("read the open-file limit of process %d", pid)
+	}
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: most, Max: most}, nil); err == nil {
+		return nil
+	}
+	lim.Cur = lim.Max
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &lim, nil); err != nil {
+		return fmt.Errorf("raise the open-file limit of process %d to %d: %w", pid, lim.Max, err)
+	}
+	if lim.Max < need {
+		return fmt.Errorf("passthrough_hp keeps a descriptor open per inode the kernel knows, and this run's files need about %d; "+
+			"the hard limit here is %d and this process may not raise it (no CAP_SYS_RESOURCE)", need, lim.Max)
+	}
+	return nil
+}
+
 // isFUSEMount reports whether dir is the root of a FUSE mount.
 func isFUSEMount(dir string) bool {
 	const fuseSuperMagic = 0x65735546
@@ -151,4 +196,14 @@ func countURingFDs(pid int) int {
 		}
 	}
 	return n
+}
+
+// countEntries counts the names under dir.
+func countEntries(dir string) (int, error) {
+	n := 0
+	err := filepath.WalkDir(dir, func(string, fs.DirEntry, error) error {
+		n++
+		return nil
+	})
+	return n, err
 }

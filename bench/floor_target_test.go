@@ -31,7 +31,7 @@ func TestTheFloorServesOverIOURingOrIsRefused(t *testing.T) {
 	src, mnt := t.TempDir(), t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(src, "lower"), []byte("from the source"), 0o644))
 
-	stop, err := startPassthroughHP(bin, src, mnt)
+	stop, err := startPassthroughHP(bin, src, mnt, 64)
 	if strings.TrimSpace(string(state)) != "Y" {
 		require.Error(t, err, "enable_uring is N: the daemon can only have fallen back to /dev/fuse")
 		assert.Contains(t, err.Error(), "over /dev/fuse, not io_uring")
