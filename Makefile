@@ -12,7 +12,7 @@ DEMO_DEPS := fusermount3:fuse3 mount.fuse3:fuse3 getfattr:attr mkfs.ext4:e2fspro
 	fstrim:util-linux nbdinfo:libnbd-bin
 TEST_DEPS := $(DEMO_DEPS) unshare:util-linux thin_check:thin-provisioning-tools \
 	nbdinfo:libnbd-bin nbdcopy:libnbd-bin qemu-img:qemu-utils qemu-io:qemu-utils qemu-nbd:qemu-utils fio:fio \
-	qemu-storage-daemon:qemu-system-common mkfs.ext4:e2fsprogs losetup:mount nbdkit:nbdkit \
+	qemu-storage-daemon:qemu-system-common mkfs.ext4:e2fsprogs mkfs.xfs:xfsprogs losetup:mount nbdkit:nbdkit \
 	fuse-overlayfs:fuse-overlayfs unionfs-fuse:unionfs-fuse \
 	podman:podman buildah:buildah runc:runc newuidmap:uidmap newgidmap:uidmap debootstrap:debootstrap dpkg-deb:dpkg \
 	python3:python3 bats:bats

@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Row is the measurements of one workload on one target.
@@ -90,7 +92,7 @@ func (rep *Report) find(f Family, target, workload string) *Row {
 // ratio once swung from 0.73x to 26x when targets ran their repeats one
 // after the other). Rows come out target by target, as before.
 func Run(cfg *Config, env *Env, targets []Target, workloads []Workload) *Report {
-	rep := &Report{Date: time.Now().UTC(), Quick: cfg.Quick, Repeat: cfg.Repeat, Machine: machine(), Versions: versions(cfg)}
+	rep := &Report{Date: time.Now().UTC(), Quick: cfg.Quick, Repeat: cfg.Repeat, Machine: machine(cfg.Dir), Versions: versions(cfg)}
 	steps, done := 0, 0
 	for _, t := range targets {
 		for _, w := range workloads {
@@ -231,8 +233,13 @@ func (tr *targetRun) close() {
 	}
 }
 
-func machine() map[string]string {
+func machine(scratch string) map[string]string {
 	m := map[string]string{"cpus": fmt.Sprint(runtime.NumCPU()), "arch": runtime.GOARCH}
+	// Pools, images and upper layers live there: whether it shares
+	// extents (reflink) decides the copy-on-write rows.
+	if fs := filesystemOf(scratch); fs != "" {
+		m["scratch filesystem"] = fs
+	}
 	if h, err := os.Hostname(); err == nil {
 		m["hostname"] = h
 	}
@@ -280,4 +287,17 @@ func versions(cfg *Config) map[string]string {
 		v["unionmount"] = cfg.UnionmountBin
 	}
 	return v
+}
+
+// filesystemOf names the filesystem dir is on, or "" when unknown.
+func filesystemOf(dir string) string {
+	var st unix.Statfs_t
+	if dir == "" || unix.Statfs(dir, &st) != nil {
+		return ""
+	}
+	names := map[int64]string{0xef53: "ext4", 0x58465342: "xfs", 0x9123683e: "btrfs", 0x01021994: "tmpfs", 0x794c7630: "overlay"}
+	if name, ok := names[int64(st.Type)]; ok {
+		return name
+	}
+	return fmt.Sprintf("type %#x", st.Type)
 }

@@ -474,6 +474,21 @@ func removeID(ids []uint64, id uint64) []uint64 {
 	return out
 }
 
+// filesIn opens a pool's metadata and data files in dir, made afresh,
+// with a function that opens them again.
+func filesIn(t *testing.T, dir string) (blockdev.Device, blockdev.Device, func() (blockdev.Device, blockdev.Device)) {
+	open := func(create bool) (blockdev.Device, blockdev.Device) {
+		meta, err := blockdev.OpenFile(filepath.Join(dir, "meta"), create)
+		require.NoError(t, err)
+		data, err := blockdev.OpenFile(filepath.Join(dir, "data"), create)
+		require.NoError(t, err)
+		t.Cleanup(func() { meta.Close(); data.Close() })
+		return meta, data
+	}
+	meta, data := open(true)
+	return meta, data, func() (blockdev.Device, blockdev.Device) { return open(false) }
+}
+
 // TestConcurrentIOOnSharedBlocksMatchesModel races 16 goroutines reading,
 // writing (distinct 4 KiB pieces of the same blocks, and overlapping
 // ranges), zeroing and discarding on volumes that share blocks with
@@ -495,20 +510,16 @@ func TestConcurrentIOOnSharedBlocksMatchesModel(t *testing.T) {
 			return meta, data, func() (blockdev.Device, blockdev.Device) { return meta, data }
 		},
 		"file": func(t *testing.T) (blockdev.Device, blockdev.Device, func() (blockdev.Device, blockdev.Device)) {
-			dir := t.TempDir()
-			open := func(create bool) (blockdev.Device, blockdev.Device) {
-				meta, err := blockdev.OpenFile(filepath.Join(dir, "meta"), create)
-				require.NoError(t, err)
-				data, err := blockdev.OpenFile(filepath.Join(dir, "data"), create)
-				require.NoError(t, err)
-				t.Cleanup(func() { meta.Close(); data.Close() })
-				return meta, data
-			}
-			meta, data := open(true)
-			return meta, data, func() (blockdev.Device, blockdev.Device) { return open(false) }
+			return filesIn(t, t.TempDir())
+		},
+		// There a block's copy shares the extents of the block it
+		// copies (copy_file_range), and writes race the filesystem's
+		// own copy-on-write.
+		"reflink file": func(t *testing.T) (blockdev.Device, blockdev.Device, func() (blockdev.Device, blockdev.Device)) {
+			return filesIn(t, reflinkDir(t))
 		},
 	}
-	for _, name := range []string{"memory", "file"} {
+	for _, name := range []string{"memory", "file", "reflink file"} {
 		t.Run("on the "+name+" device", func(t *testing.T) {
 			meta, data, reopen := devices[name](t)
 			p, err := thinblock.Create(meta, data, thinblock.CreateOptions{BlockSize: testBlock,
