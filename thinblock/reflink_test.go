@@ -13,7 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/unionmount/unionmount/thinblock"
-	"github.com/unionmount/unionmount/thinblock/blockdev"
 )
 
 // reflinkDir mounts a fresh XFS with reflink (as mkfs.xfs makes it by
@@ -78,14 +77,7 @@ func TestFirstWriteAfterASnapshotSharesExtentsOnReflinkFilesystems(t *testing.T)
 	}
 	dir := reflinkDir(t)
 	const blocks = 8
-	open := func(create bool) (blockdev.Device, blockdev.Device) {
-		meta, err := blockdev.OpenFile(filepath.Join(dir, "meta"), create)
-		require.NoError(t, err)
-		data, err := blockdev.OpenFile(filepath.Join(dir, "data"), create)
-		require.NoError(t, err)
-		return meta, data
-	}
-	meta, data := open(true)
+	meta, data, reopen := filesIn(t, dir)
 	p, err := thinblock.Create(meta, data, thinblock.CreateOptions{BlockSize: testBlock, DataSize: 4 * blocks * testBlock},
 		thinblock.Options{CommitInterval: -1})
 	require.NoError(t, err)
@@ -127,11 +119,7 @@ func TestFirstWriteAfterASnapshotSharesExtentsOnReflinkFilesystems(t *testing.T)
 	}
 	check(p)
 	require.NoError(t, p.Close())
-	require.NoError(t, meta.Close())
-	require.NoError(t, data.Close())
-	meta, data = open(false)
-	defer meta.Close()
-	defer data.Close()
+	meta, data = reopen()
 	p, err = thinblock.Open(meta, data, thinblock.Options{CommitInterval: -1})
 	require.NoError(t, err)
 	check(p)
