@@ -98,7 +98,10 @@ func serve(mountpoint string, given []string, opts unionfs.Options, stderr io.Wr
 	spareProcessors()
 	idle := make(chan struct{})
 	defer close(idle)
-	go releaseMemoryWhenIdle(idle, idleAfter, debug.FreeOSMemory)
+	go releaseMemoryWhenIdle(idle, idleAfter, func() {
+		server.ReleaseIdleMemory()
+		debug.FreeOSMemory()
+	})
 	if path := os.Getenv("UNIONMOUNT_CPUPROFILE"); path != "" {
 		// For performance work: a CPU profile of the whole serve.
 		if f, err := os.Create(path); err == nil {

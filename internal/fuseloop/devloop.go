@@ -49,6 +49,8 @@ type devLoop struct {
 	aborted bool
 	// idle holds the buffers of readers that have exited. Guarded by mu.
 	idle []*reader
+	// live holds the readers counted in readers. Guarded by mu.
+	live map[*reader]struct{}
 
 	// done is closed when ended is set and readers is zero.
 	done chan struct{}
@@ -57,7 +59,9 @@ type devLoop struct {
 // A reader is one reader goroutine's state.
 type reader struct {
 	loop    *devLoop
-	in, out []byte   // request and reply buffers
+	in, out []byte // request and reply buffers: inBuf's and outBuf's data
+	inBuf   pageBuffer
+	outBuf  pageBuffer
 	inv     [][]byte // in, as HandleRequest takes it
 	outv    [][]byte // out, as HandleRequest takes it
 	timer   *time.Timer
@@ -68,17 +72,24 @@ type reader struct {
 }
 
 func newDevLoop(s *Server) *devLoop {
-	return &devLoop{s: s, done: make(chan struct{})}
+	return &devLoop{s: s, done: make(chan struct{}), live: make(map[*reader]struct{})}
 }
 
 // start starts the first reader.
 func (l *devLoop) start() {
 	l.mu.Lock()
 	r := l.newReaderLocked()
-	l.readers++
-	l.waiting++
+	l.countLocked(r)
 	l.mu.Unlock()
 	go l.run(r)
+}
+
+// countLocked counts r in as a live reader about to read.
+// Preconditions: l.mu held.
+func (l *devLoop) countLocked(r *reader) {
+	l.readers++
+	l.waiting++
+	l.live[r] = struct{}{}
 }
 
 // wait returns once the connection has ended and every reader with it.
@@ -104,22 +115,14 @@ func (l *devLoop) newReaderLocked() *reader {
 	// A WRITE's data starts after its two headers and a READ's reply
 	// data after one: put both on a page boundary, so a layer file
 	// opened O_DIRECT can be written from and read into them.
-	r.in = alignedAfter(l.s.bufSize, int(unsafe.Sizeof(fuse.WriteIn{})))
-	r.out = alignedAfter(l.s.bufSize, int(unsafe.Sizeof(fuse.OutHeader{})))
+	r.inBuf = newPageBuffer(l.s.bufSize, int(unsafe.Sizeof(fuse.WriteIn{})))
+	r.outBuf = newPageBuffer(l.s.bufSize, int(unsafe.Sizeof(fuse.OutHeader{})))
+	r.in, r.out = r.inBuf.data, r.outBuf.data
 	r.inv = make([][]byte, 1)
 	r.outv = [][]byte{r.out}
 	r.timer = time.AfterFunc(time.Hour, func() { l.slow(r) })
 	r.timer.Stop()
 	return r
-}
-
-// alignedAfter returns a size-byte buffer whose byte at offset is on a
-// page boundary.
-func alignedAfter(size, offset int) []byte {
-	buf := make([]byte, size+pageSize)
-	addr := int(uintptr(unsafe.Pointer(&buf[0])))
-	skip := ((pageSize-(addr+offset)%pageSize)%pageSize + pageSize) % pageSize
-	return buf[skip : skip+size]
 }
 
 // run is one reader: read, handle, reply, until told to exit or the
@@ -220,12 +223,49 @@ func (l *devLoop) exit(r *reader, byKernel bool) {
 // waiting.
 func (l *devLoop) exitLocked(r *reader) {
 	l.readers--
-	if len(l.idle) < maxIdleReaders {
+	delete(l.live, r)
+	if len(l.idle) < maxIdleReaders && !l.ended {
 		l.idle = append(l.idle, r)
+	} else {
+		r.free()
 	}
 	if l.ended && l.readers == 0 {
-		l.idle = nil
+		l.freeIdleLocked()
 		close(l.done)
+	}
+}
+
+// free unmaps r's buffers. Preconditions: r's goroutine uses them no
+// more (it has exited, or is about to without touching them).
+func (r *reader) free() {
+	r.inBuf.free()
+	r.outBuf.free()
+	r.in, r.out, r.inv[0], r.outv[0] = nil, nil, nil, nil
+}
+
+// freeIdleLocked unmaps the buffers kept for spares. Preconditions:
+// l.mu held.
+func (l *devLoop) freeIdleLocked() {
+	for _, r := range l.idle {
+		r.free()
+	}
+	l.idle = nil
+}
+
+// releaseIdle gives back what the loop holds only for work to come: the
+// buffers kept for spare readers, and the reply buffers of the readers
+// waiting for a request. A waiting reader's request buffer stays: the
+// kernel may be writing the next request into it.
+func (l *devLoop) releaseIdle() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.freeIdleLocked()
+	for r := range l.live {
+		if !r.busy {
+			// Its reply buffer is touched only after begin, which
+			// waits for l.mu.
+			r.outBuf.release()
+		}
 	}
 }
 
@@ -244,7 +284,6 @@ func (l *devLoop) slow(r *reader) {
 		return
 	}
 	spare := l.newReaderLocked()
-	l.readers++
-	l.waiting++
+	l.countLocked(spare)
 	go l.run(spare)
 }

@@ -274,3 +274,13 @@ const pageSize = 4096
 func closeFd(fd int) {
 	unix.Close(fd)
 }
+
+// ReleaseIdleMemory gives back the buffers the connection holds only
+// for requests to come. The daemon calls it when it comes to rest; a
+// request that comes meanwhile is served as ever, its buffer's pages
+// taken again as it touches them.
+func (s *Server) ReleaseIdleMemory() {
+	if s.devLoop != nil {
+		s.devLoop.releaseIdle()
+	}
+}
