@@ -43,8 +43,13 @@ all: build
 # (some environments set GOFLAGS=-buildvcs=false).
 BUILDFLAGS ?= $(shell git rev-parse --git-dir >/dev/null 2>&1 && echo -buildvcs=true)
 
+# unionmount runs once per container: built without cgo it is static, and
+# each daemon maps no libc or loader (1.8 MiB less resident at rest, see
+# docs/benchmarks.md). Go's own resolver and user lookups serve it.
+UNIONMOUNT_BUILD = CGO_ENABLED=0 $(GO) build $(BUILDFLAGS) -o $(BIN)/unionmount ./cmd/unionmount
+
 build:
-	$(GO) build $(BUILDFLAGS) -o $(BIN)/unionmount ./cmd/unionmount
+	$(UNIONMOUNT_BUILD)
 	$(GO) build $(BUILDFLAGS) -o $(BIN)/thinblock ./cmd/thinblock
 	$(GO) build $(BUILDFLAGS) -o $(BIN)/unionbench ./cmd/unionbench
 
@@ -56,7 +61,7 @@ deps-test:
 
 # The demo builds only the two binaries it runs.
 demo: deps-demo
-	$(GO) build $(BUILDFLAGS) -o $(BIN)/unionmount ./cmd/unionmount
+	$(UNIONMOUNT_BUILD)
 	$(GO) build $(BUILDFLAGS) -o $(BIN)/thinblock ./cmd/thinblock
 	scripts/demo.sh $(BIN)
 

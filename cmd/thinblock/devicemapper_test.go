@@ -42,7 +42,9 @@ func unionmountBinary(t *testing.T) string {
 			return
 		}
 		unionmountBin.path = filepath.Join(dir, "unionmount")
-		if out, err := exec.Command("go", "build", "-o", unionmountBin.path, "../unionmount").CombinedOutput(); err != nil {
+		build := exec.Command("go", "build", "-o", unionmountBin.path, "../unionmount")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0") // as make builds it
+		if out, err := build.CombinedOutput(); err != nil {
 			unionmountBin.err = fmt.Errorf("build unionmount: %v\n%s", err, out)
 		}
 	})

@@ -29,6 +29,7 @@ func binary(t *testing.T) string {
 	}
 	out := filepath.Join(t.TempDir(), "unionmount")
 	build := exec.Command("go", "build", "-o", out, ".")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0") // as make builds it
 	if msg, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, msg)
 	}
