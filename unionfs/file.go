@@ -130,24 +130,51 @@ func (f *file) PassthroughFd() (int, bool) {
 // the largest reads (docs/measurements.md).
 const spliceReadMin = 256 << 10
 
+// loopSpliceMin is the smallest read the project's own /dev/fuse loop
+// answers from the layer file by splice (fuseloop.FileRead): one copy of
+// the data in the kernel, for two more system calls than a read into the
+// reply buffer and a write of it, which copy the data twice. Without root
+// every read of a lower file is a 128 KiB request.
+const loopSpliceMin = 64 << 10
+
 func (f *file) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	f.n.ufs.daemonReads.Add(1)
 	fd := f.current()
-	if len(dest) >= spliceReadMin {
-		// The kernel asks for whole pages, so the read of a file's
-		// tail comes up short, and go-fuse then redoes the splice
-		// through a second pipe (six more syscalls). One fstat to cut
-		// the read at the end of the file costs less.
-		var st unix.Stat_t
-		if err := unix.Fstat(fd, &st); err != nil {
-			return nil, sysx.Errno(err)
+	if srv := f.n.ufs.splicer.Load(); srv != nil {
+		if len(dest) < loopSpliceMin {
+			return f.readCopy(fd, dest, off)
 		}
-		size := min(int64(len(dest)), st.Size-off)
-		if size <= 0 {
-			return fuse.ReadResultData(nil), 0
+		size, errno := sizeToEOF(fd, len(dest), off)
+		if errno != 0 || size <= 0 {
+			return fuse.ReadResultData(nil), errno
 		}
-		return fuse.ReadResultFd(uintptr(fd), off, int(size)), 0
+		return srv.FileRead(fd, off, size), 0
 	}
+	if len(dest) >= spliceReadMin {
+		// go-fuse's loop splices a file result; cut at the end of
+		// the file, or it redoes the splice through a second pipe.
+		size, errno := sizeToEOF(fd, len(dest), off)
+		if errno != 0 || size <= 0 {
+			return fuse.ReadResultData(nil), errno
+		}
+		return fuse.ReadResultFd(uintptr(fd), off, size), 0
+	}
+	return f.readCopy(fd, dest, off)
+}
+
+// sizeToEOF cuts a read of size bytes at off at the end of the file: the
+// kernel asks for whole pages, and a splice that comes up short costs a
+// second try (one fstat costs less).
+func sizeToEOF(fd, size int, off int64) (int, syscall.Errno) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, sysx.Errno(err)
+	}
+	return int(min(int64(size), st.Size-off)), 0
+}
+
+// readCopy answers a read by reading into dest.
+func (f *file) readCopy(fd int, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	n, err := unix.Pread(fd, dest, off)
 	if err != nil {
 		return nil, sysx.Errno(err)

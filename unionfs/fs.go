@@ -48,6 +48,7 @@ package unionfs
 import (
 	"crypto/rand"
 	"fmt"
+	"github.com/unionmount/unionmount/internal/fuseloop"
 	"hash/fnv"
 	"log"
 	"os"
@@ -100,6 +101,10 @@ type FS struct {
 	// transport and whyNotIOURing say how requests reach the daemon
 	// (see internal/fuseloop); set by Mount.
 	transport, whyNotIOURing string
+	// splicer answers large reads from the layer file (see file.Read);
+	// set by Mount once the project's own loops serve the mount, nil
+	// under go-fuse's.
+	splicer atomic.Pointer[fuseloop.Server]
 	// passthrough is set once the kernel has agreed to FUSE passthrough.
 	passthrough atomic.Bool
 	// daemonReads counts reads served by the daemon rather than by

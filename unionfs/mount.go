@@ -108,6 +108,9 @@ func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuseloop.Serve
 		return nil, nil, err
 	}
 	u.transport, u.whyNotIOURing = server.Transport(), server.WhyNotIOURing()
+	if u.transport != fuseloop.TransportGoFUSE {
+		u.splicer.Store(server)
+	}
 	if privileged {
 		raiseReadahead(mountpoint, logger)
 	}

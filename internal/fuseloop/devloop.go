@@ -51,6 +51,9 @@ type devLoop struct {
 	idle []*reader
 	// live holds the readers counted in readers. Guarded by mu.
 	live map[*reader]struct{}
+	// replyingAt finds a reader, live or idle, by where its reply
+	// payload starts (see FileRead). Guarded by mu.
+	replyingAt map[uintptr]*reader
 
 	// done is closed when ended is set and readers is zero.
 	done chan struct{}
@@ -62,9 +65,16 @@ type reader struct {
 	in, out []byte // request and reply buffers: inBuf's and outBuf's data
 	inBuf   pageBuffer
 	outBuf  pageBuffer
-	inv     [][]byte // in, as HandleRequest takes it
-	outv    [][]byte // out, as HandleRequest takes it
-	timer   *time.Timer
+	// splice, when set, is the data of the reply being built, still in
+	// its file (see FileRead); pipe carries it, made on first use, and
+	// noPipe says the system refused one. Used by the reader's own
+	// goroutine only.
+	splice fileRange
+	pipe   *splicePipe
+	noPipe bool
+	inv    [][]byte // in, as HandleRequest takes it
+	outv   [][]byte // out, as HandleRequest takes it
+	timer  *time.Timer
 	// busy is set while the reader handles a request that started at
 	// started. Guarded by loop.mu.
 	busy    bool
@@ -72,7 +82,7 @@ type reader struct {
 }
 
 func newDevLoop(s *Server) *devLoop {
-	return &devLoop{s: s, done: make(chan struct{}), live: make(map[*reader]struct{})}
+	return &devLoop{s: s, done: make(chan struct{}), live: make(map[*reader]struct{}), replyingAt: make(map[uintptr]*reader)}
 }
 
 // start starts the first reader.
@@ -118,6 +128,7 @@ func (l *devLoop) newReaderLocked() *reader {
 	r.inBuf = newPageBuffer(l.s.bufSize, int(unsafe.Sizeof(fuse.WriteIn{})))
 	r.outBuf = newPageBuffer(l.s.bufSize, int(unsafe.Sizeof(fuse.OutHeader{})))
 	r.in, r.out = r.inBuf.data, r.outBuf.data
+	l.replyingAt[r.replyPayloadAt()] = r
 	r.inv = make([][]byte, 1)
 	r.outv = [][]byte{r.out}
 	r.timer = time.AfterFunc(time.Hour, func() { l.slow(r) })
@@ -152,8 +163,13 @@ func (l *devLoop) run(r *reader) {
 		}
 		l.begin(r)
 		r.inv[0] = r.in[:n]
+		r.splice = fileRange{}
 		if size := l.s.handle(r.inv, r.outv); size > 0 {
-			l.reply(fd, r.out[:size])
+			if r.splice.size > 0 {
+				l.spliceReply(fd, r)
+			} else {
+				l.reply(fd, r.out[:size])
+			}
 		}
 		if !l.finish(r) {
 			return
@@ -235,9 +251,12 @@ func (l *devLoop) exitLocked(r *reader) {
 	}
 }
 
-// free unmaps r's buffers. Preconditions: r's goroutine uses them no
-// more (it has exited, or is about to without touching them).
+// free unmaps r's buffers and closes its pipe. Preconditions: r.loop.mu
+// held; r's goroutine uses them no more (it has exited, or is about to
+// without touching them).
 func (r *reader) free() {
+	delete(r.loop.replyingAt, r.replyPayloadAt())
+	r.dropPipe()
 	r.inBuf.free()
 	r.outBuf.free()
 	r.in, r.out, r.inv[0], r.outv[0] = nil, nil, nil, nil

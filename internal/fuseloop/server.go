@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
@@ -36,6 +37,11 @@ type Server struct {
 	dev     *deviceMount // nil for the go-fuse transport
 	devLoop *devLoop
 	uring   *URingTransport // nil unless io_uring was tried
+
+	// splicedReplies counts READ replies spliced from a file, and
+	// repliesCopiedAfterSplice those rebuilt in the reply buffer when the
+	// file gave less than asked (see FileRead).
+	splicedReplies, repliesCopiedAfterSplice atomic.Uint64
 
 	// served is closed when the connection has ended and every loop
 	// has returned.
