@@ -4,20 +4,17 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"log"
 	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"github.com/unionmount/unionmount/internal/fstest"
 	"golang.org/x/sys/unix"
 )
 
@@ -71,27 +68,9 @@ func (n *fileReadNode) Release(ctx context.Context, fh fs.FileHandle) syscall.Er
 // mountFileRead mounts a fileReadRoot over the file at path.
 func mountFileRead(t *testing.T, path string) (mnt string, s *Server) {
 	t.Helper()
-	requireFUSE(t)
-	mnt = t.TempDir()
-	logs := &syncWriter{}
-	logger := log.New(logs, "", 0)
 	root := &fileReadRoot{path: path}
-	raw := fs.NewNodeFS(root, &fs.Options{Logger: logger})
-	s, err := Mount(mnt, raw, Options{Transport: TransportDevFUSE, Mount: fuse.MountOptions{
-		FsName: "fuseloop-test", Name: "fuseloop", MaxWrite: testMaxWrite, Logger: logger}})
-	require.NoError(t, err)
+	mnt, s = mountRoot(t, root)
 	root.server.Store(s)
-	stopWatchdog, aborted := fstest.AbortAfter(mnt, 60*time.Second)
-	t.Cleanup(func() {
-		stopWatchdog()
-		if aborted() {
-			t.Error("the mount stopped answering; connection aborted")
-		}
-		assert.NoError(t, s.Unmount())
-		out := logs.String()
-		assert.NotContains(t, out, "panic")
-		assert.NotContains(t, out, "splice a reply")
-	})
 	return mnt, s
 }
 

@@ -67,6 +67,21 @@ func readersResident(t *testing.T, l *devLoop) (replyPages, idle int) {
 	return replyPages, len(l.idle)
 }
 
+// waitNoReaderBusy waits until every reader is done with its request.
+func waitNoReaderBusy(t *testing.T, l *devLoop) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		for r := range l.live {
+			if r.busy {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, time.Millisecond, "a reader stayed busy")
+}
+
 // readDirect reads a whole file through the mount with O_DIRECT, so that
 // the kernel asks for it in READs as large as the mount allows.
 func readDirect(t *testing.T, path string, size int) []byte {
@@ -103,11 +118,18 @@ func (r *memRoot) OnAdd(ctx context.Context) {
 // mountMem mounts files, served from memory, over the /dev/fuse loop.
 func mountMem(t *testing.T, files map[string][]byte) (mnt string, s *Server) {
 	t.Helper()
+	return mountRoot(t, &memRoot{files: files})
+}
+
+// mountRoot mounts the file system under root over the /dev/fuse loop,
+// and unmounts it when the test ends.
+func mountRoot(t *testing.T, root fs.InodeEmbedder) (mnt string, s *Server) {
+	t.Helper()
 	requireFUSE(t)
 	mnt = t.TempDir()
 	logs := &syncWriter{}
 	logger := log.New(logs, "", 0)
-	raw := fs.NewNodeFS(&memRoot{files: files}, &fs.Options{Logger: logger})
+	raw := fs.NewNodeFS(root, &fs.Options{Logger: logger})
 	s, err := Mount(mnt, raw, Options{Transport: TransportDevFUSE, Mount: fuse.MountOptions{
 		FsName: "fuseloop-test", Name: "fuseloop", MaxWrite: testMaxWrite, Logger: logger}})
 	require.NoError(t, err)
@@ -120,7 +142,9 @@ func mountMem(t *testing.T, files map[string][]byte) (mnt string, s *Server) {
 			t.Error("the mount stopped answering; connection aborted")
 		}
 		assert.NoError(t, s.Unmount())
-		assert.NotContains(t, logs.String(), "panic")
+		out := logs.String()
+		assert.NotContains(t, out, "panic")
+		assert.NotContains(t, out, "splice a reply")
 	})
 	return mnt, s
 }
@@ -136,6 +160,8 @@ func TestRestGivesBackTheReplyBuffersOfALargeRead(t *testing.T) {
 	// The READ's reply filled most of one reader's reply buffer.
 	require.Greater(t, before, len(want)/pageSize/2, "a %d-byte read left only %d reply pages resident", len(want), before)
 
+	// The reply reaches the reader before its reader is done with it.
+	waitNoReaderBusy(t, l)
 	server.ReleaseIdleMemory()
 	after, idle := readersResident(t, l)
 	assert.Zero(t, after, "reply pages resident after the release (%d before)", before)
