@@ -75,8 +75,14 @@ func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuseloop.Serve
 			// (ls -l, du), plain READDIR for ls -f and find.
 			// See killpriv.go for HANDLE_KILLPRIV_V2; ASYNC_DIO lets
 			// O_DIRECT requests of one file run in parallel.
-			ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO | capHandleKillprivV2 | fuse.CAP_ASYNC_DIO | extraCaps,
-			Logger:            logger,
+			// ATOMIC_O_TRUNC has the kernel pass O_TRUNC in OPEN
+			// rather than send a truncation after it: an open copies
+			// up empty before it chooses its backing file, where a
+			// truncation after it would meet the open's own
+			// passthrough of the lower file (ETXTBSY).
+			ExtraCapabilities: fuse.CAP_READDIRPLUS_AUTO | capHandleKillprivV2 | fuse.CAP_ASYNC_DIO |
+				fuse.CAP_ATOMIC_O_TRUNC | extraCaps,
+			Logger: logger,
 			PanicHandler: func(v any) fuse.Status {
 				// A panic must never take the mount down: log it, and
 				// answer the one request with EIO.
