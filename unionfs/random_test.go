@@ -90,20 +90,31 @@ var threeLayersIndexed = func() randomStack {
 // opKinds are the operations drawOp draws from, each as likely.
 var opKinds = []string{
 	"create", "write", "truncate", "chmod", "link", "symlink", "rename",
-	"unlink", "mkdir", "rmdir", "setxattr", "removexattr",
+	"unlink", "mkdir", "rmdir", "setxattr", "removexattr", "open",
+}
+
+// openFlags are the open flag sets the "open" operation draws from: each
+// access mode with and without truncation, appending and creation (the
+// kernel passes some to the daemon in OPEN and acts on others itself).
+var openFlags = []int{
+	unix.O_RDONLY, unix.O_WRONLY, unix.O_RDWR,
+	unix.O_RDONLY | unix.O_TRUNC, unix.O_WRONLY | unix.O_TRUNC, unix.O_RDWR | unix.O_TRUNC,
+	unix.O_WRONLY | unix.O_APPEND, unix.O_RDWR | unix.O_APPEND | unix.O_TRUNC,
+	unix.O_RDONLY | unix.O_CREAT, unix.O_WRONLY | unix.O_CREAT | unix.O_EXCL,
 }
 
 // fsOp is one random operation, applied by path to a mount.
 type fsOp struct {
-	kind string
-	a, b string
-	data string
-	off  int64
-	mode uint32
+	kind  string
+	a, b  string
+	data  string
+	off   int64
+	mode  uint32
+	flags int // for "open"
 }
 
 func (o fsOp) String() string {
-	return fmt.Sprintf("%s(%q %q data=%q off=%d mode=%o)", o.kind, o.a, o.b, o.data, o.off, o.mode)
+	return fmt.Sprintf("%s(%q %q data=%q off=%d mode=%o flags=%#o)", o.kind, o.a, o.b, o.data, o.off, o.mode, o.flags)
 }
 
 func drawPath(t *rapid.T, s *randomStack, label string) string {
@@ -127,7 +138,7 @@ func drawOp(t *rapid.T, s *randomStack) fsOp {
 		o.b = drawPath(t, s, "b")
 	}
 	switch o.kind {
-	case "create", "write", "setxattr":
+	case "create", "write", "setxattr", "open":
 		o.data = rapid.StringMatching(`[a-z]{0,12}`).Draw(t, "data")
 	}
 	switch o.kind {
@@ -135,6 +146,8 @@ func drawOp(t *rapid.T, s *randomStack) fsOp {
 		o.off = rapid.Int64Range(0, 40).Draw(t, "off")
 	case "chmod", "mkdir":
 		o.mode = rapid.SampledFrom([]uint32{0o755, 0o700, 0o644, 0o600, 0o1777}).Draw(t, "mode")
+	case "open":
+		o.flags = rapid.SampledFrom(openFlags).Draw(t, "flags")
 	}
 	return o
 }
@@ -168,6 +181,17 @@ func (o fsOp) apply(root string) syscall.Errno {
 		err = xattr.LSet(a, "user.k", []byte(o.data))
 	case "removexattr":
 		err = xattr.LRemove(a, "user.k")
+	case "open":
+		// Open, write the data where the descriptor may, close.
+		var fd int
+		if fd, err = unix.Open(a, o.flags|unix.O_CLOEXEC, 0o644); err == nil {
+			if o.flags&unix.O_ACCMODE != unix.O_RDONLY {
+				_, err = unix.Write(fd, []byte(o.data))
+			}
+			if cerr := unix.Close(fd); err == nil {
+				err = cerr
+			}
+		}
 	}
 	return errnoOf(err)
 }
