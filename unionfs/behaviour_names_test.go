@@ -2,6 +2,8 @@ package unionfs_test
 
 import (
 	"os"
+	"os/exec"
+	"runtime"
 	"syscall"
 	"testing"
 
@@ -183,4 +185,76 @@ var nameBehaviours = []behaviour{
 			assert.NotZero(t, sub.Mode&unix.S_ISGID, "subdirectory inherits set-group-ID")
 		},
 	},
+	{
+		// A user's new objects are prepared in the work dir and given
+		// their owner there; root's are made in place (see create):
+		// both must end as the kernel makes them.
+		name:  "new objects made by a user belong to that user and in a set-group-ID directory to its group",
+		lower: fstest.Spec{"open/": "", "shared/": ""},
+		run: func(t *testing.T, m string) {
+			if _, err := exec.LookPath("setpriv"); err != nil {
+				t.Skip("needs setpriv (util-linux)")
+			}
+			require.NoError(t, unix.Chmod(m+"/open", 0o777))
+			require.NoError(t, os.Lchown(m+"/shared", 0, 4321))
+			require.NoError(t, unix.Chmod(m+"/shared", 0o2777))
+			for _, dir := range []string{m + "/open", m + "/shared"} {
+				out, err := exec.Command("setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "sh", "-c",
+					"umask 022 && cd "+dir+" && : > f && mkdir d && ln -s f l && mkfifo p").CombinedOutput()
+				require.NoError(t, err, "%s", out)
+			}
+			for _, name := range []string{"f", "d", "l", "p"} {
+				st := lstat(t, m+"/open/"+name)
+				assert.Equal(t, [2]uint32{1000, 1000}, [2]uint32{st.Uid, st.Gid}, "open/%s", name)
+				st = lstat(t, m+"/shared/"+name)
+				assert.Equal(t, [2]uint32{1000, 4321}, [2]uint32{st.Uid, st.Gid}, "shared/%s", name)
+			}
+			assert.Equal(t, uint32(0o644), lstat(t, m+"/open/f").Mode&0o7777)
+			assert.Equal(t, uint32(0o755), lstat(t, m+"/open/d").Mode&0o7777)
+			assert.Equal(t, uint32(0o2755), lstat(t, m+"/shared/d").Mode&0o7777, "subdirectory inherits set-group-ID")
+		},
+	},
+	{
+		name:  "new objects keep the set-id and sticky bits they are made with",
+		lower: fstest.Spec{"d/": ""},
+		run: func(t *testing.T, m string) {
+			old := unix.Umask(0)
+			defer unix.Umask(old)
+			fd, err := unix.Open(m+"/d/suid", unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_CLOEXEC, 0o6755)
+			require.NoError(t, err)
+			unix.Close(fd)
+			require.NoError(t, unix.Mkdir(m+"/d/sticky", 0o1777))
+			require.NoError(t, unix.Mknod(m+"/d/fifo", unix.S_IFIFO|0o2644, 0))
+			assert.Equal(t, uint32(0o6755), lstat(t, m+"/d/suid").Mode&0o7777)
+			assert.Equal(t, uint32(0o1777), lstat(t, m+"/d/sticky").Mode&0o7777)
+			assert.Equal(t, uint32(0o2644), lstat(t, m+"/d/fifo").Mode&0o7777)
+			// A user's new file is given its owner after it is made.
+			require.NoError(t, unix.Chmod(m+"/d", 0o777))
+			asUserOnAThread(t, 1000, 1000, func() error {
+				fd, err := unix.Open(m+"/d/users", unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_CLOEXEC, 0o6755)
+				if err == nil {
+					unix.Close(fd)
+				}
+				return err
+			})
+			st := lstat(t, m+"/d/users")
+			assert.Equal(t, uint32(1000), st.Uid)
+			assert.Equal(t, uint32(0o6755), st.Mode&0o7777, "made by a user in its own group")
+		},
+	},
+}
+
+// asUserOnAThread runs fn on a thread of its own whose filesystem ids
+// are uid and gid (which drops root's file capabilities, as for that
+// user), then lets the thread end with the goroutine.
+func asUserOnAThread(t *testing.T, uid, gid int, fn func() error) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		unix.RawSyscall(unix.SYS_SETFSGID, uintptr(gid), 0, 0)
+		unix.RawSyscall(unix.SYS_SETFSUID, uintptr(uid), 0, 0)
+		done <- fn()
+	}()
+	require.NoError(t, <-done)
 }

@@ -287,7 +287,7 @@ func (n *node) createBranched(ctx context.Context, obj newObject) (*found, error
 		return nil, err
 	}
 	if obj.own {
-		if err := u.chownToCallerOn(ctx, t, t.work, parentPath, tmp, obj.isDir); err != nil {
+		if err := u.chownToCallerOn(ctx, t, t.work, parentPath, tmp, obj); err != nil {
 			sysx.RemoveAllAt(t.work, tmp)
 			return nil, err
 		}

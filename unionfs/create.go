@@ -32,9 +32,13 @@ type newObject struct {
 	isDir bool
 	// own gives the object the caller's ids; false for hard links.
 	own bool
+	// setID says a non-directory is made with set-user-ID or
+	// set-group-ID bits, which giving it its owner clears.
+	setID bool
 }
 
-// create makes obj in directory n: the parent is copied up, the object is
+// create makes obj in directory n: the parent is copied up, and the
+// object is made in place when it needs nothing more; otherwise it is
 // prepared in the work dir (owner, opaque marker) and renamed into place,
 // replacing a whiteout atomically when there is one. The caller holds ns
 // for writing.
@@ -73,6 +77,15 @@ func (n *node) create(ctx context.Context, obj newObject) (*found, error) {
 	if err := u.copyUp(n, true); err != nil {
 		return nil, err
 	}
+	if !overWhiteout && !aufsWhiteout && (!obj.own || u.madeAsCaller(ctx)) {
+		// Made in place, the object is whole at once: no owner to
+		// give it and no whiteout to replace, as kernel overlay
+		// creates when no whiteout is in the way.
+		if err := obj.make(u.upper.fd, path); err != nil {
+			return nil, err
+		}
+		return u.installed(path, obj.own)
+	}
 	tmp := tempName()
 	if err := obj.make(u.work, tmp); err != nil {
 		return nil, err
@@ -85,7 +98,7 @@ func (n *node) create(ctx context.Context, obj newObject) (*found, error) {
 		unix.Unlinkat(u.work, tmp, flags)
 	}
 	if obj.own {
-		if err := u.chownToCaller(ctx, n, tmp, obj.isDir); err != nil {
+		if err := u.chownToCaller(ctx, n, tmp, obj); err != nil {
 			removeTmp()
 			return nil, err
 		}
@@ -105,19 +118,39 @@ func (n *node) create(ctx context.Context, obj newObject) (*found, error) {
 			return nil, err
 		}
 	}
+	return u.installed(path, obj.own)
+}
+
+// installed returns what create made at path in the upper; made says it
+// is a new object rather than a new name for one (a hard link).
+func (u *FS) installed(path string, made bool) (*found, error) {
 	var f found
 	if err := u.upper.lstat(path, &f.stat); err != nil {
 		return nil, err
 	}
 	f.state.upper = true
 	f.top = layerRef{u.upper, path}
-	if obj.own {
+	if made {
 		// New: it cannot hold a recorded identity yet.
 		f.id = u.identityFrom(f.top, &f.stat, nil, unix.ENODATA)
 	} else {
 		f.id = u.identity(f.top, &f.stat)
 	}
 	return &f, nil
+}
+
+// madeAsCaller reports whether an object the daemon makes gets the
+// owner the caller would give it: the caller's ids, as the layers keep
+// them, are the daemon's own (root making files as root, or a rootless
+// container's root), and owners are not kept in an xattr. In a
+// set-group-ID directory the kernel gives the object the directory's
+// group, as chownToCaller would.
+func (u *FS) madeAsCaller(ctx context.Context) bool {
+	if u.opts.XattrPermissions != 0 {
+		return false
+	}
+	uid, gid, ok := u.callerIDs(ctx)
+	return !ok || (uid == u.selfUID && gid == u.selfGID)
 }
 
 // installOver renames tmp from the work dir to path, atomically replacing
@@ -143,13 +176,13 @@ func (u *FS) installOver(tmp, path string, isDir, overWhiteout bool) error {
 
 // chownToCaller gives tmp the calling process's ids, with the group of a
 // set-group-ID parent directory, as the kernel does for new files.
-func (u *FS) chownToCaller(ctx context.Context, parent *node, tmp string, isDir bool) error {
-	return u.chownToCallerOn(ctx, u.upper, u.work, parent.path(), tmp, isDir)
+func (u *FS) chownToCaller(ctx context.Context, parent *node, tmp string, obj newObject) error {
+	return u.chownToCallerOn(ctx, u.upper, u.work, parent.path(), tmp, obj)
 }
 
 // chownToCallerOn is chownToCaller for tmp in the scratch dir work of
 // layer l, to go in directory parentPath there.
-func (u *FS) chownToCallerOn(ctx context.Context, l *layer, work int, parentPath, tmp string, isDir bool) error {
+func (u *FS) chownToCallerOn(ctx context.Context, l *layer, work int, parentPath, tmp string, obj newObject) error {
 	uid, gid, ok := u.callerIDs(ctx)
 	if !ok {
 		return nil
@@ -157,15 +190,24 @@ func (u *FS) chownToCallerOn(ctx context.Context, l *layer, work int, parentPath
 	var pst unix.Stat_t
 	if err := l.lstat(parentPath, &pst); err == nil && pst.Mode&unix.S_ISGID != 0 {
 		gid = int(pst.Gid)
-		if isDir {
+		if obj.isDir {
 			var st unix.Stat_t
 			if err := unix.Fstatat(work, tmp, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
 				defer unix.Fchmodat(work, tmp, (st.Mode&0o7777)|unix.S_ISGID, 0)
 			}
 		}
 	}
+	// The kernel has dropped any set-id bit the caller may not set
+	// before it sent the request: those left are the caller's to keep.
+	var made unix.Stat_t
+	keepSetID := obj.setID && unix.Fstatat(work, tmp, &made, unix.AT_SYMLINK_NOFOLLOW) == nil
 	if err := u.setOwner(work, tmp, uid, gid); err != nil {
 		return fmt.Errorf("chown new object: %w", err)
+	}
+	if keepSetID {
+		if err := unix.Fchmodat(work, tmp, made.Mode&0o7777, 0); err != nil {
+			return fmt.Errorf("restore the set-id bits of a new object: %w", err)
+		}
 	}
 	return nil
 }
@@ -205,7 +247,8 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	defer u.ns.Unlock()
 	openFlags := u.flagsBelow(flags, unix.O_TRUNC)
 	fd := -1
-	f, err := n.create(ctx, newObject{name: name, own: true, make: func(work int, tmp string) error {
+	setID := mode&(unix.S_ISUID|unix.S_ISGID) != 0
+	f, err := n.create(ctx, newObject{name: name, own: true, setID: setID, make: func(work int, tmp string) error {
 		var err error
 		fd, err = unix.Openat(work, tmp, openFlags|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, mode&0o7777)
 		return err
@@ -220,7 +263,7 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	child := ino.Operations().(*node)
 	// A new file has no capabilities: only the mode it was made with
 	// can give it set-id bits.
-	handle, fuseFlags, err := child.newHandle(fd, openFlags, handleSource{privileged: mode&(unix.S_ISUID|unix.S_ISGID) != 0})
+	handle, fuseFlags, err := child.newHandle(fd, openFlags, handleSource{privileged: setID})
 	if err != nil {
 		unix.Close(fd) // a new file's node has no lower file to conflict with
 		return nil, nil, 0, u.errno(err)
@@ -251,7 +294,7 @@ func (n *node) Mknod(ctx context.Context, name string, mode uint32, dev uint32, 
 		// A 0/0 character device would read as a whiteout.
 		return nil, syscall.EPERM
 	}
-	f, err := n.create(ctx, newObject{name: name, own: true, make: func(work int, tmp string) error {
+	f, err := n.create(ctx, newObject{name: name, own: true, setID: mode&(unix.S_ISUID|unix.S_ISGID) != 0, make: func(work int, tmp string) error {
 		return unix.Mknodat(work, tmp, mode, int(dev))
 	}})
 	if err != nil {

@@ -69,6 +69,9 @@ type FS struct {
 	// work is the fd of <workdir>/work, where copy-ups and new objects
 	// are prepared before they are renamed into place.
 	work int
+	// selfUID and selfGID are the ids the daemon's new files get (see
+	// madeAsCaller).
+	selfUID, selfGID int
 	// branched is set for an aufs union with writable branches below
 	// read-only ones or several writable ones: upper is nil and changes
 	// go to a branch chosen per object (see branches.go).
@@ -143,7 +146,7 @@ func New(opts Options, logger *log.Logger) (*FS, error) {
 	if logger == nil {
 		logger = log.New(os.Stderr, "unionmount: ", log.LstdFlags)
 	}
-	u := &FS{opts: opts, work: -1, logger: logger, mounted: make(chan struct{}), relabels: newRelabels(),
+	u := &FS{opts: opts, work: -1, selfUID: os.Geteuid(), selfGID: os.Getegid(), logger: logger, mounted: make(chan struct{}), relabels: newRelabels(),
 		orphanedPath: ".unionmount-orphaned-" + rand.Text() + "/deleted"}
 	var err error
 	if u.wformat, u.wauto, err = whiteout.ParseFormat(opts.Whiteout); err != nil {

@@ -145,9 +145,12 @@ func drawOp(t *rapid.T, s *randomStack) fsOp {
 	case "write", "truncate":
 		o.off = rapid.Int64Range(0, 40).Draw(t, "off")
 	case "chmod", "mkdir":
-		o.mode = rapid.SampledFrom([]uint32{0o755, 0o700, 0o644, 0o600, 0o1777}).Draw(t, "mode")
+		o.mode = rapid.SampledFrom([]uint32{0o755, 0o700, 0o644, 0o600, 0o1777, 0o2755}).Draw(t, "mode")
+	case "create":
+		o.mode = rapid.SampledFrom(createModes).Draw(t, "mode")
 	case "open":
 		o.flags = rapid.SampledFrom(openFlags).Draw(t, "flags")
+		o.mode = rapid.SampledFrom(createModes).Draw(t, "mode")
 	}
 	return o
 }
@@ -158,9 +161,9 @@ func (o fsOp) apply(root string) syscall.Errno {
 	var err error
 	switch o.kind {
 	case "create":
-		err = writeFile(a, unix.O_CREAT|unix.O_WRONLY|unix.O_TRUNC, o.data, 0)
+		err = writeFile(a, unix.O_CREAT|unix.O_WRONLY|unix.O_TRUNC, o.data, 0, o.mode)
 	case "write":
-		err = writeFile(a, unix.O_WRONLY, o.data, o.off)
+		err = writeFile(a, unix.O_WRONLY, o.data, o.off, 0)
 	case "truncate":
 		err = unix.Truncate(a, o.off)
 	case "chmod":
@@ -184,7 +187,7 @@ func (o fsOp) apply(root string) syscall.Errno {
 	case "open":
 		// Open, write the data where the descriptor may, close.
 		var fd int
-		if fd, err = unix.Open(a, o.flags|unix.O_CLOEXEC, 0o644); err == nil {
+		if fd, err = unix.Open(a, o.flags|unix.O_CLOEXEC, o.mode); err == nil {
 			if o.flags&unix.O_ACCMODE != unix.O_RDONLY {
 				_, err = unix.Write(fd, []byte(o.data))
 			}
@@ -209,8 +212,12 @@ func (o fsOp) namesOneFile(root string) bool {
 	return sa.Dev == sb.Dev && sa.Ino == sb.Ino
 }
 
-func writeFile(p string, flags int, data string, off int64) error {
-	fd, err := unix.Open(p, flags|unix.O_CLOEXEC, 0o644)
+// createModes are the modes new files are made with: set-id bits among
+// them, which only the mode a file is made with may give it.
+var createModes = []uint32{0o644, 0o600, 0o755, 0o4755, 0o2755, 0o6711}
+
+func writeFile(p string, flags int, data string, off int64, mode uint32) error {
+	fd, err := unix.Open(p, flags|unix.O_CLOEXEC, mode)
 	if err != nil {
 		return err
 	}
