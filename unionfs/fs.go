@@ -209,8 +209,13 @@ func New(opts Options, logger *log.Logger) (*FS, error) {
 	return u, nil
 }
 
-// Close releases the layer fds.
+// Close releases the layer fds; Mount has it called as soon as the
+// connection has ended (fuseloop.Options.Ended). It waits for a live
+// branch change, which holds ns and the layers too; one that comes after
+// finds no union to change. Closing twice does nothing.
 func (u *FS) Close() {
+	u.ns.Lock()
+	defer u.ns.Unlock()
 	if u.upper != nil {
 		u.upper.close()
 	}

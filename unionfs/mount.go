@@ -108,7 +108,7 @@ func Mount(mountpoint string, opts Options, logger *log.Logger) (*fuseloop.Serve
 	}
 	raw := newImplicitDirs(&relabelReplies{&namespaceChanges{&ioModeOrder{RawFileSystem: fs.NewNodeFS(root, fsopts)}, u}, u.relabels})
 	u.dirs = raw
-	server, err := fuseloop.Mount(mountpoint, raw, fuseloop.Options{Transport: transport, Mount: fsopts.MountOptions})
+	server, err := fuseloop.Mount(mountpoint, raw, fuseloop.Options{Transport: transport, Mount: fsopts.MountOptions, Ended: u.Close})
 	if err != nil {
 		u.Close()
 		return nil, nil, err

@@ -372,3 +372,44 @@ func TestLayerPathsAsContainersStorageWritesThem(t *testing.T) {
 	require.NoError(t, err, "%s", out)
 	waitUnmounted(t, filepath.Join(root, "umnt"))
 }
+
+// A script that unmounts the union and then the filesystem its layers
+// are on (as the overlay test suite does after each test) finds that
+// filesystem free, as after kernel overlay: the daemon lets go of its
+// layers as soon as its connection ends, not when its process is done.
+// Before, 2.5 % of such unmounts failed with EBUSY here, so 150 rounds
+// passed with a chance of about 2 %. With passthrough a lower file the
+// kernel has not yet released may keep the filesystem busy for a moment
+// longer (1 in 600 rounds, docs/unionmount.md): not tested here.
+func TestLayersFilesystemIsFreeOnceTheUnionIsUnmounted(t *testing.T) {
+	fstest.RequireFUSE(t)
+	fstest.RequireRoot(t)
+	if _, err := exec.LookPath("unshare"); err != nil {
+		t.Skip("needs unshare (util-linux)")
+	}
+	bin := binary(t)
+	dir := t.TempDir()
+	script := `set -u
+mount --make-rprivate /
+mkdir -p "$DIR/fs" "$DIR/m"
+busy=0
+for i in $(seq 1 150); do
+	mount -t tmpfs layers "$DIR/fs" || exit 2
+	mkdir "$DIR/fs/l" "$DIR/fs/u" "$DIR/fs/w" && echo lower > "$DIR/fs/l/f"
+	"$BIN" -o "lowerdir=$DIR/fs/l,upperdir=$DIR/fs/u,workdir=$DIR/fs/w,passthrough=off" "$DIR/m" || exit 2
+	cat "$DIR/m/f" > /dev/null && ls "$DIR/m" > /dev/null && echo upper > "$DIR/m/new" || exit 2
+	umount "$DIR/m" || exit 2
+	if ! umount "$DIR/fs" 2>/dev/null; then
+		busy=$((busy + 1))
+		sleep 1
+		umount "$DIR/fs" || umount -l "$DIR/fs"
+	fi
+done
+echo "busy $busy"
+`
+	cmd := exec.Command("unshare", "-m", "bash", "-c", script)
+	cmd.Env = append(os.Environ(), "BIN="+bin, "DIR="+dir)
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), "busy 0\n", "unmounts of the layers' filesystem right after the union's that failed")
+}

@@ -10,7 +10,7 @@ import (
 // mountGoFUSE mounts and serves through go-fuse's own Server and its
 // loop, as the union did before this package: kept to compare with and
 // to fall back on.
-func mountGoFUSE(mountpoint string, raw fuse.RawFileSystem, mo fuse.MountOptions) (*Server, error) {
+func mountGoFUSE(mountpoint string, raw fuse.RawFileSystem, mo fuse.MountOptions, ended func()) (*Server, error) {
 	mo.DirectMount = os.Geteuid() == 0
 	server, err := fuse.NewServer(raw, mountpoint, &mo)
 	if err == nil {
@@ -30,6 +30,7 @@ func mountGoFUSE(mountpoint string, raw fuse.RawFileSystem, mo fuse.MountOptions
 	}
 	go func() {
 		server.Wait()
+		ended()
 		close(s.served)
 	}()
 	return s, nil

@@ -28,6 +28,13 @@ type Options struct {
 	// Debug, Logger, PanicHandler. DirectMount is decided here (mount(2)
 	// as root, fusermount3 otherwise) and ignored.
 	Mount fuse.MountOptions
+	// Ended, when set, is called once the connection has ended and
+	// every request has been answered, before Wait returns, on the
+	// goroutine that saw the last loop end: the filesystem lets go of
+	// the files it holds there, so that a script unmounting a layer's
+	// filesystem right after the union finds it free, as after kernel
+	// overlay. Requests never run during or after it.
+	Ended func()
 }
 
 // CheckTransport returns an error naming the accepted values if name is

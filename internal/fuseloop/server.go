@@ -44,8 +44,10 @@ type Server struct {
 	splicedReplies, repliesCopiedAfterSplice atomic.Uint64
 
 	// served is closed when the connection has ended and every loop
-	// has returned.
+	// has returned (after ended has run).
 	served chan struct{}
+	// ended is Options.Ended (a no-op when not given).
+	ended func()
 
 	mu sync.Mutex
 	// unmounted is set once an unmount has succeeded. Guarded by mu.
@@ -74,8 +76,12 @@ func Mount(mountpoint string, raw fuse.RawFileSystem, opts Options) (*Server, er
 	if err != nil {
 		return nil, err
 	}
+	ended := opts.Ended
+	if ended == nil {
+		ended = func() {}
+	}
 	if transport == TransportGoFUSE {
-		return mountGoFUSE(abs, raw, mo)
+		return mountGoFUSE(abs, raw, mo, ended)
 	}
 
 	s := &Server{
@@ -83,6 +89,7 @@ func Mount(mountpoint string, raw fuse.RawFileSystem, opts Options) (*Server, er
 		logger:    mo.Logger,
 		bufSize:   mo.MaxWrite + pageSize,
 		served:    make(chan struct{}),
+		ended:     ended,
 	}
 	// Once INIT grants FUSE_OVER_IO_URING the kernel holds every
 	// request back until rings are registered: io_uring is asked for
@@ -135,7 +142,9 @@ func (s *Server) start(mountpoint string, raw fuse.RawFileSystem, mo fuse.MountO
 	// queues FORGET and INTERRUPT there.
 	s.devLoop = newDevLoop(s)
 	s.devLoop.start()
-	go s.finish()
+	// finish reads s.uring: it starts once the rings are in place (or
+	// failed), also when the connection ends before they are.
+	defer func() { go s.finish() }()
 	if wantURing {
 		if s.KernelSettings().Flags64()&fuse.CAP_OVER_IO_URING == 0 {
 			s.whyNotIOURing = "the kernel did not grant FUSE_OVER_IO_URING in INIT"
@@ -153,6 +162,7 @@ func (s *Server) start(mountpoint string, raw fuse.RawFileSystem, mo fuse.MountO
 func (s *Server) finish() {
 	s.devLoop.wait()
 	s.waitIOURing()
+	s.ended()
 	if s.devLoop.endedByKernel() {
 		// The connection is gone (reads return ENODEV), so
 		// go-fuse's loop ends at once: serving it now only has it
