@@ -8,21 +8,16 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 
+	"github.com/unionmount/unionmount/internal/fstest"
 	"github.com/unionmount/unionmount/thinblock"
 	"github.com/unionmount/unionmount/thinblock/blockdev"
 	"github.com/unionmount/unionmount/thinblock/check"
 	"github.com/unionmount/unionmount/thinblock/txn"
 )
 
-// allocated is the bytes a file has allocated on the host (st_blocks).
-func allocated(t *testing.T, path string) int64 {
-	t.Helper()
-	var st unix.Stat_t
-	require.NoError(t, unix.Stat(path, &st))
-	return st.Blocks * 512
-}
+// allocated is the bytes of the file that hold data.
+func allocated(t *testing.T, path string) int64 { return fstest.DataBytes(t, path) }
 
 type giveBackPool struct {
 	dir        string

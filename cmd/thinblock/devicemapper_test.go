@@ -236,9 +236,4 @@ func TestDockerDevicemapperFlowOnALivePool(t *testing.T) {
 	t.Logf("the flow took %v", time.Since(start).Round(100*time.Millisecond))
 }
 
-func allocatedBytes(t *testing.T, path string) int64 {
-	t.Helper()
-	var st syscall.Stat_t
-	require.NoError(t, syscall.Stat(path, &st))
-	return st.Blocks * 512
-}
+func allocatedBytes(t *testing.T, path string) int64 { return fstest.DataBytes(t, path) }

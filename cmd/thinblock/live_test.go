@@ -235,11 +235,7 @@ func TestDeleteOnAServedPoolGivesSpaceBack(t *testing.T) {
 	runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 0 64M", "-c", "flush", s.uri("1"))
 	runTool(t, "qemu-io", "-f", "raw", "-c", "write -P 0x6b 0 1M", "-c", "flush", s.uri("2"))
 	data := filepath.Join(dir, "data")
-	allocated := func() int64 {
-		var st syscall.Stat_t
-		require.NoError(t, syscall.Stat(data, &st))
-		return st.Blocks * 512
-	}
+	allocated := func() int64 { return fstest.DataBytes(t, data) }
 	full := allocated()
 	require.GreaterOrEqual(t, full, int64(65<<20))
 	mustRun(t, "delete", "--pool", dir, "1")

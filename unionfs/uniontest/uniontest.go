@@ -60,6 +60,7 @@ type Mounted struct {
 	dir   string
 	stop  func() error
 	logs  *syncBuffer
+	wait  func()
 	close func()
 }
 
@@ -106,7 +107,7 @@ func StartAt(mountpoint string, options ...string) (*Mounted, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Mounted{FS: ufs, dir: mountpoint, stop: server.Unmount, logs: logs, close: func() {
+	return &Mounted{FS: ufs, dir: mountpoint, stop: server.Unmount, logs: logs, wait: server.Wait, close: func() {
 		server.Wait()
 		ufs.Close()
 	}}, nil
@@ -126,6 +127,11 @@ func (m *Mounted) Unmount() error {
 	}
 	return nil
 }
+
+// Wait returns once the connection has ended (unmounted from outside)
+// and the server has let go of it, as a daemon does before it exits.
+// Unmount still cleans up after it.
+func (m *Mounted) Wait() { m.wait() }
 
 // Logs returns what the mount has logged so far.
 func (m *Mounted) Logs() string { return m.logs.String() }
