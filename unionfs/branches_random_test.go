@@ -88,7 +88,7 @@ func randomOnBranches(t *testing.T, modes []string) {
 		ops := rapid.SliceOfN(rapid.Custom(func(t *rapid.T) fsOp { return drawOp(t, &branchedStack.random) }), 1, 40).Draw(rt, "ops")
 		for i, o := range ops {
 			eu := o.apply(mnt)
-			if eu == syscall.EXDEV && (o.kind == "rename" || o.kind == "link") || eu == syscall.EROFS {
+			if eu == syscall.EXDEV && (o.kind == "rename" || o.kind == "link" || o.kind == "exchange" || o.kind == "rename-noreplace") || eu == syscall.EROFS {
 				continue
 			}
 			if ep := o.apply(plain); ep != eu {

@@ -91,7 +91,11 @@ var threeLayersIndexed = func() randomStack {
 var opKinds = []string{
 	"create", "write", "truncate", "chmod", "link", "symlink", "rename",
 	"unlink", "mkdir", "rmdir", "setxattr", "removexattr", "open",
+	"chown", "mkfifo", "exchange", "rename-noreplace",
 }
+
+// owners are the owners "chown" gives.
+var owners = [][2]int{{0, 0}, {1000, 1000}, {1000, 0}, {65534, 65534}}
 
 // openFlags are the open flag sets the "open" operation draws from: each
 // access mode with and without truncation, appending and creation (the
@@ -110,11 +114,12 @@ type fsOp struct {
 	data  string
 	off   int64
 	mode  uint32
-	flags int // for "open"
+	flags int    // for "open"
+	owner [2]int // for "chown"
 }
 
 func (o fsOp) String() string {
-	return fmt.Sprintf("%s(%q %q data=%q off=%d mode=%o flags=%#o)", o.kind, o.a, o.b, o.data, o.off, o.mode, o.flags)
+	return fmt.Sprintf("%s(%q %q data=%q off=%d mode=%o flags=%#o owner=%d:%d)", o.kind, o.a, o.b, o.data, o.off, o.mode, o.flags, o.owner[0], o.owner[1])
 }
 
 func drawPath(t *rapid.T, s *randomStack, label string) string {
@@ -134,7 +139,7 @@ func drawOp(t *rapid.T, s *randomStack) fsOp {
 	o := fsOp{kind: rapid.SampledFrom(kinds).Draw(t, "kind")}
 	o.a = drawPath(t, s, "a")
 	switch o.kind {
-	case "link", "rename", "symlink":
+	case "link", "rename", "symlink", "exchange", "rename-noreplace":
 		o.b = drawPath(t, s, "b")
 	}
 	switch o.kind {
@@ -151,6 +156,10 @@ func drawOp(t *rapid.T, s *randomStack) fsOp {
 	case "open":
 		o.flags = rapid.SampledFrom(openFlags).Draw(t, "flags")
 		o.mode = rapid.SampledFrom(createModes).Draw(t, "mode")
+	case "chown":
+		o.owner = rapid.SampledFrom(owners).Draw(t, "owner")
+	case "mkfifo":
+		o.mode = rapid.SampledFrom([]uint32{0o644, 0o600, 0o2644}).Draw(t, "mode")
 	}
 	return o
 }
@@ -174,6 +183,14 @@ func (o fsOp) apply(root string) syscall.Errno {
 		err = unix.Symlink(o.a, b)
 	case "rename":
 		err = unix.Rename(a, b)
+	case "exchange":
+		err = unix.Renameat2(unix.AT_FDCWD, a, unix.AT_FDCWD, b, unix.RENAME_EXCHANGE)
+	case "rename-noreplace":
+		err = unix.Renameat2(unix.AT_FDCWD, a, unix.AT_FDCWD, b, unix.RENAME_NOREPLACE)
+	case "chown":
+		err = unix.Lchown(a, o.owner[0], o.owner[1])
+	case "mkfifo":
+		err = unix.Mkfifo(a, o.mode)
 	case "unlink":
 		err = unix.Unlink(a)
 	case "mkdir":
@@ -187,7 +204,7 @@ func (o fsOp) apply(root string) syscall.Errno {
 	case "open":
 		// Open, write the data where the descriptor may, close.
 		var fd int
-		if fd, err = unix.Open(a, o.flags|unix.O_CLOEXEC, o.mode); err == nil {
+		if fd, err = unix.Open(a, o.flags|unix.O_CLOEXEC|unix.O_NONBLOCK, o.mode); err == nil {
 			if o.flags&unix.O_ACCMODE != unix.O_RDONLY {
 				_, err = unix.Write(fd, []byte(o.data))
 			}
@@ -216,8 +233,10 @@ func (o fsOp) namesOneFile(root string) bool {
 // them, which only the mode a file is made with may give it.
 var createModes = []uint32{0o644, 0o600, 0o755, 0o4755, 0o2755, 0o6711}
 
+// Opens do not block: "mkfifo" makes fifos, which an open would wait on
+// for the other end (O_NONBLOCK changes nothing for other files).
 func writeFile(p string, flags int, data string, off int64, mode uint32) error {
-	fd, err := unix.Open(p, flags|unix.O_CLOEXEC, mode)
+	fd, err := unix.Open(p, flags|unix.O_CLOEXEC|unix.O_NONBLOCK, mode)
 	if err != nil {
 		return err
 	}

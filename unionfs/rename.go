@@ -268,10 +268,14 @@ func (u *FS) lowerName(path string) string {
 
 // exchange swaps two names atomically (RENAME_EXCHANGE).
 func (u *FS) exchange(a, b *renameSide) error {
+	// Refused before either side is copied up: a failed exchange
+	// changes nothing, as in kernel overlay.
 	for _, s := range []*renameSide{a, b} {
 		if s.found.isDir() && len(s.found.state.lowers) > 0 && u.opts.Redirect != RedirectOn {
 			return unix.EXDEV
 		}
+	}
+	for _, s := range []*renameSide{a, b} {
 		if err := u.linkIndexedSide(s); err != nil {
 			return err
 		}

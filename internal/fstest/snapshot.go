@@ -22,13 +22,14 @@ type Entry struct {
 	Data  string // sha256 of a file's content, or a symlink's target
 	Nlink uint64 // non-directories only
 	Rdev  uint64
+	Owner string // uid:gid
 	// Xattrs lists the user.* attributes as name=value, sorted; the
 	// union's own markers (user.overlay.*, user.unionmount.*) are left out.
 	Xattrs string
 }
 
 func (e Entry) String() string {
-	return fmt.Sprintf("%s %04o size=%d nlink=%d data=%.12s xattrs=[%s]", e.Type, e.Mode, e.Size, e.Nlink, e.Data, e.Xattrs)
+	return fmt.Sprintf("%s %04o %s size=%d nlink=%d data=%.12s xattrs=[%s]", e.Type, e.Mode, e.Owner, e.Size, e.Nlink, e.Data, e.Xattrs)
 }
 
 // Snapshot maps each path under a tree (relative, "/"-separated) to its
@@ -51,7 +52,7 @@ func TakeSnapshot(root string) (Snapshot, error) {
 		if err := unix.Lstat(p, &st); err != nil {
 			return err
 		}
-		e := Entry{Mode: st.Mode & 0o7777}
+		e := Entry{Mode: st.Mode & 0o7777, Owner: fmt.Sprintf("%d:%d", st.Uid, st.Gid)}
 		switch st.Mode & unix.S_IFMT {
 		case unix.S_IFDIR:
 			e.Type = "dir"
@@ -69,7 +70,7 @@ func TakeSnapshot(root string) (Snapshot, error) {
 		case unix.S_IFCHR:
 			e.Type, e.Rdev = "chr", st.Rdev
 			if st.Rdev == 0 {
-				e.Type, e.Mode = "whiteout", 0
+				e.Type, e.Mode, e.Owner = "whiteout", 0, ""
 			}
 		case unix.S_IFBLK:
 			e.Type, e.Rdev = "blk", st.Rdev
