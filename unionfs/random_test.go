@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
 	"syscall"
@@ -45,7 +46,29 @@ type randomStack struct {
 	index bool
 }
 
-var twoLayers = randomStack{lowers: randomLowers, dirs: randomDirs, names: randomNames, checksFactor: 1}
+var twoLayers = randomStack{lowers: randomLowers, dirs: randomDirs, names: randomNames, checksFactor: 1,
+	prepare: shareWithUser}
+
+// shareWithUser gives user 1000 (see fsOp.asUser) places to work in the
+// lower layers: a sticky world-writable directory, a writable one and a
+// file of its own.
+func shareWithUser(t *testing.T, lowers []string) {
+	for _, c := range []struct {
+		path string
+		mode uint32
+	}{{"d2", 0o1777}, {"d3", 0o777}} {
+		dir := filepath.Join(lowers[0], c.path)
+		if _, err := os.Stat(dir); err != nil {
+			dir = filepath.Join(lowers[1], c.path)
+		}
+		if err := unix.Chmod(dir, c.mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Lchown(filepath.Join(lowers[0], "d1/a"), 1000, 1000); err != nil {
+		t.Fatal(err)
+	}
+}
 
 // threeLayers hides parts of the bottom layer in the middle one (an
 // opaque directory, a symlink over a directory, a whiteout over one) and
@@ -116,10 +139,16 @@ type fsOp struct {
 	mode  uint32
 	flags int    // for "open"
 	owner [2]int // for "chown"
+	// asUser runs the operation as user 1000 rather than root.
+	asUser bool
 }
 
 func (o fsOp) String() string {
-	return fmt.Sprintf("%s(%q %q data=%q off=%d mode=%o flags=%#o owner=%d:%d)", o.kind, o.a, o.b, o.data, o.off, o.mode, o.flags, o.owner[0], o.owner[1])
+	who := "root"
+	if o.asUser {
+		who = "user"
+	}
+	return fmt.Sprintf("%s(%q %q data=%q off=%d mode=%o flags=%#o owner=%d:%d as %s)", o.kind, o.a, o.b, o.data, o.off, o.mode, o.flags, o.owner[0], o.owner[1], who)
 }
 
 func drawPath(t *rapid.T, s *randomStack, label string) string {
@@ -137,6 +166,7 @@ func drawOp(t *rapid.T, s *randomStack) fsOp {
 		kinds = opKinds
 	}
 	o := fsOp{kind: rapid.SampledFrom(kinds).Draw(t, "kind")}
+	o.asUser = rapid.IntRange(0, 3).Draw(t, "who") == 0 // a user's, one in four
 	o.a = drawPath(t, s, "a")
 	switch o.kind {
 	case "link", "rename", "symlink", "exchange", "rename-noreplace":
@@ -164,8 +194,25 @@ func drawOp(t *rapid.T, s *randomStack) fsOp {
 	return o
 }
 
-// apply runs the operation under root and returns its errno (0 if none).
+// apply runs the operation under root and returns its errno (0 if none):
+// as root, or for asUser on a thread of its own whose filesystem ids are
+// 1000:1000 (which drops root's file capabilities there), so that the
+// kernel's and the union's permission checks meet the same requests.
 func (o fsOp) apply(root string) syscall.Errno {
+	if !o.asUser {
+		return errnoOf(o.run(root))
+	}
+	done := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		unix.RawSyscall(unix.SYS_SETFSGID, 1000, 0, 0)
+		unix.RawSyscall(unix.SYS_SETFSUID, 1000, 0, 0)
+		done <- o.run(root)
+	}()
+	return errnoOf(<-done)
+}
+
+func (o fsOp) run(root string) error {
 	a, b := filepath.Join(root, o.a), filepath.Join(root, o.b)
 	var err error
 	switch o.kind {
@@ -213,7 +260,7 @@ func (o fsOp) apply(root string) syscall.Errno {
 			}
 		}
 	}
-	return errnoOf(err)
+	return err
 }
 
 // namesOneFile says whether o is a rename whose source and target are
