@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -113,17 +112,32 @@ func (n *node) setState(st nodeState) {
 // untar or a build removes.
 func (n *node) path() string {
 	root := n.Root()
-	var names []string
+	// Built once per request or more: the names go on the stack for
+	// trees up to 16 deep, and the path is the one allocation.
+	var stack [16]string
+	names := stack[:0]
+	size := 0
 	for p := &n.Inode; p != root; {
 		name, parent := p.Parent()
 		if parent == nil {
 			return n.ufs.orphanedPath
 		}
 		names = append(names, name)
+		size += len(name) + 1
 		p = parent
 	}
-	slices.Reverse(names)
-	return strings.Join(names, "/")
+	if len(names) == 1 {
+		return names[0]
+	}
+	var b strings.Builder
+	b.Grow(size)
+	for i := len(names) - 1; i >= 0; i-- {
+		b.WriteString(names[i])
+		if i > 0 {
+			b.WriteByte('/')
+		}
+	}
+	return b.String()
 }
 
 // parentNode returns the node's parent, or nil for the root.
