@@ -46,8 +46,9 @@ type Server struct {
 	// served is closed when the connection has ended and every loop
 	// has returned (after ended has run).
 	served chan struct{}
-	// ended is Options.Ended (a no-op when not given).
-	ended func()
+	// ended is Options.Ended (a no-op when not given); endOnce runs it.
+	ended   func()
+	endOnce sync.Once
 
 	mu sync.Mutex
 	// unmounted is set once an unmount has succeeded. Guarded by mu.
@@ -161,8 +162,13 @@ func (s *Server) start(mountpoint string, raw fuse.RawFileSystem, mo fuse.MountO
 // finish waits for every loop to end, then lets go of the connection.
 func (s *Server) finish() {
 	s.devLoop.wait()
+	// Ended as soon as no request can run: the io_uring threads, pinned
+	// one per CPU, may take a while longer to leave.
+	if s.uringServed() {
+		s.endOnce.Do(s.ended)
+	}
 	s.waitIOURing()
-	s.ended()
+	s.endOnce.Do(s.ended)
 	if s.devLoop.endedByKernel() {
 		// The connection is gone (reads return ENODEV), so
 		// go-fuse's loop ends at once: serving it now only has it

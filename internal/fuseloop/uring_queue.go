@@ -116,6 +116,10 @@ type URingTransport struct {
 	queues  []*uringQueue
 	watch   *stallWatch
 	threads sync.WaitGroup
+	// serving counts the queues that may still run a request; done is
+	// closed when it reaches zero (see Done).
+	serving atomic.Int32
+	done    chan struct{}
 }
 
 // URingQueueStats is what a queue has done so far.
@@ -150,7 +154,8 @@ func StartURing(cfg URingConfig) (*URingTransport, error) {
 	page := os.Getpagesize()
 	payload := roundUp(max(cfg.MaxWrite, fuseDefaultMaxPage*page, fuseMinReadBuffer), page) + page
 
-	t := &URingTransport{cfg: cfg}
+	t := &URingTransport{cfg: cfg, done: make(chan struct{})}
+	t.serving.Store(int32(ncpu))
 	for cpu := range ncpu {
 		q := &uringQueue{t: t, qid: cpu, payloadSize: payload, wakeFD: -1}
 		q.cond = sync.NewCond(&q.mu)
@@ -182,16 +187,26 @@ func StartURing(cfg URingConfig) (*URingTransport, error) {
 // requests that reach it wait until the connection is aborted.
 func (t *URingTransport) Close() error {
 	// With the connection over, every entry's command comes back with
-	// ENOTCONN soon, and the queues end by themselves; the /dev/fuse
-	// reader may just have seen ENODEV first. Give them that moment
-	// before cutting them short.
-	for deadline := time.Now().Add(closeGrace); time.Now().Before(deadline) && t.anyLive(); {
-		time.Sleep(time.Millisecond)
+	// ENOTCONN soon, and the queues' threads end by themselves; the
+	// /dev/fuse reader may just have seen ENODEV first. Give them that
+	// moment before cutting them short. Waited for, not polled: the
+	// daemon lets go of its layers only after (Options.Ended), and a
+	// script may unmount their filesystem right after the union.
+	left := make(chan struct{})
+	go func() {
+		t.threads.Wait()
+		close(left)
+	}()
+	grace := time.NewTimer(closeGrace)
+	defer grace.Stop()
+	select {
+	case <-left:
+	case <-grace.C:
+		for _, q := range t.queues {
+			q.wake()
+		}
+		<-left
 	}
-	for _, q := range t.queues {
-		q.wake()
-	}
-	t.threads.Wait()
 	t.watch.close()
 	var errs []error
 	for _, q := range t.queues {
@@ -205,18 +220,6 @@ func (t *URingTransport) Close() error {
 // closeGrace is how long Close waits for the kernel to hand back the
 // entries of a connection that has ended.
 const closeGrace = 5 * time.Second
-
-func (t *URingTransport) anyLive() bool {
-	for _, q := range t.queues {
-		q.mu.Lock()
-		live := !q.finishedLocked()
-		q.mu.Unlock()
-		if live {
-			return true
-		}
-	}
-	return false
-}
 
 // Stats reports each queue's counters.
 func (t *URingTransport) Stats() []URingQueueStats {
@@ -281,6 +284,7 @@ type uringQueue struct {
 	deafSince time.Time    // since when nobody waits while handlers run; guarded by mu
 	helping   bool         // the stall watch woke or started a thread that has not yet waited; guarded by mu
 	leftOpen  bool         // set by the last thread out; read after threads.Wait
+	done      bool         // the queue runs no request any more; guarded by mu
 
 	served atomic.Uint64
 }
@@ -526,8 +530,21 @@ func (q *uringQueue) serve() {
 			q.deafSince = time.Now()
 		}
 	}
+	if q.handling == 0 && !q.done {
+		// Finished, and the last handler is back: what is left in
+		// ready is never answered.
+		q.done = true
+		if q.t.serving.Add(-1) == 0 {
+			close(q.t.done)
+		}
+	}
 	q.cond.Broadcast() // the other threads see finished too
 }
+
+// Done is closed once no queue will run a request any more: the
+// connection has ended (or the queues were woken by Close) and every
+// handler has returned. The threads may still be leaving.
+func (t *URingTransport) Done() <-chan struct{} { return t.done }
 
 // reapLocked sorts the CQEs: requests to answer, the eventfd's wake-up,
 // entries retried, entries gone. Preconditions: q.mu held.

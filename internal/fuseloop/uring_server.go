@@ -3,6 +3,7 @@ package fuseloop
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/hanwen/go-fuse/v2/fuse"
 )
@@ -46,6 +47,23 @@ func (s *Server) startIOURing() error {
 		return fmt.Errorf("io_uring: %w", err)
 	}
 	return nil
+}
+
+// uringServed waits until no io_uring queue will run a request any more,
+// and says whether that came within closeGrace (true without io_uring).
+// Preconditions: the connection is over.
+func (s *Server) uringServed() bool {
+	if s.uring == nil {
+		return true
+	}
+	grace := time.NewTimer(closeGrace)
+	defer grace.Stop()
+	select {
+	case <-s.uring.Done():
+		return true
+	case <-grace.C:
+		return false
+	}
 }
 
 // waitIOURing returns once the queues have ended. Preconditions: the
